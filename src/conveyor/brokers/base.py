@@ -1,0 +1,278 @@
+"""The broker contract: every store implements exactly these operations.
+
+Each operation is one atomic step: one SQL transaction, or one Redis round trip.
+Everything above the store (retry policy, backoff, timeouts, unknown tasks,
+events) is written once, in the worker and the app, never in a store.
+
+Why the operations are plain blocking calls and not ``async def``: each one is
+a short transaction, and writing every store twice (sync for producers, async
+for workers) is the duplication we refuse. Producers call them directly; the
+asyncio worker runs them on a dedicated thread (``worker.StoreThread``) so its
+event loop never blocks. One implementation per operation, one place to read.
+
+Fencing: ``claim`` hands out a lease token. Every later call about that job
+(``extend``, ``complete``, ``fail``, ``release``) presents ``Lease(job_id,
+token)`` and is a no-op returning ``False`` when the token no longer matches,
+so a worker that lost its lease can never finish a job someone else now runs.
+
+Time comes from the broker's ``clock`` (``conveyor.clock``), never from the
+store server, so tests move time forward instead of sleeping.
+
+Job states: ``waiting`` (ready), ``delayed`` (``run_at`` in the future),
+``active`` (leased to a worker), and the ended states ``completed``, ``dead``
+and ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from conveyor.clock import Clock
+
+WAITING = "waiting"
+DELAYED = "delayed"
+ACTIVE = "active"
+COMPLETED = "completed"
+DEAD = "dead"
+CANCELLED = "cancelled"
+
+STATES = (WAITING, DELAYED, ACTIVE, COMPLETED, DEAD, CANCELLED)
+ENDED_STATES = frozenset({COMPLETED, DEAD, CANCELLED})
+
+
+@dataclass(slots=True)
+class NewJob:
+    """A job about to be stored. ``payload`` and ``options`` are JSON text.
+
+    ``run_at`` set (and later than now) makes the job ``delayed``; otherwise it
+    is ``waiting``. ``options`` holds only the per-job overrides the caller
+    gave (attempts, timeout, backoff...); the worker fills in the rest from the
+    task and queue definitions, so a producer that enqueues by name does not
+    need to know them.
+    """
+
+    id: str
+    task: str
+    queue: str
+    payload: str
+    priority: int = 0
+    run_at: float | None = None
+    options: str | None = None
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """A job as the store holds it.
+
+    ``seq`` is the store's insertion order (FIFO within equal priority, and the
+    cursor for ``list``). ``attempts`` counts runs started (incremented by
+    ``claim``; given back by ``release`` and by stall recovery). ``stalls``
+    counts lease expiries. ``errors`` is JSON text: a list of
+    ``{"attempt", "type", "message", "traceback", "at"}`` objects, one per
+    failed run, oldest first. ``result`` is JSON text or ``None``.
+    """
+
+    id: str
+    seq: int
+    task: str
+    queue: str
+    state: str
+    priority: int
+    payload: str
+    options: str | None
+    attempts: int
+    stalls: int
+    created_at: float
+    run_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    lease_token: str | None = None
+    lease_expires: float | None = None
+    worker: str | None = None
+    result: str | None = None
+    errors: str = "[]"
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Proof that a worker holds a job: the token ``claim`` gave it."""
+
+    job_id: str
+    token: str
+
+
+@dataclass(slots=True)
+class AttemptError:
+    """What went wrong in one run, kept with the job for the dead-letter list."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+
+@dataclass(slots=True)
+class EnqueueResult:
+    """``created`` is False when ``job_id`` named a job that has not ended:
+    ``record`` is then that existing job, untouched."""
+
+    record: JobRecord
+    created: bool
+
+
+@dataclass(slots=True)
+class Recovered:
+    """A job whose lease expired: ``state`` is ``waiting`` or ``dead``."""
+
+    job_id: str
+    state: str
+
+
+class Broker(abc.ABC):
+    """The store contract. One instance is safe to share between threads."""
+
+    #: the URL the broker was opened with, used in error messages
+    url: str
+    clock: Clock
+
+    # -- producing -------------------------------------------------------
+
+    @abc.abstractmethod
+    def enqueue(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
+        """Store jobs in one transaction, in order; return one result each.
+
+        Dedup: a ``NewJob.id`` naming a stored job that has not ended returns
+        that job (``created=False``) and changes nothing. A stored job with the
+        same id that has ended is replaced by the new one (a new ``seq``).
+        """
+
+    # -- consuming -------------------------------------------------------
+
+    @abc.abstractmethod
+    def claim(
+        self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str
+    ) -> list[JobRecord]:
+        """Lease up to ``limit`` ready jobs to ``worker``, in one transaction.
+
+        First moves every ``delayed`` job whose ``run_at`` has come to
+        ``waiting``. Then takes jobs from ``queues`` in the order given (all
+        of the first queue's ready jobs before any of the second's), within a
+        queue highest ``priority`` first, then lowest ``seq``. Each claimed
+        job becomes ``active`` with ``attempts + 1``, ``started_at`` = now, a
+        fresh ``lease_token`` and ``lease_expires`` = now + ``lease_seconds``.
+        Returns the claimed records in that order. Never hands one job to two
+        claimers, whatever the number of threads or processes.
+        """
+
+    @abc.abstractmethod
+    def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
+        """Push back the expiry of every held lease to now + ``lease_seconds``.
+
+        Returns the ids of the jobs whose lease was *lost* (token no longer
+        matches or job no longer active): their worker should stop caring.
+        """
+
+    @abc.abstractmethod
+    def complete(self, done: Sequence[tuple[Lease, str]]) -> list[bool]:
+        """Mark jobs ``completed`` with their result JSON, in one transaction.
+
+        One bool per item: False when the lease was lost (fencing) and nothing
+        was changed. Sets ``finished_at``, clears the lease.
+        """
+
+    @abc.abstractmethod
+    def fail(self, lease: Lease, error: AttemptError, retry_at: float | None) -> bool:
+        """Record a failed run and move the job on, fenced by ``lease``.
+
+        Appends ``error`` (with ``attempt`` = the job's ``attempts`` and ``at`` =
+        now) to the job's errors. ``retry_at`` given: the job becomes
+        ``delayed`` until then (``waiting`` if it is not in the future).
+        ``retry_at`` None: the job becomes ``dead`` with ``finished_at`` = now.
+        Returns False (and changes nothing) when the lease was lost.
+        """
+
+    @abc.abstractmethod
+    def release(self, leases: Sequence[Lease]) -> int:
+        """Put held jobs back to ``waiting`` without spending an attempt.
+
+        Used on shutdown: ``attempts`` goes back down by one, ``stalls`` is
+        unchanged, the lease is cleared. Returns how many were released.
+        """
+
+    @abc.abstractmethod
+    def recover(self, max_stalled: int) -> list[Recovered]:
+        """Handle every ``active`` job whose lease has expired (its worker died).
+
+        ``stalls`` goes up by one. A job with ``stalls`` now above
+        ``max_stalled`` goes ``dead`` (an error of type ``Stalled`` is
+        appended); any other goes back to ``waiting`` without spending an
+        attempt (``attempts`` down by one). Returns what was done.
+        """
+
+    # -- controlling -----------------------------------------------------
+
+    @abc.abstractmethod
+    def cancel(self, job_id: str) -> bool:
+        """Move a ``waiting`` or ``delayed`` job to ``cancelled``; False otherwise."""
+
+    @abc.abstractmethod
+    def retry(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
+        """Move ``dead`` (or ``cancelled``) jobs back to ``waiting`` with fresh
+        attempts (``attempts`` and ``stalls`` set to 0; the error history is
+        kept). ``job_ids`` None means every dead job (of ``queue``, if given).
+        Returns how many moved.
+        """
+
+    @abc.abstractmethod
+    def promote(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
+        """Make ``delayed`` jobs ``waiting`` now (all of ``queue`` when ids are None)."""
+
+    @abc.abstractmethod
+    def trim(
+        self, queue: str, state: str, keep: int | None = None, older_than: float | None = None
+    ) -> int:
+        """Delete ended jobs of ``queue`` in ``state`` (completed, dead or
+        cancelled): all but the ``keep`` most recently finished, and all whose
+        ``finished_at`` is before the timestamp ``older_than``. Returns how
+        many were deleted."""
+
+    # -- reading ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job with this id, or None."""
+
+    @abc.abstractmethod
+    def list(
+        self,
+        queue: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        after: int | None = None,
+    ) -> list[JobRecord]:
+        """Jobs in ``seq`` order, filtered; ``after`` is the last ``seq`` seen
+        (cursor pagination)."""
+
+    @abc.abstractmethod
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{queue: {state: n}}`` for every queue that holds jobs; every state
+        key is present."""
+
+    @abc.abstractmethod
+    def pending(self, queues: Sequence[str]) -> int:
+        """Jobs of ``queues`` that are waiting, active, or delayed and already
+        due: zero means a ``--burst`` worker may stop."""
+
+    @abc.abstractmethod
+    def next_due(self, queues: Sequence[str]) -> float | None:
+        """The earliest ``run_at`` among delayed jobs of ``queues``, or None."""
+
+    @abc.abstractmethod
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Block up to ``timeout`` seconds, returning early when something may
+        have become ready (an enqueue, a release, a retry). Spurious wake-ups
+        are allowed; callers claim and see."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. The broker must not be used afterwards."""

@@ -1,0 +1,150 @@
+"""``Job``: what a producer holds after enqueueing."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from conveyor.brokers.base import CANCELLED, COMPLETED, DEAD, JobRecord
+from conveyor.errors import JobCancelled, JobFailed
+from conveyor.serialization import decode_payload, loads
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+
+class Job:
+    """A handle on a stored job. Attributes reflect the last read of the store;
+    ``refresh()`` reads again.
+
+    >>> job = add.enqueue(2, 3)          # doctest: +SKIP
+    >>> job.result(timeout=5)            # doctest: +SKIP
+    5
+    """
+
+    def __init__(self, app: Conveyor, record: JobRecord) -> None:
+        self.app = app
+        self.record = record
+
+    # -- what the store says --------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def task(self) -> str:
+        return self.record.task
+
+    @property
+    def queue(self) -> str:
+        return self.record.queue
+
+    @property
+    def state(self) -> str:
+        return self.record.state
+
+    @property
+    def priority(self) -> int:
+        return self.record.priority
+
+    @property
+    def attempts(self) -> int:
+        """Runs started so far (a run given back by a stall or shutdown does not count)."""
+        return self.record.attempts
+
+    @property
+    def args(self) -> list:
+        return decode_payload(self.record.payload)[0]
+
+    @property
+    def kwargs(self) -> dict:
+        return decode_payload(self.record.payload)[1]
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        """Every failed run, oldest first: attempt, type, message, traceback, at."""
+        return loads(self.record.errors) or []
+
+    @property
+    def error(self) -> str | None:
+        """The last error as ``"Type: message"``, or None."""
+        errors = self.errors
+        if not errors:
+            return None
+        last = errors[-1]
+        return f"{last['type']}: {last['message']}" if last.get("type") else last["message"]
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.task} {self.state}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # -- acting ---------------------------------------------------------
+
+    def refresh(self) -> Job:
+        """Read the job again from the store. Raises LookupError if it was removed."""
+        record = self.app.broker.get(self.id)
+        if record is None:
+            raise LookupError(f"job {self.id} is no longer stored (removed by retention?)")
+        self.record = record
+        return self
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job to end and return its result.
+
+        Raises ``JobFailed`` if it went dead, ``JobCancelled`` if it was
+        cancelled, ``TimeoutError`` if it has not ended within ``timeout``
+        seconds (None waits for ever).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.002
+        while True:
+            self.refresh()
+            state = self.record.state
+            if state == COMPLETED:
+                return loads(self.record.result)
+            if state == DEAD:
+                last = (self.errors or [{"type": "Error", "message": "unknown error"}])[-1]
+                raise JobFailed(self.id, last["type"], last["message"], last.get("traceback", ""))
+            if state == CANCELLED:
+                raise JobCancelled(self.id)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.id} is still {state} after {timeout} s")
+            wait = pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic()))
+            time.sleep(wait)
+            pause = min(pause * 1.5, 0.1)
+
+    def cancel(self) -> bool:
+        """Cancel the job if it is waiting or delayed; False if it already started or ended."""
+        cancelled = self.app.broker.cancel(self.id)
+        self.refresh()
+        return cancelled
+
+    def retry(self) -> bool:
+        """Send a dead or cancelled job back to waiting with fresh attempts."""
+        moved = self.app.broker.retry([self.id]) == 1
+        self.refresh()
+        return moved
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary, the shape of ``conveyor jobs --json``."""
+        r = self.record
+        return {
+            "id": r.id,
+            "task": r.task,
+            "queue": r.queue,
+            "state": r.state,
+            "priority": r.priority,
+            "attempts": r.attempts,
+            "error": self.error,
+            "result": loads(r.result),
+            "created_at": r.created_at,
+            "run_at": r.run_at,
+            "started_at": r.started_at,
+            "finished_at": r.finished_at,
+        }

@@ -1,0 +1,85 @@
+"""Tasks: plain functions (sync or async) the app knows by name."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from conveyor.options import JobDefaults
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+    from conveyor.job import Job
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Task(Generic[P, R]):
+    """A registered function. Calling it runs it here and now; ``enqueue``
+    sends it to a worker.
+
+    >>> job = add.enqueue(2, 3)                       # doctest: +SKIP
+    >>> job = add.options(delay=10, priority=9).enqueue(2, 3)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        app: Conveyor,
+        fn: Callable[P, R],
+        name: str,
+        queue: str | None,
+        defaults: JobDefaults,
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.queue = queue
+        self.defaults = defaults
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name!r} queue={self.queue or 'default'!r}>"
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """Store a job that calls this task with these arguments; returns at once."""
+        return self.app.enqueue(self.name, args=args, kwargs=kwargs)
+
+    def options(
+        self,
+        *,
+        queue: str | None = None,
+        delay: float | None = None,
+        run_at: datetime | float | None = None,
+        priority: int | None = None,
+        job_id: str | None = None,
+        attempts: int | None = None,
+        timeout: float | None = None,
+        backoff: str | None = None,
+        backoff_delay: float | None = None,
+        backoff_max: float | None = None,
+        jitter: float | None = None,
+    ) -> BoundOptions[P]:
+        """The same task with options for the next enqueue (same names as
+        ``app.enqueue``)."""
+        return BoundOptions(self, dict(locals(), self=None))
+
+
+class BoundOptions(Generic[P]):
+    """``task.options(...)``: holds the options until ``enqueue`` is called."""
+
+    def __init__(self, task: Task[P, Any], options: dict[str, Any]) -> None:
+        options.pop("self", None)
+        self.task = task
+        self.opts = {k: v for k, v in options.items() if v is not None}
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        return self.task.app.enqueue(self.task.name, args=args, kwargs=kwargs, **self.opts)

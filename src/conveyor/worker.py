@@ -1,0 +1,319 @@
+"""The worker: fetch, execute, complete, maintain.
+
+One asyncio loop per worker process. ``_fetch_loop`` claims jobs when slots
+are free (one store call for as many jobs as there are free slots) and
+starts each as an asyncio task; ``execution.run_job`` runs it and decides
+complete, retry or dead; completions are buffered and written in one store
+call just before the next claim. ``_renew_loop`` extends every held lease in
+one call; ``_maintain_loop`` recovers jobs whose worker died and trims ended
+jobs by the queues' retention settings. Store calls run on daemon threads
+(``threads.ThreadRunner``) so the loop never blocks on I/O.
+
+Shutdown (SIGTERM/SIGINT): stop claiming, let active jobs finish for up to
+``grace`` seconds, then put the rest back to waiting without spending an
+attempt. A second signal skips the rest of the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from conveyor.brokers.base import JobRecord, Lease
+from conveyor.execution import Outcome, run_job
+from conveyor.threads import ThreadRunner
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+log = logging.getLogger("conveyor.worker")
+
+STORE_RETRY_PAUSE = 1.0  # seconds between attempts while the store is unreachable
+
+
+class Worker:
+    """Runs jobs from ``queues`` (strict order: the first queue drains first).
+
+    >>> Worker(app, queues=["critical", "default"], concurrency=10).run()  # doctest: +SKIP
+
+    ``lease`` is how long a claimed job stays claimed without a renewal; the
+    worker renews every ``lease / 3`` seconds while jobs run. ``burst`` stops
+    the worker once its queues hold nothing waiting or active.
+    """
+
+    def __init__(
+        self,
+        app: Conveyor,
+        queues: Sequence[str] | None = None,
+        *,
+        concurrency: int = 10,
+        lease: float = 30.0,
+        grace: float = 30.0,
+        burst: bool = False,
+        max_stalled: int | None = None,
+        poll_interval: float = 1.0,
+        maintenance_interval: float | None = None,
+        name: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, not {concurrency}")
+        if lease <= 0:
+            raise ValueError(f"lease must be > 0 seconds, not {lease}")
+        self.app = app
+        self.broker = app.broker
+        self.queues = list(queues) if queues else app.queue_names()
+        self.concurrency = concurrency
+        self.lease = lease
+        self.grace = grace
+        self.burst = burst
+        self.max_stalled = app.max_stalled if max_stalled is None else max_stalled
+        self.poll_interval = poll_interval
+        self.maintenance_interval = maintenance_interval or min(max(lease / 4, 0.1), 5.0)
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.processed = 0
+        self.failed = 0
+        self._active: dict[str, tuple[Lease, asyncio.Task]] = {}
+        self._completions: list[tuple[Lease, str]] = []
+        self._store = ThreadRunner("store", max_idle=2)
+        self._jobs = ThreadRunner("jobs", max_idle=concurrency)
+        self._wait: asyncio.Future | None = None
+        self._wake: asyncio.Event | None = None
+        self._stopping: asyncio.Event | None = None
+        self._forced: asyncio.Event | None = None
+
+    # -- entry points ---------------------------------------------------
+
+    def run(self, install_signals: bool = True) -> int:
+        """Run until stopped (or, with ``burst``, until the queues are empty)."""
+        return asyncio.run(self.run_async(install_signals=install_signals))
+
+    async def run_async(self, install_signals: bool = False) -> int:
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._forced = asyncio.Event()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        log.info(
+            "worker %s serving %s with concurrency %d (lease %gs, store %s)",
+            self.name,
+            ",".join(self.queues),
+            self.concurrency,
+            self.lease,
+            self.broker.url,
+        )
+        helpers = [
+            asyncio.create_task(self._renew_loop(), name="conveyor-renew"),
+            asyncio.create_task(self._maintain_loop(), name="conveyor-maintain"),
+        ]
+        try:
+            await self._fetch_loop()
+            await self._shutdown()
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            if install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            self._store.close()
+            self._jobs.close()
+        log.info("worker %s stopped: %d done, %d failed", self.name, self.processed, self.failed)
+        return 0
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown; called again, skip the grace period."""
+        assert self._stopping is not None and self._forced is not None and self._wake is not None
+        if self._stopping.is_set():
+            log.warning("second stop signal: releasing active jobs now")
+            self._forced.set()
+        else:
+            log.info(
+                "stopping: no new jobs; waiting up to %gs for %d active",
+                self.grace,
+                len(self._active),
+            )
+            self._stopping.set()
+        self._wake.set()
+
+    # -- store calls, off the loop -------------------------------------
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        return await self._store.run(fn, *args)
+
+    # -- fetch ----------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        assert self._stopping is not None and self._wake is not None
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                await self._flush()
+                free = self.concurrency - len(self._active)
+                if free <= 0:
+                    await self._wake.wait()
+                    continue
+                claimed = await self.call(
+                    self.broker.claim, self.queues, free, self.lease, self.name
+                )
+                if claimed:
+                    for record in claimed:
+                        self._start(record)
+                    continue
+                if self.burst and await self._queues_drained():
+                    log.info("burst: queues %s are empty", ",".join(self.queues))
+                    return
+                await self._idle()
+            except Exception as exc:  # the store is unreachable: keep going, loudly
+                log.error(
+                    "store error (%s): %s; retrying in %gs", self.broker.url, exc, STORE_RETRY_PAUSE
+                )
+                await self._sleep_unless_woken(STORE_RETRY_PAUSE)
+
+    async def _queues_drained(self) -> bool:
+        if self._active or self._completions:
+            return False
+        return await self.call(self.broker.pending, self.queues) == 0
+
+    async def _idle(self) -> None:
+        """Wait for new work in the store, a freed slot, a completion or a stop."""
+        assert self._wake is not None
+        if self._wait is None or self._wait.done():
+            timeout = self.poll_interval
+            due = await self.call(self.broker.next_due, self.queues)
+            if due is not None:
+                timeout = max(0.0, min(timeout, due - self.app.clock.now()))
+            self._wait, _ = self._store.submit(self.broker.wait_for_work, self.queues, timeout)
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({self._wait, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+
+    async def _sleep_unless_woken(self, seconds: float) -> None:
+        assert self._wake is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    def _start(self, record: JobRecord) -> None:
+        lease = Lease(record.id, record.lease_token or "")
+        task = asyncio.create_task(self._run(record, lease))
+        self._active[record.id] = (lease, task)
+
+    async def _run(self, record: JobRecord, lease: Lease) -> None:
+        assert self._wake is not None
+        try:
+            outcome: Outcome = await run_job(self, record, lease)
+            if outcome.result_json is not None:
+                self._completions.append((lease, outcome.result_json))
+                self.processed += 1
+            else:
+                self.failed += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug of ours must not take the worker down
+            log.exception("internal error while handling job %s", record.id)
+        finally:
+            self._active.pop(record.id, None)
+            self._wake.set()
+
+    async def _flush(self) -> None:
+        """Write buffered completions in one store call."""
+        if not self._completions:
+            return
+        batch, self._completions = self._completions, []
+        try:
+            accepted = await self.call(self.broker.complete, batch)
+        except Exception:
+            self._completions = batch + self._completions  # written when the store is back
+            raise
+        for (lease, _), ok in zip(batch, accepted, strict=True):
+            if not ok:
+                log.warning(
+                    "job %s finished after its lease was lost; result discarded", lease.job_id
+                )
+
+    # -- renew and maintain --------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            held = [lease for lease, _ in self._active.values()]
+            held += [lease for lease, _ in self._completions]
+            if not held:
+                continue
+            try:
+                lost = await self.call(self.broker.extend, held, self.lease)
+            except Exception as exc:
+                log.error("could not renew %d leases: %s", len(held), exc)
+                continue
+            for job_id in lost:
+                log.warning("lost the lease on job %s: another worker may run it", job_id)
+
+    async def _maintain_loop(self) -> None:
+        while True:
+            try:
+                await self.maintain()
+            except Exception as exc:
+                log.error("maintenance failed: %s", exc)
+            await asyncio.sleep(self.maintenance_interval)
+
+    async def maintain(self) -> None:
+        """Recover jobs of dead workers; trim ended jobs by retention."""
+        for recovered in await self.call(self.broker.recover, self.max_stalled):
+            log.warning(
+                "job %s stalled (its worker stopped renewing): now %s",
+                recovered.job_id,
+                recovered.state,
+            )
+        now = self.app.clock.now()
+        for name in self.queues:
+            config = self.app.queue_config(name)
+            for state, keep, keep_for in (
+                ("completed", config.keep_completed, config.keep_completed_for),
+                ("dead", config.keep_dead, config.keep_dead_for),
+            ):
+                if keep is not None or keep_for is not None:
+                    older_than = now - keep_for if keep_for is not None else None
+                    await self.call(self.broker.trim, name, state, keep, older_than)
+
+    # -- shutdown -------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        """Grace period, then give unfinished jobs back without spending an attempt."""
+        assert self._forced is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace
+        forced = asyncio.ensure_future(self._forced.wait())
+        while self._active and not forced.done() and loop.time() < deadline:
+            running = {task for _, task in self._active.values()}
+            await asyncio.wait(
+                running | {forced},
+                timeout=deadline - loop.time(),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        forced.cancel()
+        await self._flush_final()
+        if self._active:
+            leases = [lease for lease, _ in self._active.values()]
+            released = await self.call(self.broker.release, leases)
+            log.warning("released %d unfinished jobs back to waiting", released)
+            for _, task in list(self._active.values()):
+                task.cancel()
+
+    async def _flush_final(self) -> None:
+        for _ in range(3):
+            try:
+                await self._flush()
+                return
+            except Exception as exc:
+                log.error("could not write %d results: %s", len(self._completions), exc)
+                await asyncio.sleep(STORE_RETRY_PAUSE)
