@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from conveyor.backoff import BackoffFunction
 from conveyor.brokers import SCHEMES, open_broker
-from conveyor.brokers.base import ENDED_STATES, STATES, Broker, NewJob
+from conveyor.brokers.base import STATES, Broker, NewJob
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import ConfigurationError
 from conveyor.job import Job
@@ -65,6 +65,9 @@ class Conveyor:
         self._broker: Broker | None = None
         self._open_lock = threading.Lock()
         self._run_options: dict[tuple[str, str | None], RunOptions] = {}
+        # set by conveyor.testing: run jobs as they are enqueued
+        self._after_enqueue: Callable[[str], None] | None = None
+        self._draining = False
 
     def __repr__(self) -> str:
         return f"<Conveyor {self.url}>"
@@ -207,6 +210,8 @@ class Conveyor:
         A ``job_id`` naming a job that has not ended returns that job instead
         of storing a second one.
         """
+        if job_id is not None and (not isinstance(job_id, str) or not job_id):
+            raise ConfigurationError(f"job_id must be a non-empty string, not {job_id!r}")
         name = task.name if isinstance(task, Task) else task
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"a task name must be a non-empty string, not {name!r}")
@@ -230,9 +235,10 @@ class Conveyor:
             run_at=run_at_from(delay, run_at, self.clock.now()),
             options=dumps(stored) if stored else None,
         )
-        if job_id is not None and (not isinstance(job_id, str) or not job_id):
-            raise ConfigurationError(f"job_id must be a non-empty string, not {job_id!r}")
         result = self.broker.enqueue([new])[0]
+        if self._after_enqueue is not None and result.created:
+            self._after_enqueue(queue)
+            return Job(self, self.broker.get(new.id) or result.record)
         return Job(self, result.record)
 
     # -- reading and controlling ----------------------------------------
@@ -274,7 +280,3 @@ class Conveyor:
             )
             self._run_options[key] = cached
         return cached
-
-
-def ended(state: str) -> bool:
-    return state in ENDED_STATES

@@ -52,13 +52,14 @@ async def run_job(worker: Worker, record: JobRecord, lease: Lease) -> Outcome:
     timeout = options.timeout
     try:
         if task.is_async:
-            async with asyncio.timeout(timeout) as scope:
-                try:
+            scope = asyncio.timeout(timeout)
+            try:
+                async with scope:
                     value = await task.fn(*args, **kwargs)
-                except TimeoutError:
-                    if scope.expired():
-                        raise JobTimeout(f"timed out after {timeout:g} s") from None
-                    raise
+            except TimeoutError:
+                if scope.expired():  # our deadline, not a TimeoutError of the task's own
+                    raise JobTimeout(f"timed out after {timeout:g} s") from None
+                raise
         else:
             future, thread = worker._jobs.submit(_call, task.fn, args, kwargs)
             try:

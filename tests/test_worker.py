@@ -1,0 +1,247 @@
+"""The worker in-process, on the stores a single process can share."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from conveyor import Conveyor, FakeClock
+from conveyor.brokers.base import NewJob
+from conveyor.testing import drain
+from conveyor.worker import Worker
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def app(request, tmp_path):
+    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/worker.db"
+    app = Conveyor(url)
+    yield app
+    app.close()
+
+
+def run_worker(app, **options):
+    options.setdefault("burst", True)
+    options.setdefault("concurrency", 1)
+    worker = Worker(app, **options)
+    worker.run(install_signals=False)
+    return worker
+
+
+def test_priority_then_fifo_then_queue_order(app):
+    ran = []
+
+    @app.task(name="record")
+    def record(label):
+        ran.append(label)
+
+    app.enqueue("record", ["low-1"], queue="default", priority=1)
+    app.enqueue("record", ["high"], queue="default", priority=9)
+    app.enqueue("record", ["low-2"], queue="default", priority=1)
+    app.enqueue("record", ["critical"], queue="critical")
+    run_worker(app, queues=["critical", "default"])
+    assert ran == ["critical", "high", "low-1", "low-2"]
+
+
+@pytest.mark.parametrize(
+    ("backoff", "waits"),
+    [("fixed", [2, 2]), ("linear", [2, 4]), ("exponential", [2, 4]), ("fibonacci", [2, 2])],
+)
+def test_each_backoff_kind_schedules_the_retry(backoff, waits, tmp_path):
+    clock = FakeClock()
+    app = Conveyor(f"sqlite:///{tmp_path}/b.db", clock=clock)
+    runs = []
+
+    @app.task(name="flaky", attempts=3, backoff=backoff, backoff_delay=2)
+    def flaky():
+        runs.append(clock.now())
+        if len(runs) < 3:
+            raise RuntimeError(f"run {len(runs)} fails")
+        return "finally"
+
+    job = flaky.enqueue()
+    for wait in waits:
+        run_worker(app)  # fails once, then the retry is not due
+        job.refresh()
+        assert job.state == "delayed"
+        assert job.record.run_at == clock.now() + wait
+        clock.advance(wait)
+    run_worker(app)
+    assert job.result(timeout=1) == "finally"
+    assert job.refresh().attempts == 3
+    assert [e["attempt"] for e in job.errors] == [1, 2]
+
+
+def test_callable_backoff_and_backoff_max(tmp_path):
+    clock = FakeClock()
+    app = Conveyor("memory://", clock=clock)
+
+    @app.task(name="t", attempts=2, backoff=lambda n: 100 * n, backoff_max=30)
+    def t():
+        raise RuntimeError("x")
+
+    job = t.enqueue()
+    run_worker(app)
+    assert job.refresh().record.run_at == clock.now() + 30
+
+
+def test_dead_letter_keeps_every_attempt(app):
+    @app.task(name="broken", attempts=3, backoff="fixed", backoff_delay=0.01)
+    def broken():
+        raise ValueError("still broken")
+
+    job = broken.enqueue()
+    deadline = time.monotonic() + 5
+    while job.refresh().state != "dead" and time.monotonic() < deadline:
+        run_worker(app)
+    assert job.state == "dead" and job.attempts == 3
+    assert [(e["attempt"], e["type"], e["message"]) for e in job.errors] == [
+        (n, "ValueError", "still broken") for n in (1, 2, 3)
+    ]
+    assert all("Traceback" in e["traceback"] for e in job.errors)
+
+
+def test_async_timeout_frees_the_slot(app):
+    @app.task(name="slow", timeout=0.1, attempts=1)
+    async def slow():
+        await asyncio.sleep(30)
+
+    @app.task(name="quick")
+    async def quick():
+        return "quick"
+
+    hung, after = slow.enqueue(), quick.enqueue()
+    run_worker(app)
+    assert after.result(timeout=1) == "quick"
+    assert hung.refresh().state == "dead"
+    assert hung.errors[-1]["type"] == "JobTimeout"
+
+
+def test_a_tasks_own_timeout_error_is_not_taken_for_the_deadline(app):
+    @app.task(name="own", timeout=30, attempts=1)
+    async def own():
+        raise TimeoutError("upstream API timed out")
+
+    job = own.enqueue()
+    run_worker(app)
+    assert job.refresh().errors[-1]["type"] == "TimeoutError"
+
+
+def test_corrupt_payload_goes_dead_and_the_worker_goes_on(app):
+    @app.task(name="fine")
+    def fine():
+        return 1
+
+    now = app.clock.now()
+    app.broker.enqueue([NewJob(id="corrupt", task="fine", queue="default", payload="{nope")])
+    good = fine.enqueue()
+    run_worker(app)
+    bad = app.get_job("corrupt")
+    assert bad.state == "dead" and bad.errors[-1]["type"] == "CorruptJob"
+    assert bad.record.created_at >= now
+    assert good.result(timeout=1) == 1
+
+
+def test_unserialisable_result_fails_the_run_clearly(app):
+    @app.task(name="sets", attempts=1)
+    def sets():
+        return {1, 2}
+
+    job = sets.enqueue()
+    run_worker(app)
+    error = job.refresh().errors[-1]
+    assert error["type"] == "ResultNotSerializable"
+    assert "the return value has type set" in error["message"]
+
+
+def test_graceful_stop_lets_the_active_job_finish(app):
+    started = threading.Event()
+
+    @app.task(name="work")
+    def work():
+        started.set()
+        time.sleep(0.3)
+        return "done"
+
+    job = work.enqueue()
+    worker = Worker(app, concurrency=1, grace=5)
+
+    async def main():
+        run = asyncio.create_task(worker.run_async())
+        await asyncio.to_thread(started.wait, 5)
+        worker.stop()
+        return await run
+
+    assert asyncio.run(main()) == 0
+    assert job.result(timeout=1) == "done"
+
+
+def test_stop_after_grace_releases_without_spending_an_attempt(app):
+    started = threading.Event()
+
+    @app.task(name="long")
+    async def long():
+        started.set()
+        await asyncio.sleep(30)
+
+    job = long.enqueue()
+    worker = Worker(app, concurrency=1, grace=0.1)
+
+    async def main():
+        run = asyncio.create_task(worker.run_async())
+        await asyncio.to_thread(started.wait, 5)
+        worker.stop()
+        return await run
+
+    assert asyncio.run(main()) == 0
+    job.refresh()
+    assert (job.state, job.attempts) == ("waiting", 0)
+
+
+def test_leases_are_renewed_while_a_long_job_runs(app):
+    runs = []
+
+    @app.task(name="long")
+    async def long():
+        runs.append(1)
+        await asyncio.sleep(1.0)
+        return "once"
+
+    job = long.enqueue()
+    other = Worker(app, lease=0.3)
+    worker = Worker(app, concurrency=1, lease=0.3, burst=True)
+
+    async def main():
+        run = asyncio.create_task(worker.run_async())
+        for _ in range(10):  # another worker trying to rescue stalled jobs meanwhile
+            await asyncio.sleep(0.1)
+            await other.maintain()
+        await run
+
+    asyncio.run(main())
+    assert job.result(timeout=1) == "once"
+    assert runs == [1]
+
+
+def test_retention_trims_completed_jobs_by_count(app):
+    app.queue("default", keep_completed=2)
+
+    @app.task(name="t")
+    def t(n):
+        return n
+
+    jobs = [t.enqueue(n) for n in range(5)]
+    worker = run_worker(app)
+    asyncio.run(worker.maintain())
+    assert app.stats()["default"]["completed"] == 2
+    assert [j.id for j in app.jobs(state="completed")] == [jobs[3].id, jobs[4].id]
+
+
+def test_drain_helper_counts_runs(app):
+    @app.task(name="t")
+    def t():
+        return 1
+
+    for _ in range(3):
+        t.enqueue()
+    assert drain(app) == 3
