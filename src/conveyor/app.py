@@ -221,10 +221,12 @@ class Conveyor:
             priority = known.defaults.priority if known else None
         if priority is None:
             priority = self.queue_config(queue).defaults.priority or 0
-        overrides = JobDefaults(
-            attempts, timeout, priority, backoff, backoff_delay, backoff_max, jitter
-        )
-        stored = overrides.stored()
+        elif type(priority) is not int:
+            raise ConfigurationError(f"priority must be a whole number, not {priority!r}")
+        stored = None  # most jobs carry no overrides: skip building and validating them
+        if any(v is not None for v in (attempts, timeout, backoff, backoff_delay, backoff_max, jitter)):
+            overrides = JobDefaults(attempts, timeout, priority, backoff, backoff_delay, backoff_max, jitter)
+            stored = overrides.stored()
         payload = encode_payload(name, tuple(args), kwargs or {}, self.max_payload)
         new = NewJob(
             id=job_id if job_id is not None else uuid.uuid4().hex,

@@ -1,0 +1,150 @@
+"""One broker shared by threads: no job is handed out twice, and
+wait_for_work wakes a sleeping worker when work arrives."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from conveyor.brokers.base import Broker, JobRecord
+
+from .conftest import LEASE, START, add, add_one, boom, claim_one, lease_of, make_state, new_job
+
+THREADS = 8
+JOBS = 10_000
+BATCH = 50
+
+
+def run_threads(target, count: int = THREADS) -> None:
+    """Run ``target(i)`` on ``count`` threads started together; re-raise failures."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(count)
+
+    def guarded(i: int) -> None:
+        try:
+            barrier.wait()
+            target(i)
+        except BaseException as exc:  # surface any thread's failure in the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a thread is stuck"
+    if errors:
+        raise errors[0]
+
+
+def test_concurrent_claimers_never_share_a_job(broker):
+    expected = [f"c{i}" for i in range(JOBS)]
+    for start in range(0, JOBS, 1000):
+        broker.enqueue([new_job(job_id) for job_id in expected[start : start + 1000]])
+    claimed: list[list[str]] = [[] for _ in range(THREADS)]
+
+    def worker(i: int) -> None:
+        while jobs := broker.claim(["default"], BATCH, LEASE, f"w{i}"):
+            claimed[i].extend(j.id for j in jobs)
+            assert broker.complete([(lease_of(j), "null") for j in jobs]) == [True] * len(jobs)
+
+    run_threads(worker)
+
+    everything = [job_id for ids in claimed for job_id in ids]
+    assert len(everything) == len(set(everything)), "a job was claimed twice"
+    assert sorted(everything) == sorted(expected)
+    assert broker.counts()["default"]["completed"] == JOBS
+    assert broker.pending(["default"]) == 0
+
+
+def test_concurrent_enqueues_of_one_id_create_it_once(broker):
+    created: list[int] = [0] * THREADS
+
+    def producer(i: int) -> None:
+        results = broker.enqueue([new_job(f"same-{n}", payload=str(i)) for n in range(50)])
+        created[i] = sum(r.created for r in results)
+
+    run_threads(producer)
+
+    assert sum(created) == 50
+    assert sum(broker.counts()["default"].values()) == 50
+
+
+def wait_in_thread(broker: Broker, queues: list[str], timeout: float):
+    """Start ``wait_for_work`` on a thread; return (thread, elapsed-holder)."""
+    elapsed: list[float] = []
+    started = threading.Event()
+
+    def waiter() -> None:
+        started.set()
+        t0 = time.monotonic()
+        broker.wait_for_work(queues, timeout)
+        elapsed.append(time.monotonic() - t0)
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    started.wait()
+    time.sleep(0.05)  # let it get into its wait
+    return thread, elapsed
+
+
+def _enqueue(broker: Broker, clock) -> None:
+    add_one(broker)
+
+
+def _release(broker: Broker, clock) -> None:
+    assert broker.release([lease_of(job) for job in held(broker)]) == 1
+
+
+def _fail_with_retry(broker: Broker, clock) -> None:
+    assert broker.fail(lease_of(held(broker)[0]), boom(), clock.now())
+
+
+def _retry(broker: Broker, clock) -> None:
+    assert broker.retry(["dead-one"]) == 1
+
+
+def _promote(broker: Broker, clock) -> None:
+    assert broker.promote(["later-one"]) == 1
+
+
+def _recover(broker: Broker, clock) -> None:
+    clock.advance(LEASE + 1)
+    assert len(broker.recover(max_stalled=3)) == 1
+
+
+def held(broker: Broker) -> list[JobRecord]:
+    return broker.list(state="active")
+
+
+@pytest.mark.parametrize(
+    "wake",
+    [_enqueue, _release, _fail_with_retry, _retry, _promote, _recover],
+    ids=lambda f: f.__name__[1:],
+)
+def test_wait_for_work_returns_early_when_work_arrives(broker, clock, wake):
+    # Set-up that leaves nothing ready: one active, one dead, one far-off job.
+    add_one(broker, "held-one")
+    claim_one(broker)
+    make_state(broker, clock, "dead", job_id="dead-one")
+    add(broker, new_job("later-one", run_at=START + 3600))
+    timeout = 2.0
+
+    thread, elapsed = wait_in_thread(broker, ["default"], timeout)
+    wake(broker, clock)
+    thread.join(timeout + 2)
+
+    assert not thread.is_alive()
+    assert elapsed and elapsed[0] < timeout / 2 + 0.25
+
+
+def test_wait_for_work_times_out_when_nothing_happens(broker):
+    timeout = 0.2
+
+    t0 = time.monotonic()
+    broker.wait_for_work(["default"], timeout)
+    elapsed = time.monotonic() - t0
+
+    assert timeout / 2 <= elapsed < timeout + 1.0
