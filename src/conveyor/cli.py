@@ -16,25 +16,30 @@ from rich.table import Table
 
 from conveyor.app import Conveyor
 from conveyor.brokers.base import STATES
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConfigurationError, ConveyorError
 
 console = Console()
+if not console.is_terminal:  # piped: do not fold ids and errors at 80 columns
+    console = Console(width=240)
 
 
 def load_app(spec: str) -> Conveyor:
     """Import ``module:attribute`` from the current folder."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise click.BadParameter(f"{spec!r} is not of the form module:attribute", param_hint="APP")
+        raise ConfigurationError(f"APP {spec!r} is not of the form module:attribute")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="APP") from None
+    except ConveyorError:
+        raise
+    except Exception as exc:  # the user's module failed to import: say why in one line
+        raise ConfigurationError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
     app = getattr(module, attribute, None)
     if not isinstance(app, Conveyor):
-        raise click.BadParameter(f"{spec!r} is not a Conveyor app (found {type(app).__name__})", param_hint="APP")
+        found = "nothing" if app is None else type(app).__name__
+        raise ConfigurationError(f"APP {spec!r} is not a Conveyor app (found {found})")
     return app
 
 

@@ -1,0 +1,23 @@
+"""The app ``tests/test_cli.py`` points the ``conveyor`` command at.
+
+The tests copy this file into a temporary folder, make it the current
+folder and set ``CONVEYOR_URL`` to a SQLite file there.
+"""
+
+from __future__ import annotations
+
+from conveyor import Conveyor
+
+app = Conveyor()
+
+not_an_app = 42
+
+
+@app.task(name="add")
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(name="report", queue="critical")
+def report(name: str) -> str:
+    return name

@@ -1,0 +1,305 @@
+"""End to end: real ``conveyor worker`` processes on a shared SQLite store.
+
+Each test copies ``tests/apps/e2e_app.py`` into its temporary folder and runs
+the ``conveyor`` command there, as a user would. The tasks append
+``start``/``done`` lines (with the worker's pid) to a log file, and the tests
+wait on those lines and on job states with short polls, never on long
+sleeps. Every worker process is killed at teardown, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor import Conveyor
+from conveyor.job import Job
+
+pytestmark = pytest.mark.slow
+
+APPS = Path(__file__).parent / "apps"
+APP = "e2e_app:app"
+CONVEYOR = [sys.executable, "-m", "conveyor.cli"]
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, what: str = "", interval: float = 0.05
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class E2E:
+    """One temporary folder: the app module, the SQLite store, the event log, the workers."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.dir = tmp_path
+        shutil.copy(APPS / "e2e_app.py", tmp_path / "e2e_app.py")
+        self.url = "sqlite:///" + str(tmp_path / "e2e.db")  # absolute path: four slashes
+        self.log = tmp_path / "events.log"
+        self.log.touch()
+        self.env = {
+            **os.environ,
+            "CONVEYOR_URL": self.url,
+            "E2E_LOG": str(self.log),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.app = Conveyor(self.url)  # the producer's view of the same store
+        self.app.stats()  # create the store before any worker opens it
+        self.workers: list[subprocess.Popen] = []
+
+    # -- processes ------------------------------------------------------
+
+    def start_worker(self, *options: str) -> subprocess.Popen:
+        output = open(self.dir / f"worker-{len(self.workers) + 1}.log", "wb")  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(
+                [*CONVEYOR, "worker", APP, *options],
+                cwd=self.dir,
+                env=self.env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            output.close()  # the child holds its own copy
+        self.workers.append(proc)
+        return proc
+
+    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*CONVEYOR, *args],
+            cwd=self.dir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def jobs_json(self) -> dict[str, dict[str, Any]]:
+        """``conveyor jobs APP --json``, by job id."""
+        done = self.cli("jobs", APP, "--json", "--limit", "1000")
+        assert done.returncode == 0, done.stderr
+        rows = json.loads(done.stdout)
+        assert isinstance(rows, list)
+        return {row["id"]: row for row in rows}
+
+    def worker_logs(self) -> str:
+        parts = []
+        for path in sorted(self.dir.glob("worker-*.log")):
+            parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}")
+        return "\n".join(parts)
+
+    def cleanup(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        self.app.close()
+
+    # -- observing ------------------------------------------------------
+
+    def events(self, kind: str, tag: str) -> list[int]:
+        """Pids of the processes that logged ``kind`` (start/done) for ``tag``, in order."""
+        pids = []
+        for line in self.log.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == kind and parts[1] == tag:
+                pids.append(int(parts[2]))
+        return pids
+
+    def job(self, job_id: str) -> Job:
+        job = self.app.get_job(job_id)
+        assert job is not None, f"job {job_id} is not stored"
+        return job
+
+    def state(self, job_id: str) -> str:
+        return self.job(job_id).state
+
+    def wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        try:
+            return wait_until(predicate, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}\nevents:\n{self.log.read_text()}\n{self.worker_logs()}"
+            ) from None
+
+    def wait_state(self, job_id: str, state: str, timeout: float = 15) -> Job:
+        self.wait(lambda: self.state(job_id) == state, timeout, f"job {job_id} to be {state}")
+        return self.job(job_id)
+
+
+@pytest.fixture
+def e2e(tmp_path: Path) -> Iterator[E2E]:
+    env = E2E(tmp_path)
+    try:
+        yield env
+    finally:
+        env.cleanup()
+
+
+def test_sigkilled_worker_job_is_recovered_and_run_once_more_by_another(e2e: E2E) -> None:
+    worker_a = e2e.start_worker("-c", "1", "--lease", "1")
+    e2e.app.enqueue("sleepy", ["killed", 2.0], job_id="killed")
+    e2e.wait(lambda: e2e.events("start", "killed"), 15, "the job to start on worker A")
+    assert e2e.events("start", "killed") == [worker_a.pid]
+
+    worker_a.send_signal(signal.SIGKILL)
+    assert worker_a.wait(timeout=5) == -signal.SIGKILL
+    assert e2e.state("killed") == "active"  # nobody has noticed yet: A's lease still holds it
+
+    worker_b = e2e.start_worker("-c", "1", "--lease", "1")
+    e2e.wait_state("killed", "completed", timeout=20)
+
+    row = e2e.jobs_json()["killed"]
+    assert row["state"] == "completed"
+    assert row["result"] == "killed"
+    assert row["attempts"] == 1, "a stall gives the attempt back"
+    assert e2e.events("start", "killed") == [worker_a.pid, worker_b.pid]
+    assert e2e.events("done", "killed") == [worker_b.pid]
+    assert worker_b.poll() is None
+
+
+def test_job_longer_than_its_lease_runs_once_while_its_worker_lives(e2e: E2E) -> None:
+    first = e2e.start_worker("--lease", "1")
+    second = e2e.start_worker("--lease", "1")
+    e2e.app.enqueue("sleepy", ["long", 3.0], job_id="long")
+
+    job = e2e.wait_state("long", "completed", timeout=20)
+
+    starts = e2e.events("start", "long")
+    assert len(starts) == 1, f"the body ran {len(starts)} times: {starts}"
+    assert starts[0] in (first.pid, second.pid)
+    assert e2e.events("done", "long") == starts
+    assert job.attempts == 1
+    assert job.errors == []
+    assert job.result(timeout=0) == "long"
+    # both workers were there the whole time, so either could have stolen the job
+    assert first.poll() is None and second.poll() is None
+
+
+def test_sigterm_lets_the_active_job_finish_then_exits_0(e2e: E2E) -> None:
+    worker = e2e.start_worker("-c", "1", "--lease", "2", "--grace", "10")
+    e2e.app.enqueue("sleepy", ["term", 1.5], job_id="term")
+    e2e.wait(lambda: e2e.events("start", "term"), 15, "the job to start")
+
+    sent = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    code = worker.wait(timeout=10)
+    took = time.monotonic() - sent
+
+    assert code == 0, e2e.worker_logs()
+    assert took < 10
+    assert e2e.events("done", "term") == [worker.pid]
+    job = e2e.job("term")
+    assert job.state == "completed"
+    assert job.attempts == 1
+    assert job.result(timeout=0) == "term"
+
+
+def test_sigterm_with_short_grace_releases_the_job_without_spending_an_attempt(e2e: E2E) -> None:
+    worker = e2e.start_worker("-c", "1", "--lease", "2", "--grace", "0.5")
+    e2e.app.enqueue("sleepy", ["released", 5.0], job_id="released")
+    e2e.wait(lambda: e2e.events("start", "released"), 15, "the job to start")
+
+    sent = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    code = worker.wait(timeout=4)
+    took = time.monotonic() - sent
+
+    assert code == 0, e2e.worker_logs()
+    assert took < 3, f"the worker took {took:.1f}s to exit with --grace 0.5"
+    job = e2e.job("released")
+    assert job.state == "waiting"
+    assert job.attempts == 0, "a job released on shutdown does not spend an attempt"
+    assert job.errors == []
+    assert e2e.events("done", "released") == []
+
+
+def test_hung_sync_job_times_out_and_frees_its_slot(e2e: E2E) -> None:
+    e2e.app.enqueue("hang", ["hung"], job_id="hung")
+    e2e.app.enqueue("quick", ["after"], job_id="after")
+    worker = e2e.start_worker("-c", "1", "--lease", "2")
+
+    e2e.wait(lambda: e2e.events("start", "hung"), 15, "the hung job to start")
+    hung_started = time.monotonic()
+    after = e2e.wait_state("after", "completed", timeout=15)
+    took = time.monotonic() - hung_started
+
+    assert took < 6, f"the next job completed {took:.1f}s after the hung one started (timeout=1)"
+    assert after.result(timeout=0) == "after"
+    hung = e2e.job("hung")
+    assert hung.state == "dead"
+    assert hung.attempts == 1
+    assert hung.error is not None and "timed out" in hung.error.lower(), hung.error
+    assert len(hung.errors) == 1
+    # -c 1: the second job waited for the first one's timeout, not for its 60 s sleep
+    assert after.record.started_at is not None and hung.record.started_at is not None
+    assert after.record.started_at - hung.record.started_at >= 0.9
+    assert e2e.events("done", "hung") == []
+    assert e2e.events("done", "after") == [worker.pid]
+    assert worker.poll() is None
+
+
+def test_burst_worker_exits_0_once_every_job_is_done(e2e: E2E) -> None:
+    tags = [f"burst-{n}" for n in range(4)]
+    for tag in tags:
+        e2e.app.enqueue("quick", [tag], job_id=tag)
+    e2e.app.enqueue("sleepy", ["burst-slow", 0.5], job_id="burst-slow")
+
+    done = e2e.cli("worker", APP, "--burst", "-c", "2", timeout=30)
+
+    assert done.returncode == 0, done.stderr + done.stdout
+    rows = e2e.jobs_json()
+    for tag in [*tags, "burst-slow"]:
+        assert rows[tag]["state"] == "completed", rows[tag]
+        assert rows[tag]["result"] == tag
+        assert len(e2e.events("done", tag)) == 1
+    assert e2e.app.stats()["default"]["completed"] == 5
+
+
+def test_burst_worker_does_not_wait_for_delayed_jobs(e2e: E2E) -> None:
+    e2e.app.enqueue("quick", ["now"], job_id="now")
+    e2e.app.enqueue("quick", ["later"], job_id="later", delay=3600)
+
+    done = e2e.cli("worker", APP, "--burst", timeout=30)
+
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert e2e.state("now") == "completed"
+    assert e2e.state("later") == "delayed"
+    assert e2e.events("start", "later") == []
+
+
+def test_unknown_task_goes_dead_at_once_and_the_worker_goes_on(e2e: E2E) -> None:
+    enqueued = e2e.cli("enqueue", APP, "no.such.task", "--args", "[1]", "--job-id", "ghost")
+    assert enqueued.returncode == 0, enqueued.stderr
+    assert enqueued.stdout.strip() == "ghost"
+    e2e.app.enqueue("quick", ["known"], job_id="known")
+    worker = e2e.start_worker("-c", "1")
+
+    e2e.wait_state("known", "completed", timeout=15)
+
+    ghost = e2e.job("ghost")
+    assert ghost.state == "dead"
+    assert ghost.error is not None and "no.such.task" in ghost.error, ghost.error
+    assert ghost.attempts == 1, "an unknown task is not retried"
+    assert len(ghost.errors) == 1
+    assert e2e.jobs_json()["ghost"]["error"] == ghost.error
+    assert e2e.events("done", "known") == [worker.pid]
+    assert worker.poll() is None
