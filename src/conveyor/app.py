@@ -8,10 +8,9 @@ import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, overload
-from urllib.parse import urlsplit
 
 from conveyor.backoff import BackoffFunction
-from conveyor.brokers import SCHEMES, open_broker
+from conveyor.brokers import check_url, open_broker
 from conveyor.brokers.base import STATES, Broker, NewJob
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import ConfigurationError
@@ -54,9 +53,7 @@ class Conveyor:
         max_stalled: int = 3,
     ) -> None:
         self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
-        scheme = urlsplit(self.url).scheme.lower()
-        if scheme not in SCHEMES:
-            open_broker(self.url)  # raises the one-line ConfigurationError naming the URL
+        check_url(self.url)  # a malformed URL fails here; the store opens on first use
         self.clock = clock or SystemClock()
         self.max_payload = max_payload
         self.max_stalled = max_stalled

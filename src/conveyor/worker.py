@@ -24,6 +24,7 @@ import signal
 import socket
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from conveyor.brokers.base import JobRecord, Lease
@@ -81,7 +82,11 @@ class Worker:
         self.failed = 0
         self._active: dict[str, tuple[Lease, asyncio.Task]] = {}
         self._completions: list[tuple[Lease, str]] = []
-        self._store = ThreadRunner("store", max_idle=2)
+        # Store calls go one at a time through one thread (a store serialises
+        # writes anyway, and a fixed thread keeps one connection); the idle
+        # wait for new work blocks, so it gets a thread of its own.
+        self._store: ThreadPoolExecutor | None = None
+        self._waiter = ThreadRunner("wait", max_idle=1)
         self._jobs = ThreadRunner("jobs", max_idle=concurrency)
         self._wait: asyncio.Future | None = None
         self._wake: asyncio.Event | None = None
@@ -124,7 +129,10 @@ class Worker:
             if install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
-            self._store.close()
+            if self._store is not None:
+                self._store.shutdown(wait=True)
+                self._store = None
+            self._waiter.close()
             self._jobs.close()
         log.info("worker %s stopped: %d done, %d failed", self.name, self.processed, self.failed)
         return 0
@@ -147,7 +155,9 @@ class Worker:
     # -- store calls, off the loop -------------------------------------
 
     async def call(self, fn: Any, *args: Any) -> Any:
-        return await self._store.run(fn, *args)
+        if self._store is None:
+            self._store = ThreadPoolExecutor(1, thread_name_prefix="conveyor-store")
+        return await asyncio.get_running_loop().run_in_executor(self._store, fn, *args)
 
     # -- fetch ----------------------------------------------------------
 
@@ -191,7 +201,7 @@ class Worker:
             due = await self.call(self.broker.next_due, self.queues)
             if due is not None:
                 timeout = max(0.0, min(timeout, due - self.app.clock.now()))
-            self._wait, _ = self._store.submit(self.broker.wait_for_work, self.queues, timeout)
+            self._wait, _ = self._waiter.submit(self.broker.wait_for_work, self.queues, timeout)
         woken = asyncio.ensure_future(self._wake.wait())
         try:
             await asyncio.wait({self._wait, woken}, return_when=asyncio.FIRST_COMPLETED)

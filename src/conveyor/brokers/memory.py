@@ -292,7 +292,7 @@ class MemoryBroker(Broker):
                 if job.stalls > max_stalled:
                     # A job that keeps killing its worker must not loop forever.
                     stalled = AttemptError(
-                        "Stalled", f"lease expired {job.stalls} times (max_stalled={max_stalled})"
+                        "Stalled", f"lease expired {job.stalls} times, more than max_stalled={max_stalled}"
                     )
                     self._append_error(job, stalled, now)
                     self._end(job, DEAD, now)

@@ -1,0 +1,519 @@
+"""The embedded store (``sqlite:///path.db``): the broker contract on one SQLite file.
+
+Several threads and processes may share one database file. Each thread gets
+its own connection (SQLite connections must not be used by two threads at
+once), opened lazily. Connections are in autocommit mode and every write
+operation is exactly one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction:
+IMMEDIATE takes the database's single write lock up front, so writers from
+any number of processes queue up on the busy timeout instead of failing on a
+stale snapshot, and two claimers can never see the same waiting job.
+
+The SQL lives in ``sqlite.sql`` as named blocks, one per operation; this
+module only binds parameters and builds records.
+
+Durability. The database runs in WAL mode with ``synchronous=NORMAL`` by
+default: a committed transaction survives a crash of the process (even
+``kill -9``), but an operating-system crash or a power cut can roll back the
+most recent commits, those made since the WAL was last synced to disk (at a
+checkpoint). The database itself stays consistent either way; only those
+last moves are lost (a completed job may be waiting again, an enqueued job
+may be missing). ``?synchronous=full`` syncs the WAL on every commit, so a
+commit survives a power cut too, at the cost of one fsync per transaction.
+
+URL: ``sqlite:///relative/path.db`` (from the current folder) or
+``sqlite:////absolute/path.db``, with the options ``?synchronous=normal|full``
+and ``?timeout=SECONDS`` (how long to wait for another writer, default 10).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import orjson
+
+from conveyor.brokers.base import (
+    ENDED_STATES,
+    STATES,
+    AttemptError,
+    Broker,
+    EnqueueResult,
+    JobRecord,
+    Lease,
+    NewJob,
+    Recovered,
+)
+from conveyor.clock import Clock
+from conveyor.errors import ConfigurationError, StoreUnavailable
+
+SCHEMA_VERSION = 1  # PRAGMA user_version: where later migrations start from
+# RETURNING (3.35), UPDATE ... FROM (3.33) and the ->> JSON operator (3.38).
+MIN_SQLITE = (3, 38)
+SYNCHRONOUS = ("normal", "full")
+DEFAULT_TIMEOUT = 10.0
+# How often wait_for_work asks whether another process committed. Reading
+# PRAGMA data_version costs a microsecond or two, so this is cheap, and it
+# keeps the wake-up latency for work enqueued elsewhere to a few ms.
+POLL_SECONDS = 0.003
+DATA_VERSION = "PRAGMA data_version"  # changes when another connection commits
+COLUMNS = tuple(field.name for field in dataclasses.fields(JobRecord))
+
+
+def _load_queries() -> SimpleNamespace:
+    """Parse ``sqlite.sql`` into ``name -> SQL`` once, dropping comment lines."""
+    text = files("conveyor.brokers").joinpath("sqlite.sql").read_text(encoding="utf-8")
+    queries = {}
+    for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
+        name, _, body = block.partition("\n")
+        lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
+        queries[name.strip()] = "\n".join(lines).strip()
+    return SimpleNamespace(**queries)
+
+
+SQL = _load_queries()
+# One job: insert and get the stored row back in the same statement.
+INSERT_RETURNING = SQL.insert_job + "\nRETURNING *"
+
+
+def _json(value: Any) -> str:
+    # sqlite3 binds bytes as a BLOB, which the JSON functions refuse: send text.
+    return orjson.dumps(value).decode()
+
+
+def _claim_order(row: tuple) -> tuple[int, int]:
+    return -row[5], row[1]  # (-priority, seq): the order claim promises
+
+
+def parse_url(url: str) -> tuple[str, str, float]:
+    """``(absolute path, synchronous, busy timeout)`` from a ``sqlite:`` URL."""
+    parts = urlsplit(url)
+    path = unquote(parts.path)[1:]  # the SQLAlchemy convention: drop one slash
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    synchronous = options.pop("synchronous", "normal").lower()
+    try:
+        timeout = float(options.pop("timeout", DEFAULT_TIMEOUT))
+    except ValueError:
+        timeout = math.nan
+    problem = None
+    if parts.netloc or not path or path == ":memory:":
+        problem = "write sqlite:///relative/path.db or sqlite:////absolute/path.db"
+    elif options:
+        problem = f"unknown option {next(iter(options))!r} (known: synchronous, timeout)"
+    elif synchronous not in SYNCHRONOUS:
+        problem = "synchronous must be normal or full"
+    elif not 0 <= timeout < math.inf:
+        problem = "timeout must be a number of seconds"
+    if problem:
+        raise ConfigurationError(f"bad store URL {url!r}: {problem}")
+    return os.path.abspath(path), synchronous, timeout
+
+
+# Brokers whose connections a forked child must forget (see _forget_connections).
+_OPEN_BROKERS: weakref.WeakSet[SQLiteBroker] = weakref.WeakSet()
+
+
+def _forget_connections_after_fork() -> None:
+    for broker in list(_OPEN_BROKERS):
+        broker._forget_connections()
+
+
+os.register_at_fork(after_in_child=_forget_connections_after_fork)
+
+
+def _close_connection(
+    conn: sqlite3.Connection, connections: list[sqlite3.Connection], lock: threading.Lock
+) -> None:
+    with lock:
+        if conn in connections:
+            connections.remove(conn)
+    conn.close()
+
+
+class _Transaction:
+    """``with`` block running one ``BEGIN IMMEDIATE`` ... ``COMMIT`` on a connection."""
+
+    __slots__ = ("__weakref__", "broker", "conn")
+
+    def __init__(self, broker: SQLiteBroker, conn: sqlite3.Connection) -> None:
+        self.broker = broker
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise self.broker._unavailable(exc) from exc
+        return self.conn
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if exc is None:
+                self.conn.execute("COMMIT")
+                return
+        except sqlite3.OperationalError as commit_error:
+            exc = commit_error
+        if self.conn.in_transaction:  # SQLite may have rolled back already
+            self.conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError):
+            raise self.broker._unavailable(exc) from exc
+
+
+class SQLiteBroker(Broker):
+    """The broker contract as SQL transactions on one SQLite file."""
+
+    def __init__(self, url: str, clock: Clock) -> None:
+        self.url = url
+        self.clock = clock
+        self.path, self.synchronous, self.timeout = parse_url(url)
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise StoreUnavailable(
+                f"cannot open {url}: the SQLite store needs SQLite 3.38 or newer, "
+                f"this Python has {sqlite3.sqlite_version}"
+            )
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        # Same-process wake-ups for wait_for_work: bumped after every commit
+        # that may have made a job ready or moved the next due time.
+        self._cond = threading.Condition()
+        self._generation = 0
+        self._waiters = 0
+        self._closed = False
+        folder = Path(self.path).parent
+        if not folder.is_dir():
+            raise StoreUnavailable(f"cannot open {url}: folder {folder} does not exist")
+        self._open_database()
+        _OPEN_BROKERS.add(self)
+
+    # -- connections -----------------------------------------------------
+
+    def _unavailable(self, exc: sqlite3.Error, opening: bool = False) -> StoreUnavailable:
+        """The one-line error for a failed SQLite call, naming the URL."""
+        where = f"cannot open {self.url}" if opening else self.url
+        if "locked" in str(exc) or "busy" in str(exc):
+            return StoreUnavailable(
+                f"{where}: the database is locked by another connection (waited {self.timeout:g}s)"
+            )
+        if not isinstance(exc, sqlite3.OperationalError):  # "file is not a database"...
+            return StoreUnavailable(f"{where}: {self.path} is not a conveyor database ({exc})")
+        return StoreUnavailable(f"{where}: {exc}")
+
+    def _connect(self) -> _Transaction:
+        """Open this thread's connection (and its transaction helper)."""
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.timeout,
+            isolation_level=None,  # autocommit: we write BEGIN/COMMIT ourselves
+            check_same_thread=False,  # only so close() may close it from any thread
+            cached_statements=128,
+        )
+        with self._connections_lock:
+            self._connections.append(conn)
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        tx = self._local.tx = _Transaction(self, conn)
+        # A thread's locals are dropped when it ends: close its connection
+        # then, or a process whose threads come and go (a web server's, say)
+        # would keep a file descriptor per thread it ever had.
+        weakref.finalize(tx, _close_connection, conn, self._connections, self._connections_lock)
+        return tx
+
+    def _tx(self) -> _Transaction:
+        try:
+            return self._local.tx
+        except AttributeError:
+            return self._connect()
+
+    def _conn(self) -> sqlite3.Connection:
+        return self._tx().conn
+
+    def _forget_connections(self) -> None:
+        """In a forked child: drop the parent's connections (SQLite forbids
+        using them across fork) and locks; new ones open on first use."""
+        self._local = threading.local()
+        self._connections = []
+        self._connections_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._waiters = 0
+
+    def _open_database(self) -> None:
+        """Check the file, switch it to WAL and create the schema, failing fast."""
+        try:
+            conn = self._conn()
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            conn.execute("BEGIN IMMEDIATE")  # also proves we can get the write lock
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version < SCHEMA_VERSION:
+                    for statement in SQL.schema.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(conveyor_jobs)"))
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise self._unavailable(exc, opening=True) from exc
+        problem = None
+        if mode.lower() != "wal":
+            problem = f"cannot use WAL mode here (journal_mode is {mode})"
+        elif version > SCHEMA_VERSION:
+            problem = f"its schema version {version} is newer than this conveyor's {SCHEMA_VERSION}"
+        elif columns != COLUMNS:
+            problem = f"{self.path} is not a conveyor database (unexpected conveyor_jobs columns)"
+        if problem:
+            self.close()
+            raise StoreUnavailable(f"cannot open {self.url}: {problem}")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise self._unavailable(exc) from exc
+
+    def _notify(self) -> None:
+        """Wake this process's wait_for_work callers after a commit."""
+        if self._waiters:  # read without the lock: a waiter that starts later looks itself
+            with self._cond:
+                self._generation += 1
+                self._cond.notify_all()
+
+    def _make_ready(self, sql: str, params: Sequence[Any]) -> int:
+        """Run one statement that makes jobs waiting; wake waiters if it did."""
+        with self._tx() as conn:
+            moved = conn.execute(sql, params).rowcount
+        if moved:
+            self._notify()
+        return moved
+
+    # -- producing -------------------------------------------------------
+
+    def enqueue(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
+        if not jobs:
+            return []
+        now = self.clock.now()
+        rows = [
+            (j.id, j.task, j.queue, j.priority, j.payload, j.options, j.run_at, now) for j in jobs
+        ]
+        with self._tx() as conn:
+            results = None
+            if len(rows) > 1:
+                results = self._insert_all(conn, rows)
+            if results is None:
+                results = [self._insert_one(conn, row) for row in rows]
+        self._notify()
+        return results
+
+    @staticmethod
+    def _insert_all(conn: sqlite3.Connection, rows: list[tuple]) -> list[EnqueueResult] | None:
+        """The bulk fast path: one executemany when no id is taken, else None."""
+        ids = [row[0] for row in rows]
+        if (
+            len(set(ids)) < len(ids)
+            or conn.execute(SQL.count_taken_ids, (_json(ids),)).fetchone()[0]
+        ):
+            return None
+        last = conn.execute(SQL.last_seq).fetchone()[0]
+        conn.executemany(SQL.insert_job, rows)
+        return [
+            EnqueueResult(JobRecord(*r), True) for r in conn.execute(SQL.jobs_after_seq, (last,))
+        ]
+
+    @staticmethod
+    def _insert_one(conn: sqlite3.Connection, row: tuple) -> EnqueueResult:
+        created = conn.execute(INSERT_RETURNING, row).fetchall()
+        if not created:  # the id is taken
+            existing = JobRecord(*conn.execute(SQL.get_job, row[:1]).fetchone())
+            if existing.state not in ENDED_STATES:
+                return EnqueueResult(existing, created=False)
+            conn.execute(SQL.delete_job, row[:1])  # an ended job's id may be reused
+            created = conn.execute(INSERT_RETURNING, row).fetchall()
+        return EnqueueResult(JobRecord(*created[0]), created=True)
+
+    # -- consuming -------------------------------------------------------
+
+    def claim(
+        self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str
+    ) -> list[JobRecord]:
+        now = self.clock.now()
+        claimed: list[JobRecord] = []
+        with self._tx() as conn:
+            promoted = conn.execute(SQL.promote_due, (now,)).rowcount
+            for queue in queues:
+                if len(claimed) >= limit:
+                    break
+                params = (now, now + lease_seconds, worker, queue, limit - len(claimed))
+                rows = conn.execute(SQL.claim_ready, params).fetchall()
+                rows.sort(key=_claim_order)
+                claimed += [JobRecord(*row) for row in rows]
+        if promoted:
+            self._notify()  # jobs of queues other than these may be ready now
+        return claimed
+
+    def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
+        if not leases:
+            return []
+        with self._tx() as conn:
+            params = (self.clock.now() + lease_seconds, _json(list(leases)))
+            held = {row[0] for row in conn.execute(SQL.extend_leases, params).fetchall()}
+        return [lease.job_id for lease in leases if lease.job_id not in held]
+
+    def complete(self, done: Sequence[tuple[Lease, str]]) -> list[bool]:
+        if not done:
+            return []
+        with self._tx() as conn:
+            params = (self.clock.now(), _json(list(done)))
+            completed = {row[0] for row in conn.execute(SQL.complete_jobs, params).fetchall()}
+        outcome = []
+        for lease, _ in done:
+            outcome.append(lease.job_id in completed)
+            completed.discard(lease.job_id)  # the same lease twice: only once True
+        return outcome
+
+    def fail(self, lease: Lease, error: AttemptError, retry_at: float | None) -> bool:
+        now = self.clock.now()
+        # ``at`` goes in as JSON number text: json_object rounds a REAL to 15 digits.
+        error_fields = (error.type, error.message, error.traceback, repr(now))
+        params = (lease.job_id, lease.token, *error_fields, retry_at, now)
+        with self._tx() as conn:
+            failed = conn.execute(SQL.fail_job, params).rowcount == 1
+        if failed and retry_at is not None:
+            self._notify()
+        return failed
+
+    def release(self, leases: Sequence[Lease]) -> int:
+        return self._make_ready(SQL.release_jobs, (_json(list(leases)),)) if leases else 0
+
+    def recover(self, max_stalled: int) -> list[Recovered]:
+        now = self.clock.now()
+        with self._tx() as conn:
+            rows = conn.execute(SQL.recover_expired, (now, max_stalled, repr(now))).fetchall()
+        if rows:
+            self._notify()
+        rows.sort(key=lambda row: row[1])  # seq order, as readable as any
+        return [Recovered(job_id, state) for job_id, _, state in rows]
+
+    # -- controlling -----------------------------------------------------
+
+    def cancel(self, job_id: str) -> bool:
+        with self._tx() as conn:
+            return conn.execute(SQL.cancel_job, (job_id, self.clock.now())).rowcount == 1
+
+    def retry(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
+        if job_ids is not None:
+            # By id, a cancelled job may be brought back too; "all" means dead only.
+            sql, params = SQL.retry_ids, (_json(list(job_ids)), queue)
+        elif queue is not None:
+            sql, params = SQL.retry_dead_in_queue, (queue,)
+        else:
+            sql, params = SQL.retry_dead, ()
+        return self._make_ready(sql, params)
+
+    def promote(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
+        if job_ids is not None:
+            sql, params = SQL.promote_ids, (_json(list(job_ids)), queue)
+        else:
+            sql, params = SQL.promote_all, (queue,)
+        return self._make_ready(sql, params)
+
+    def trim(
+        self, queue: str, state: str, keep: int | None = None, older_than: float | None = None
+    ) -> int:
+        if state not in ENDED_STATES:
+            raise ValueError(f"trim deletes ended jobs only, not {state!r} ones")
+        deleted = 0
+        with self._tx() as conn:
+            # Oldest first: what "older than" removes never changes which
+            # jobs are the ``keep`` most recent ones that stay.
+            if older_than is not None:
+                deleted += conn.execute(SQL.trim_older, (queue, state, older_than)).rowcount
+            if keep is not None:
+                deleted += conn.execute(SQL.trim_keep, (queue, state, max(keep, 0))).rowcount
+        return deleted
+
+    # -- reading ---------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord | None:
+        rows = self._read(SQL.get_job, (job_id,))
+        return JobRecord(*rows[0]) if rows else None
+
+    def list(
+        self,
+        queue: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        after: int | None = None,
+    ) -> list[JobRecord]:
+        # max(): SQLite reads a negative LIMIT as "no limit".
+        rows = self._read(SQL.list_jobs, (queue, state, after or 0, max(limit, 0)))
+        return [JobRecord(*row) for row in rows]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for queue, state, n in self._read(SQL.counts):
+            counts.setdefault(queue, dict.fromkeys(STATES, 0))[state] = n
+        return counts
+
+    def pending(self, queues: Sequence[str]) -> int:
+        return self._read(SQL.pending, (_json(list(queues)), self.clock.now()))[0][0]
+
+    def next_due(self, queues: Sequence[str]) -> float | None:
+        rows = self._read(SQL.next_due, (_json(list(queues)),))
+        return rows[0][0] if rows else None
+
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        # SQLite cannot tell another process about a commit, so we poll
+        # PRAGMA data_version (it changes when any other connection commits)
+        # and, when it has, ask work_hint whether our queues have work. Our
+        # own process's commits wake us at once through the condition.
+        deadline = time.monotonic() + max(timeout, 0.0)
+        hint_params = (_json(list(queues)),)
+        with self._cond:
+            if self._closed:
+                return
+            self._waiters += 1
+            generation = self._generation
+        try:
+            version = self._read(DATA_VERSION)[0][0]  # before looking: no commit slips by
+            while True:
+                ready, due = self._read(SQL.work_hint, hint_params)[0]
+                if ready:
+                    return
+                while True:
+                    with self._cond:
+                        remaining = deadline - time.monotonic()
+                        if due is not None:  # the store clock may be a test's FakeClock
+                            remaining = min(remaining, due - self.clock.now())
+                        if self._closed or self._generation != generation or remaining <= 0:
+                            return
+                        self._cond.wait(min(remaining, POLL_SECONDS))
+                    if (seen := self._read(DATA_VERSION)[0][0]) != version:
+                        version = seen
+                        break  # another connection committed: look again
+        finally:
+            with self._cond:
+                self._waiters -= 1
+
+    def close(self) -> None:
+        _OPEN_BROKERS.discard(self)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()  # nobody should sleep on a closed store
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()

@@ -1,0 +1,255 @@
+-- The SQLite store's SQL, one named block per operation (procrastinate style).
+-- sqlite.py loads this file once at import: a block runs from its
+-- "-- name:" line to the next one. Comment lines are dropped when loading.
+--
+-- Every query of jobs selects * : the table's columns are in the order of
+-- JobRecord's fields, so a row becomes JobRecord(*row) without any mapping
+-- (sqlite.py checks the order when it opens a database).
+--
+-- Queries repeat the WHERE clause of the partial index they mean to use
+-- (state = 'waiting', state IN (...)): SQLite only uses a partial index when
+-- the query's own terms imply the index's condition.
+
+-- name: schema
+-- Tables and indexes, created once under BEGIN IMMEDIATE (schema version 1).
+CREATE TABLE IF NOT EXISTS conveyor_jobs (
+    id            TEXT    NOT NULL UNIQUE,
+    -- AUTOINCREMENT: a replaced job must get a seq larger than any seen so
+    -- far, even when the job it replaces held the largest one.
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    task          TEXT    NOT NULL,
+    queue         TEXT    NOT NULL,
+    state         TEXT    NOT NULL,
+    priority      INTEGER NOT NULL DEFAULT 0,
+    payload       TEXT    NOT NULL,
+    options       TEXT,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    stalls        INTEGER NOT NULL DEFAULT 0,
+    created_at    REAL    NOT NULL,
+    run_at        REAL,
+    started_at    REAL,
+    finished_at   REAL,
+    lease_token   TEXT,
+    lease_expires REAL,
+    worker        TEXT,
+    result        TEXT,
+    errors        TEXT    NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS conveyor_jobs_ready
+    ON conveyor_jobs (queue, priority DESC, seq) WHERE state = 'waiting';
+CREATE INDEX IF NOT EXISTS conveyor_jobs_delayed
+    ON conveyor_jobs (run_at) WHERE state = 'delayed';
+CREATE INDEX IF NOT EXISTS conveyor_jobs_leases
+    ON conveyor_jobs (lease_expires) WHERE state = 'active';
+CREATE INDEX IF NOT EXISTS conveyor_jobs_ended
+    ON conveyor_jobs (queue, state, finished_at)
+    WHERE state IN ('completed', 'dead', 'cancelled');
+
+-- name: insert_job
+-- Store one new job; a taken id inserts nothing (the caller deals with it).
+-- ?1 id, ?2 task, ?3 queue, ?4 priority, ?5 payload, ?6 options, ?7 run_at, ?8 now
+INSERT INTO conveyor_jobs (id, task, queue, state, priority, payload, options, run_at, created_at)
+VALUES (?1, ?2, ?3, CASE WHEN ?7 > ?8 THEN 'delayed' ELSE 'waiting' END, ?4, ?5, ?6, ?7, ?8)
+ON CONFLICT (id) DO NOTHING
+
+-- name: count_taken_ids
+-- How many of the ids in the JSON array ?1 are already stored.
+SELECT count(*) FROM conveyor_jobs WHERE id IN (SELECT value FROM json_each(?1))
+
+-- name: last_seq
+-- The largest seq stored: rows inserted afterwards all have a larger one.
+SELECT coalesce(max(seq), 0) FROM conveyor_jobs
+
+-- name: jobs_after_seq
+-- The jobs a bulk insert just stored, in insertion order.
+SELECT * FROM conveyor_jobs WHERE seq > ?1 ORDER BY seq
+
+-- name: get_job
+-- One job by id.
+SELECT * FROM conveyor_jobs WHERE id = ?1
+
+-- name: delete_job
+-- Drop an ended job whose id a new job takes over.
+DELETE FROM conveyor_jobs WHERE id = ?1
+
+-- name: promote_due
+-- Delayed jobs (of every queue) whose run_at has come become waiting.
+UPDATE conveyor_jobs SET state = 'waiting' WHERE state = 'delayed' AND run_at <= ?1
+
+-- name: claim_ready
+-- Lease up to ?5 ready jobs of queue ?4 to worker ?3, each with its own
+-- random token. RETURNING gives the rows in no promised order.
+-- ?1 now, ?2 lease expiry
+UPDATE conveyor_jobs
+SET state = 'active', attempts = attempts + 1, started_at = ?1,
+    lease_token = lower(hex(randomblob(8))), lease_expires = ?2, worker = ?3
+WHERE seq IN (
+    SELECT seq FROM conveyor_jobs
+    WHERE state = 'waiting' AND queue = ?4
+    ORDER BY priority DESC, seq
+    LIMIT ?5
+)
+RETURNING *
+
+-- name: extend_leases
+-- Push back the expiry of the leases in ?2 (a JSON array of {job_id, token})
+-- that still hold their job; returns the ids of the jobs still held.
+UPDATE conveyor_jobs SET lease_expires = ?1
+FROM (SELECT value ->> 'job_id' AS job_id, value ->> 'token' AS token FROM json_each(?2)) AS held
+WHERE conveyor_jobs.id = held.job_id AND conveyor_jobs.lease_token = held.token
+  AND conveyor_jobs.state = 'active'
+RETURNING conveyor_jobs.id
+
+-- name: complete_jobs
+-- ?2 is a JSON array of [{job_id, token}, result JSON text]: every job still
+-- held by its lease becomes completed with its result. Returns their ids.
+UPDATE conveyor_jobs
+SET state = 'completed', result = done.result, finished_at = ?1,
+    lease_token = NULL, lease_expires = NULL
+FROM (
+    SELECT value ->> '$[0].job_id' AS job_id, value ->> '$[0].token' AS token,
+           value ->> '$[1]' AS result
+    FROM json_each(?2)
+) AS done
+WHERE conveyor_jobs.id = done.job_id AND conveyor_jobs.lease_token = done.token
+  AND conveyor_jobs.state = 'active'
+RETURNING conveyor_jobs.id
+
+-- name: fail_job
+-- A failed run, fenced by the lease (?1 id, ?2 token): append the error
+-- (?3 type, ?4 message, ?5 traceback, ?6 now as JSON number text), then
+-- retry at ?7 (delayed, or waiting when not in the future) or, when ?7 is
+-- NULL, go dead. ?8 now.
+UPDATE conveyor_jobs
+SET errors = json_insert(errors, '$[#]', json_object(
+        'attempt', attempts, 'type', ?3, 'message', ?4, 'traceback', ?5, 'at', json(?6))),
+    state = CASE WHEN ?7 IS NULL THEN 'dead' WHEN ?7 > ?8 THEN 'delayed' ELSE 'waiting' END,
+    run_at = coalesce(?7, run_at),
+    finished_at = CASE WHEN ?7 IS NULL THEN ?8 END,
+    lease_token = NULL, lease_expires = NULL
+WHERE id = ?1 AND lease_token = ?2 AND state = 'active'
+
+-- name: release_jobs
+-- Held jobs (?1: JSON array of {job_id, token}) go back to waiting without
+-- spending an attempt: shutdown interrupted them, they did not fail.
+UPDATE conveyor_jobs
+SET state = 'waiting', attempts = attempts - 1, lease_token = NULL, lease_expires = NULL
+FROM (SELECT value ->> 'job_id' AS job_id, value ->> 'token' AS token FROM json_each(?1)) AS held
+WHERE conveyor_jobs.id = held.job_id AND conveyor_jobs.lease_token = held.token
+  AND conveyor_jobs.state = 'active'
+
+-- name: recover_expired
+-- Active jobs whose lease expired before ?1 (now) stalled: the count goes up;
+-- above ?2 (max_stalled) the job goes dead with a "Stalled" error (?3 is now
+-- as JSON number text), otherwise back to waiting, its attempt given back.
+UPDATE conveyor_jobs
+SET stalls = stalls + 1,
+    state = CASE WHEN stalls + 1 > ?2 THEN 'dead' ELSE 'waiting' END,
+    attempts = CASE WHEN stalls + 1 > ?2 THEN attempts ELSE attempts - 1 END,
+    finished_at = CASE WHEN stalls + 1 > ?2 THEN ?1 END,
+    errors = CASE WHEN stalls + 1 > ?2 THEN json_insert(errors, '$[#]', json_object(
+        'attempt', attempts, 'type', 'Stalled',
+        'message', 'lease expired ' || (stalls + 1) || ' times, more than max_stalled=' || ?2,
+        'traceback', '', 'at', json(?3))) ELSE errors END,
+    lease_token = NULL, lease_expires = NULL
+WHERE state = 'active' AND lease_expires <= ?1
+RETURNING id, seq, state
+
+-- name: cancel_job
+-- A waiting or delayed job (?1) ends as cancelled at ?2.
+UPDATE conveyor_jobs SET state = 'cancelled', finished_at = ?2
+WHERE id = ?1 AND state IN ('waiting', 'delayed')
+
+-- name: retry_ids
+-- Dead or cancelled jobs among the ids in ?1 (of queue ?2 when not NULL)
+-- start over: same id and seq, fresh attempts, the error history kept.
+UPDATE conveyor_jobs SET state = 'waiting', attempts = 0, stalls = 0, finished_at = NULL
+WHERE id IN (SELECT value FROM json_each(?1)) AND state IN ('dead', 'cancelled')
+  AND (?2 IS NULL OR queue = ?2)
+
+-- name: retry_dead
+-- Every dead job starts over.
+UPDATE conveyor_jobs SET state = 'waiting', attempts = 0, stalls = 0, finished_at = NULL
+WHERE state IN ('completed', 'dead', 'cancelled') AND state = 'dead'
+
+-- name: retry_dead_in_queue
+-- Every dead job of queue ?1 starts over.
+UPDATE conveyor_jobs SET state = 'waiting', attempts = 0, stalls = 0, finished_at = NULL
+WHERE state IN ('completed', 'dead', 'cancelled') AND queue = ?1 AND state = 'dead'
+
+-- name: promote_ids
+-- Delayed jobs among the ids in ?1 (of queue ?2 when not NULL) become waiting.
+UPDATE conveyor_jobs SET state = 'waiting'
+WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'delayed'
+  AND (?2 IS NULL OR queue = ?2)
+
+-- name: promote_all
+-- Every delayed job (of queue ?1 when not NULL) becomes waiting.
+UPDATE conveyor_jobs SET state = 'waiting'
+WHERE state = 'delayed' AND (?1 IS NULL OR queue = ?1)
+
+-- name: trim_older
+-- Delete ended jobs of queue ?1 in state ?2 that finished before ?3.
+DELETE FROM conveyor_jobs
+WHERE state IN ('completed', 'dead', 'cancelled') AND queue = ?1 AND state = ?2
+  AND finished_at < ?3
+
+-- name: trim_keep
+-- Delete ended jobs of queue ?1 in state ?2 but the ?3 most recently finished.
+-- The finished_at range makes SQLite look up state by equality (not by the
+-- IN list), so the index yields the ORDER BY and nothing gets sorted.
+DELETE FROM conveyor_jobs WHERE seq IN (
+    SELECT seq FROM conveyor_jobs
+    WHERE state IN ('completed', 'dead', 'cancelled') AND queue = ?1 AND state = ?2
+      AND finished_at IS NOT NULL
+    ORDER BY finished_at DESC, seq DESC
+    LIMIT -1 OFFSET ?3
+)
+
+-- name: list_jobs
+-- A page of jobs in seq order after cursor ?3, filtered by queue ?1 and
+-- state ?2 when they are not NULL.
+SELECT * FROM conveyor_jobs
+WHERE seq > ?3 AND (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR state = ?2)
+ORDER BY seq
+LIMIT ?4
+
+-- name: counts
+-- (queue, state, n) for every pair that holds jobs. One part per partial
+-- index, so most of the work is index-only instead of reading every row.
+SELECT queue, 'waiting', count(*) FROM conveyor_jobs WHERE state = 'waiting' GROUP BY queue
+UNION ALL
+SELECT queue, 'delayed', count(*) FROM conveyor_jobs WHERE state = 'delayed' GROUP BY queue
+UNION ALL
+SELECT queue, 'active', count(*) FROM conveyor_jobs WHERE state = 'active' GROUP BY queue
+UNION ALL
+SELECT queue, state, count(*) FROM conveyor_jobs
+WHERE state IN ('completed', 'dead', 'cancelled') GROUP BY queue, state
+
+-- name: pending
+-- Jobs of the queues in ?1 (JSON array) that are waiting, active, or delayed
+-- and due by ?2.
+SELECT
+    (SELECT count(*) FROM conveyor_jobs
+     WHERE state = 'waiting' AND queue IN (SELECT value FROM json_each(?1)))
+  + (SELECT count(*) FROM conveyor_jobs
+     WHERE state = 'active' AND queue IN (SELECT value FROM json_each(?1)))
+  + (SELECT count(*) FROM conveyor_jobs
+     WHERE state = 'delayed' AND run_at <= ?2 AND queue IN (SELECT value FROM json_each(?1)))
+
+-- name: next_due
+-- The earliest run_at among delayed jobs of the queues in ?1 (JSON array).
+SELECT run_at FROM conveyor_jobs
+WHERE state = 'delayed' AND queue IN (SELECT value FROM json_each(?1))
+ORDER BY run_at
+LIMIT 1
+
+-- name: work_hint
+-- For wait_for_work, one cheap read: is a job of the queues in ?1 waiting,
+-- and when is the earliest delayed one due?
+SELECT
+    EXISTS (SELECT 1 FROM conveyor_jobs
+            WHERE state = 'waiting' AND queue IN (SELECT value FROM json_each(?1))),
+    (SELECT run_at FROM conveyor_jobs
+     WHERE state = 'delayed' AND queue IN (SELECT value FROM json_each(?1))
+     ORDER BY run_at LIMIT 1)
