@@ -129,6 +129,7 @@ class Worker:
             if install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+            await self._end_wait()
             if self._store is not None:
                 self._store.shutdown(wait=True)
                 self._store = None
@@ -207,6 +208,14 @@ class Worker:
             await asyncio.wait({self._wait, woken}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             woken.cancel()
+
+    async def _end_wait(self) -> None:
+        """Bring back the thread blocked in wait_for_work before returning:
+        a daemon thread still inside the store when the interpreter exits can
+        crash it."""
+        if self._wait is not None and not self._wait.done():
+            self.broker.interrupt()
+            await asyncio.wait({self._wait}, timeout=self.poll_interval + 1.0)
 
     async def _sleep_unless_woken(self, seconds: float) -> None:
         assert self._wake is not None

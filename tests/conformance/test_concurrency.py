@@ -115,13 +115,17 @@ def _recover(broker: Broker, clock) -> None:
     assert len(broker.recover(max_stalled=3)) == 1
 
 
+def _interrupt(broker: Broker, clock) -> None:
+    broker.interrupt()  # no work at all: a stopping worker wants its thread back
+
+
 def held(broker: Broker) -> list[JobRecord]:
     return broker.list(state="active")
 
 
 @pytest.mark.parametrize(
     "wake",
-    [_enqueue, _release, _fail_with_retry, _retry, _promote, _recover],
+    [_enqueue, _release, _fail_with_retry, _retry, _promote, _recover, _interrupt],
     ids=lambda f: f.__name__[1:],
 )
 def test_wait_for_work_returns_early_when_work_arrives(broker, clock, wake):

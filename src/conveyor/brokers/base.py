@@ -274,5 +274,10 @@ class Broker(abc.ABC):
         have become ready (an enqueue, a release, a retry). Spurious wake-ups
         are allowed; callers claim and see."""
 
+    @abc.abstractmethod
+    def interrupt(self) -> None:
+        """Make every ``wait_for_work`` call of this process return now (a
+        worker stopping must not leave a thread blocked in the store)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. The broker must not be used afterwards."""

@@ -74,6 +74,7 @@ class MemoryBroker(Broker):
         self._delayed: dict[str, list[DelayedEntry]] = {}
         self._tickets: dict[str, int] = {}  # job id -> ticket of its live heap entry
         self._next_ticket = itertools.count()
+        self._interrupts = 0  # bumped by interrupt(): every waiter returns
         self._active: set[str] = set()  # what recover() has to look at
         self._counts: dict[str, dict[str, int]] = {}
         # Bumped per queue whenever a job there becomes waiting, so a waiter
@@ -409,7 +410,8 @@ class MemoryBroker(Broker):
         deadline = time.monotonic() + max(timeout, 0.0)
         with self._cond:
             seen = [self._generation.get(q, 0) for q in queues]
-            while not self._closed:
+            interrupts = self._interrupts
+            while not self._closed and self._interrupts == interrupts:
                 if [self._generation.get(q, 0) for q in queues] != seen:
                     return
                 remaining = deadline - time.monotonic()
@@ -419,6 +421,11 @@ class MemoryBroker(Broker):
                 if remaining <= 0:
                     return
                 self._cond.wait(remaining)
+
+    def interrupt(self) -> None:
+        with self._cond:
+            self._interrupts += 1
+            self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:

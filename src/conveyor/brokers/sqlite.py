@@ -507,12 +507,21 @@ class SQLiteBroker(Broker):
         finally:
             with self._cond:
                 self._waiters -= 1
+                self._cond.notify_all()
+
+    def interrupt(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
 
     def close(self) -> None:
         _OPEN_BROKERS.discard(self)
         with self._cond:
             self._closed = True
             self._cond.notify_all()  # nobody should sleep on a closed store
+            # Closing a connection another thread is reading from can crash
+            # the process: let the waiters (a few ms from a poll) leave first.
+            self._cond.wait_for(lambda: self._waiters == 0, timeout=1.0)
         with self._connections_lock:
             connections, self._connections = self._connections, []
         for conn in connections:
