@@ -28,3 +28,4 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/sqlite_throughput.py
+	$(BIN)/python benchmarks/sqlite_scale.py
