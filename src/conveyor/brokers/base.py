@@ -165,6 +165,21 @@ class Broker(abc.ABC):
         claimers, whatever the number of threads or processes.
         """
 
+    def complete_and_claim(
+        self,
+        done: Sequence[tuple[Lease, str]],
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        worker: str,
+    ) -> tuple[list[bool], list[JobRecord]]:
+        """``complete(done)`` then ``claim(...)``, in one round trip where the
+        store can (a busy worker finishes a batch and takes the next). The
+        two halves need not be one transaction. ``limit`` may be 0."""
+        accepted = self.complete(done) if done else []
+        claimed = self.claim(queues, limit, lease_seconds, worker) if limit > 0 else []
+        return accepted, claimed
+
     @abc.abstractmethod
     def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
         """Push back the expiry of every held lease to now + ``lease_seconds``.
