@@ -1,53 +1,55 @@
-"""Running one claimed job: call the task, then complete, retry or bury it.
+"""Running one claimed job and deciding what happens to it.
 
 The decisions live here, once, for every store: unknown task names and
 corrupt payloads go dead at once; an error or a timeout spends an attempt and
 is retried after the backoff while attempts remain, else the job goes dead
-with every attempt's error kept.
+with every attempt's error kept. Nothing here writes to the store: the
+worker writes outcomes in batches (``worker.Worker._acknowledge``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from conveyor.brokers.base import AttemptError, JobRecord, Lease
+from conveyor.brokers.base import AttemptError, JobRecord
 from conveyor.errors import JobTimeout, PayloadError
 from conveyor.serialization import decode_payload, encode_result
 
 if TYPE_CHECKING:
     from conveyor.worker import Worker
 
-log = logging.getLogger("conveyor.worker")
-
 
 @dataclass(slots=True)
 class Outcome:
-    """``result_json`` set: the job succeeded and awaits its completion write."""
+    """Success (``result_json``), a retry in ``retry_in`` seconds, or dead
+    (``error`` with ``retry_in`` None)."""
 
     result_json: str | None = None
+    error: AttemptError | None = None
+    retry_in: float | None = None
 
 
-FAILED = Outcome()
+def _dead(kind: str, message: str) -> Outcome:
+    return Outcome(error=AttemptError(kind, message))
 
 
-async def run_job(worker: Worker, record: JobRecord, lease: Lease) -> Outcome:
+async def run_job(worker: Worker, record: JobRecord) -> Outcome:
     app = worker.app
     task = app.tasks.get(record.task)
     if task is None:
         known = ", ".join(sorted(app.tasks)) or "none"
-        message = f"no task named {record.task!r} is registered in this worker (known: {known})"
-        await _bury(worker, record, lease, AttemptError("UnknownTask", message))
-        return FAILED
+        return _dead(
+            "UnknownTask",
+            f"no task named {record.task!r} is registered in this worker (known: {known})",
+        )
     try:
         args, kwargs = decode_payload(record.payload)
         options = app.run_options(record.task, record.queue, record.options)
     except Exception as exc:
-        await _bury(worker, record, lease, AttemptError("CorruptJob", str(exc)))
-        return FAILED
+        return _dead("CorruptJob", str(exc))
 
     timeout = options.timeout
     try:
@@ -73,7 +75,7 @@ async def run_job(worker: Worker, record: JobRecord, lease: Lease) -> Outcome:
                 raise JobTimeout(
                     f"timed out after {timeout:g} s (its thread could not be stopped at once)"
                 ) from None
-        return Outcome(encode_result(value))
+        return Outcome(result_json=encode_result(value))
     except asyncio.CancelledError:
         raise
     except PayloadError as exc:
@@ -81,37 +83,10 @@ async def run_job(worker: Worker, record: JobRecord, lease: Lease) -> Outcome:
     except Exception as exc:
         error = AttemptError(type(exc).__name__, str(exc), traceback.format_exc())
 
-    attempt = record.attempts
-    if attempt < options.attempts:
-        wait = options.backoff.seconds(attempt)
-        retried = await worker.call(worker.broker.fail, lease, error, app.clock.now() + wait)
-        if retried:
-            log.warning(
-                "job %s (%s) failed on attempt %d of %d: %s: %s; retrying in %.3gs",
-                record.id,
-                record.task,
-                attempt,
-                options.attempts,
-                error.type,
-                error.message,
-                wait,
-            )
-    else:
-        await _bury(worker, record, lease, error)
-    return FAILED
+    if record.attempts < options.attempts:
+        return Outcome(error=error, retry_in=options.backoff.seconds(record.attempts))
+    return Outcome(error=error)
 
 
 def _call(fn, args, kwargs):  # type: ignore[no-untyped-def]
     return fn(*args, **kwargs)
-
-
-async def _bury(worker: Worker, record: JobRecord, lease: Lease, error: AttemptError) -> None:
-    if await worker.call(worker.broker.fail, lease, error, None):
-        log.error(
-            "job %s (%s) is dead after %d attempt(s): %s: %s",
-            record.id,
-            record.task,
-            record.attempts,
-            error.type,
-            error.message,
-        )

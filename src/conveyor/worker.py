@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.worker")
 
-STORE_RETRY_PAUSE = 1.0  # seconds between attempts while the store is unreachable
+# While the store is unreachable: first retry after STORE_RETRY_MIN seconds,
+# doubling up to STORE_RETRY_MAX, so a restart is noticed fast and an outage
+# costs one log line every few seconds, not a crash loop.
+STORE_RETRY_MIN = 0.1
+STORE_RETRY_MAX = 5.0
 
 
 class Worker:
@@ -82,6 +87,9 @@ class Worker:
         self.failed = 0
         self._active: dict[str, tuple[Lease, asyncio.Task]] = {}
         self._completions: list[tuple[Lease, str]] = []
+        self._failures: list[tuple[JobRecord, Lease, Outcome]] = []
+        self._down_since: float | None = None  # monotonic time the store became unreachable
+        self._backoff = STORE_RETRY_MIN
         # Store calls go one at a time through one thread (a store serialises
         # writes anyway, and a fixed thread keeps one connection); the idle
         # wait for new work blocks, so it gets a thread of its own.
@@ -167,30 +175,49 @@ class Worker:
         while not self._stopping.is_set():
             self._wake.clear()
             try:
-                await self._flush()
+                await self._write_failures()
                 free = self.concurrency - len(self._active)
-                if free <= 0:
+                if free <= 0 and not self._completions:
                     await self._wake.wait()
                     continue
-                claimed = await self.call(
-                    self.broker.claim, self.queues, free, self.lease, self.name
-                )
+                claimed = await self._complete_and_claim(max(free, 0))
+                self._store_is_back()
                 if claimed:
                     for record in claimed:
                         self._start(record)
+                    continue
+                if free <= 0:
                     continue
                 if self.burst and await self._queues_drained():
                     log.info("burst: queues %s are empty", ",".join(self.queues))
                     return
                 await self._idle()
             except Exception as exc:  # the store is unreachable: keep going, loudly
-                log.error(
-                    "store error (%s): %s; retrying in %gs", self.broker.url, exc, STORE_RETRY_PAUSE
-                )
-                await self._sleep_unless_woken(STORE_RETRY_PAUSE)
+                await self._store_is_down(exc)
+
+    async def _store_is_down(self, exc: Exception) -> None:
+        """Back off (0.1 s doubling to 5 s) with one log line per retry, never a traceback."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self._backoff = STORE_RETRY_MIN
+        else:
+            self._backoff = min(self._backoff * 2, STORE_RETRY_MAX)
+        log.error(
+            "store unavailable (%s): %s; %d results waiting to be written; retrying in %.1fs",
+            self.broker.url,
+            exc,
+            len(self._completions) + len(self._failures),
+            self._backoff,
+        )
+        await self._sleep_unless_woken(self._backoff)
+
+    def _store_is_back(self) -> None:
+        if self._down_since is not None:
+            log.warning("store reachable again after %.1fs", time.monotonic() - self._down_since)
+            self._down_since = None
 
     async def _queues_drained(self) -> bool:
-        if self._active or self._completions:
+        if self._active or self._completions or self._failures:
             return False
         return await self.call(self.broker.pending, self.queues) == 0
 
@@ -230,11 +257,12 @@ class Worker:
     async def _run(self, record: JobRecord, lease: Lease) -> None:
         assert self._wake is not None
         try:
-            outcome: Outcome = await run_job(self, record, lease)
-            if outcome.result_json is not None:
-                self._completions.append((lease, outcome.result_json))
+            outcome = await run_job(self, record)
+            if outcome.error is None:
+                self._completions.append((lease, outcome.result_json or "null"))
                 self.processed += 1
             else:
+                self._failures.append((record, lease, outcome))
                 self.failed += 1
         except asyncio.CancelledError:
             raise
@@ -244,20 +272,52 @@ class Worker:
             self._active.pop(record.id, None)
             self._wake.set()
 
-    async def _flush(self) -> None:
-        """Write buffered completions in one store call."""
-        if not self._completions:
-            return
-        batch, self._completions = self._completions, []
+    # -- acknowledge: outcomes are written in batches, kept until written --
+
+    async def _complete_and_claim(self, limit: int) -> list[JobRecord]:
+        """Write buffered results and claim up to ``limit`` jobs, in one store call."""
+        done, self._completions = self._completions, []
         try:
-            accepted = await self.call(self.broker.complete, batch)
+            accepted, claimed = await self.call(
+                self.broker.complete_and_claim, done, self.queues, limit, self.lease, self.name
+            )
         except Exception:
-            self._completions = batch + self._completions  # written when the store is back
+            self._completions = done + self._completions  # written when the store is back
             raise
-        for (lease, _), ok in zip(batch, accepted, strict=True):
+        for (lease, _), ok in zip(done, accepted, strict=True):
             if not ok:
                 log.warning(
                     "job %s finished after its lease was lost; result discarded", lease.job_id
+                )
+        return claimed
+
+    async def _write_failures(self) -> None:
+        """Record failed runs (retry later, or dead), fenced one by one."""
+        while self._failures:
+            record, lease, outcome = self._failures[0]
+            assert outcome.error is not None
+            retry_at = None if outcome.retry_in is None else self.app.clock.now() + outcome.retry_in
+            accepted = await self.call(self.broker.fail, lease, outcome.error, retry_at)
+            self._failures.pop(0)
+            error = f"{outcome.error.type}: {outcome.error.message}"
+            if not accepted:
+                log.warning("job %s failed after its lease was lost: %s", record.id, error)
+            elif retry_at is None:
+                log.error(
+                    "job %s (%s) is dead after %d attempt(s): %s",
+                    record.id,
+                    record.task,
+                    record.attempts,
+                    error,
+                )
+            else:
+                log.warning(
+                    "job %s (%s) failed on attempt %d: %s; retrying in %.3gs",
+                    record.id,
+                    record.task,
+                    record.attempts,
+                    error,
+                    outcome.retry_in,
                 )
 
     # -- renew and maintain --------------------------------------------
@@ -267,6 +327,7 @@ class Worker:
             await asyncio.sleep(self.lease / 3)
             held = [lease for lease, _ in self._active.values()]
             held += [lease for lease, _ in self._completions]
+            held += [lease for _, lease, _ in self._failures]
             if not held:
                 continue
             try:
@@ -331,8 +392,14 @@ class Worker:
     async def _flush_final(self) -> None:
         for _ in range(3):
             try:
-                await self._flush()
+                await self._write_failures()
+                if self._completions:
+                    await self._complete_and_claim(0)
                 return
             except Exception as exc:
-                log.error("could not write %d results: %s", len(self._completions), exc)
-                await asyncio.sleep(STORE_RETRY_PAUSE)
+                log.error(
+                    "could not write %d results: %s",
+                    len(self._completions) + len(self._failures),
+                    exc,
+                )
+                await asyncio.sleep(STORE_RETRY_MAX)

@@ -17,6 +17,7 @@ from conveyor.brokers.base import (
 )
 
 from .conftest import (
+    LEASE,
     START,
     add,
     add_one,
@@ -231,3 +232,23 @@ def test_cancel_refuses_a_started_or_ended_job(broker, clock, state):
 
 def test_cancel_unknown_id(broker):
     assert broker.cancel("ghost") is False
+
+
+def test_complete_and_claim_finishes_a_batch_and_takes_the_next(broker, clock):
+    add(broker, *(new_job(f"cc{i}") for i in range(5)))
+    first = claim(broker, limit=2)
+    stale = Lease(first[1].id, "not-the-token")
+    accepted, nxt = broker.complete_and_claim(
+        [(lease_of(first[0]), '"one"'), (stale, '"two"')], ["default"], 2, LEASE, "w1"
+    )
+    assert accepted == [True, False]  # fenced per item
+    assert ids(nxt) == ["cc2", "cc3"]
+    assert all(j.state == "active" for j in nxt)
+    assert broker.get("cc0").result == '"one"' and broker.get("cc0").state == "completed"
+    assert broker.get("cc1").state == "active" and broker.get("cc1").result is None
+    # limit 0 only completes; nothing done only claims
+    assert broker.complete_and_claim([(lease_of(nxt[0]), "1")], ["default"], 0, LEASE, "w1") == (
+        [True],
+        [],
+    )
+    assert ids(broker.complete_and_claim([], ["default"], 5, LEASE, "w1")[1]) == ["cc4"]

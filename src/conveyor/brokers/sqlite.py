@@ -349,20 +349,42 @@ class SQLiteBroker(Broker):
     def claim(
         self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str
     ) -> list[JobRecord]:
+        return self.complete_and_claim((), queues, limit, lease_seconds, worker)[1]
+
+    def complete_and_claim(
+        self,
+        done: Sequence[tuple[Lease, str]],
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        worker: str,
+    ) -> tuple[list[bool], list[JobRecord]]:
+        # One transaction for both halves: a busy worker pays one commit per batch.
         now = self.clock.now()
         claimed: list[JobRecord] = []
+        promoted = 0
         with self._tx() as conn:
-            promoted = conn.execute(SQL.promote_due, (now,)).rowcount
-            for queue in queues:
-                if len(claimed) >= limit:
-                    break
-                params = (now, now + lease_seconds, worker, queue, limit - len(claimed))
-                rows = conn.execute(SQL.claim_ready, params).fetchall()
-                rows.sort(key=_claim_order)
-                claimed += [JobRecord(*row) for row in rows]
+            completed = (
+                {row[0] for row in conn.execute(SQL.complete_jobs, (now, _json(list(done))))}
+                if done
+                else set()
+            )
+            if limit > 0:
+                promoted = conn.execute(SQL.promote_due, (now,)).rowcount
+                for queue in queues:
+                    if len(claimed) >= limit:
+                        break
+                    params = (now, now + lease_seconds, worker, queue, limit - len(claimed))
+                    rows = conn.execute(SQL.claim_ready, params).fetchall()
+                    rows.sort(key=_claim_order)
+                    claimed += [JobRecord(*row) for row in rows]
         if promoted:
             self._notify()  # jobs of queues other than these may be ready now
-        return claimed
+        accepted = []
+        for lease, _ in done:
+            accepted.append(lease.job_id in completed)
+            completed.discard(lease.job_id)  # the same lease twice: only once True
+        return accepted, claimed
 
     def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
         if not leases:
@@ -373,16 +395,7 @@ class SQLiteBroker(Broker):
         return [lease.job_id for lease in leases if lease.job_id not in held]
 
     def complete(self, done: Sequence[tuple[Lease, str]]) -> list[bool]:
-        if not done:
-            return []
-        with self._tx() as conn:
-            params = (self.clock.now(), _json(list(done)))
-            completed = {row[0] for row in conn.execute(SQL.complete_jobs, params).fetchall()}
-        outcome = []
-        for lease, _ in done:
-            outcome.append(lease.job_id in completed)
-            completed.discard(lease.job_id)  # the same lease twice: only once True
-        return outcome
+        return self.complete_and_claim(done, (), 0, 0.0, "")[0] if done else []
 
     def fail(self, lease: Lease, error: AttemptError, retry_at: float | None) -> bool:
         now = self.clock.now()
