@@ -234,3 +234,30 @@ def test_stats_lists_every_state_for_each_queue(app):
 def test_to_dict_has_the_cli_json_fields(app):
     job = app.enqueue("t")
     assert {"id", "task", "queue", "state", "attempts", "error", "result"} <= set(job.to_dict())
+
+
+def test_enqueue_many_stores_every_call_with_its_options(app):
+    @app.task(name="add")
+    def add(x, y):
+        return x + y
+
+    jobs = app.enqueue_many(
+        [add.s(1, 2), add.options(priority=7, queue="bulk").s(3, y=4), add.options(delay=5).s(0, 0)]
+    )
+    assert [(j.args, j.kwargs, j.queue, j.priority, j.state) for j in jobs] == [
+        ([1, 2], {}, "default", 0, "waiting"),
+        ([3], {"y": 4}, "bulk", 7, "waiting"),
+        ([0, 0], {}, "default", 0, "delayed"),
+    ]
+    assert drain(app, ["default", "bulk"], skip_delays=True) == 3
+    assert [j.result(timeout=1) for j in jobs] == [3, 7, 0]
+
+
+def test_enqueue_many_stores_nothing_when_one_call_is_bad(app):
+    @app.task(name="t")
+    def t(x):
+        pass
+
+    with pytest.raises(PayloadError, match="argument 0 has type set"):
+        app.enqueue_many([t.s(1), t.s({2})])
+    assert app.stats() == {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -53,6 +54,10 @@ class Task(Generic[P, R]):
         """Store a job that calls this task with these arguments; returns at once."""
         return self.app.enqueue(self.name, args=args, kwargs=kwargs)
 
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        """This call, to enqueue later: ``app.enqueue_many([add.s(1, 2), ...])``."""
+        return Signature(self.name, args, kwargs, {})
+
     def options(
         self,
         *,
@@ -83,3 +88,16 @@ class BoundOptions(Generic[P]):
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         return self.task.app.enqueue(self.task.name, args=args, kwargs=kwargs, **self.opts)
+
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        return Signature(self.task.name, args, kwargs, self.opts)
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """A task call with its options, not yet enqueued."""
+
+    task: str
+    args: tuple
+    kwargs: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)
