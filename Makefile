@@ -1,11 +1,12 @@
 # Two commands on a fresh machine:
 #   make demo   installs everything into .venv and runs the demo on the embedded store
 #   make test   installs everything into .venv and runs the whole test suite
+#               (first making sure redis-server runs on 127.0.0.1:6379: scripts/services.sh)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: install demo test lint bench
+.PHONY: install services demo test lint bench
 
 $(BIN)/conveyor: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +19,10 @@ install: $(BIN)/conveyor
 demo: install
 	$(BIN)/conveyor demo
 
-test: install
+services:
+	bash scripts/services.sh
+
+test: services install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest
 

@@ -1,5 +1,7 @@
-"""End to end: real ``conveyor worker`` processes on a shared SQLite store.
+"""End to end: real ``conveyor worker`` processes on a shared store.
 
+Every test runs twice: on a SQLite file in its temporary folder, and on the
+Redis at 127.0.0.1:6379 under a key prefix of its own (removed afterwards).
 Each test copies ``tests/apps/e2e_app.py`` into its temporary folder and runs
 the ``conveyor`` command there, as a user would. The tasks append
 ``start``/``done`` lines (with the worker's pid) to a log file, and the tests
@@ -9,6 +11,7 @@ sleeps. Every worker process is killed at teardown, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +27,7 @@ import pytest
 
 from conveyor import Conveyor
 from conveyor.job import Job
+from servers import isolated_redis_url
 
 pytestmark = pytest.mark.slow
 
@@ -47,12 +51,12 @@ def wait_until(
 
 
 class E2E:
-    """One temporary folder: the app module, the SQLite store, the event log, the workers."""
+    """One temporary folder: the app module, the store, the event log, the workers."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, url: str) -> None:
         self.dir = tmp_path
         shutil.copy(APPS / "e2e_app.py", tmp_path / "e2e_app.py")
-        self.url = "sqlite:///" + str(tmp_path / "e2e.db")  # absolute path: four slashes
+        self.url = url
         self.log = tmp_path / "events.log"
         self.log.touch()
         self.env = {
@@ -145,13 +149,18 @@ class E2E:
         return self.job(job_id)
 
 
-@pytest.fixture
-def e2e(tmp_path: Path) -> Iterator[E2E]:
-    env = E2E(tmp_path)
-    try:
-        yield env
-    finally:
-        env.cleanup()
+@pytest.fixture(params=["sqlite", "redis"])
+def e2e(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[E2E]:
+    if request.param == "sqlite":  # absolute path: four slashes
+        store = contextlib.nullcontext("sqlite:///" + str(tmp_path / "e2e.db"))
+    else:
+        store = isolated_redis_url(request.getfixturevalue("default_redis"), "e2e")
+    with store as url:
+        env = E2E(tmp_path, url)
+        try:
+            yield env
+        finally:
+            env.cleanup()
 
 
 def test_sigkilled_worker_job_is_recovered_and_run_once_more_by_another(e2e: E2E) -> None:

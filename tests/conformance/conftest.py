@@ -7,6 +7,7 @@ contract in ``conveyor.brokers.base``; it never looks inside a store.
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -17,13 +18,43 @@ from conveyor.brokers import open_broker
 from conveyor.brokers.base import AttemptError, Broker, JobRecord, Lease, NewJob
 from conveyor.clock import FakeClock
 
+_REDIS_PREFIXES: set[str] = set()
+
+
+def _redis(tmp: Path) -> str:
+    """A fresh key prefix on the shared redis-server (its keys go at the end of the run)."""
+    prefix = f"conveyor-test-{uuid.uuid4().hex[:12]}"
+    _REDIS_PREFIXES.add(prefix)
+    return f"redis://127.0.0.1:6379/0?prefix={prefix}"
+
+
 #: Every store the suite runs against: test id -> URL for a fresh, empty store
 #: (given a per-test temporary folder). Adding a store is one line here. A
 #: store that cannot be opened errors the test; it is never skipped.
 STORES: dict[str, Callable[[Path], str]] = {
     "memory": lambda tmp: "memory://",
     "sqlite": lambda tmp: "sqlite:///" + str(tmp / "conformance.db"),
+    "redis": _redis,
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_redis_test_keys() -> Iterator[None]:
+    """Delete the keys of every prefix ``_redis`` handed out, and only those."""
+    yield
+    if _REDIS_PREFIXES:
+        import redis
+
+        client = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+        keys = [
+            key
+            for key in client.scan_iter("conveyor-test-*", count=1000)
+            if key.partition(":")[0] in _REDIS_PREFIXES
+        ]
+        for start in range(0, len(keys), 500):
+            client.unlink(*keys[start : start + 500])
+        client.close()
+
 
 START = 1_700_000_000.0  # the FakeClock's time when each test begins
 LEASE = 30.0

@@ -1,14 +1,17 @@
-"""Stores, chosen by URL scheme: ``memory://``, ``sqlite:///path.db``."""
+"""Stores, chosen by URL scheme: ``memory://``, ``sqlite:///path.db``, ``redis://host/0``
+(also ``rediss://`` and ``redis+sentinel://``; Redis Cluster with ``?cluster=1``)."""
 
 from __future__ import annotations
 
+from types import ModuleType
 from urllib.parse import urlsplit
 
 from conveyor.brokers.base import Broker
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import ConfigurationError
 
-SCHEMES = ("memory", "sqlite")
+SCHEMES = ("memory", "sqlite", "redis", "rediss", "redis+sentinel")
+REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel")
 
 
 def check_url(url: str) -> None:
@@ -18,6 +21,8 @@ def check_url(url: str) -> None:
         from conveyor.brokers.sqlite import parse_url
 
         parse_url(url)
+    elif scheme in REDIS_SCHEMES:
+        _redis_store().parse_url(url)
     elif scheme not in SCHEMES:
         raise _unknown_scheme(url, scheme)
 
@@ -28,6 +33,18 @@ def _unknown_scheme(url: str, scheme: str) -> ConfigurationError:
         f"unknown store URL {url!r}: the scheme {scheme + '://' if scheme else '(none)'} "
         f"is not one of {known}"
     )
+
+
+def _redis_store() -> ModuleType:
+    """The Redis store's module, imported only when a Redis URL is used."""
+    try:
+        from conveyor.brokers import redis_store
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the Redis store needs the redis package ({exc}): "
+            "pip install 'conveyor-jobs[redis]'"
+        ) from exc
+    return redis_store
 
 
 def open_broker(url: str, clock: Clock | None = None) -> Broker:
@@ -46,4 +63,6 @@ def open_broker(url: str, clock: Clock | None = None) -> Broker:
         from conveyor.brokers.sqlite import SQLiteBroker
 
         return SQLiteBroker(url, clock)
+    if scheme in REDIS_SCHEMES:
+        return _redis_store().RedisBroker(url, clock)
     raise _unknown_scheme(url, scheme)

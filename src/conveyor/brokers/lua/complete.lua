@@ -1,0 +1,22 @@
+-- complete: held jobs of one queue end as completed with their result.
+-- A job carries a token only while it is active, so the token is the fence.
+-- KEYS[1] active     ZSET  score lease expiry, member id
+-- KEYS[2] completed  ZSET  score finished_at, member id
+-- ARGV[1] key prefix of the queue   ARGV[2] now   ARGV[3..] triples: id, token, result
+-- Returns one 1 (completed) or 0 (lease lost, nothing changed) per job.
+local now = ARGV[2]
+local out = {}
+for i = 3, #ARGV, 3 do
+  local id = ARGV[i]
+  local key = ARGV[1] .. 'job:' .. id
+  if redis.call('HGET', key, 'token') == ARGV[i + 1] then
+    redis.call('HSET', key, 'state', 'completed', 'end', now, 'result', ARGV[i + 2])
+    redis.call('HDEL', key, 'token', 'lease')
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZADD', KEYS[2], now, id)
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out

@@ -1,0 +1,699 @@
+"""The Redis store: ``redis://``, ``rediss://`` (TLS), ``redis+sentinel://``, Cluster.
+
+Every move of a job is one Lua script, ``lua/<operation>.lua``, whose header
+names its KEYS, ARGV and reply; scripts run with EVALSHA and are loaded again
+after a NOSCRIPT (a restarted server). This module builds keys and arguments,
+batches calls into pipelines (one round trip each) and reads the replies.
+
+Keys (``P`` is ``?prefix=``, default ``conveyor``). Every key of queue ``Q``
+carries the hash tag ``{Q}``, so a script touches one Cluster slot and queues
+spread over the shards:
+
+- ``P:{Q}:job:<id>``: one HASH per job, holding only the fields that are set
+  (task, data, state, seq, ord, made, prio, opts, run, tries, stalls, start,
+  end, token, lease, worker, result, errors).
+- ``P:{Q}:waiting``: ZSET scored ``-priority``, each member the job's ``ord``
+  in 12 hex digits, then its id. ``ord`` is taken from ``P:{Q}:counter`` at
+  enqueue, so equal priorities leave in enqueue order whatever the number of
+  producers, and a released job gets its place back.
+- ``P:{Q}:delayed`` by run_at (promoted inside ``claim``), ``P:{Q}:active`` by
+  lease expiry (``recover`` is one range query), ``P:{Q}:completed|dead|
+  cancelled`` by finished_at (``trim``).
+- ``P:queues``: SET of queue names, so ``get``, ``counts``, ``cancel``... can
+  pipeline one call per queue.
+
+``seq`` orders ``list`` across queues: wall-clock microseconds, strictly
+increasing within a process. ``list`` reads the ids of the states and queues
+it filters on and sorts them here: O(jobs in those states).
+
+A job id is unique in the whole store on one server or behind Sentinel (the
+enqueue script looks in every queue). In a Cluster it is unique within its
+queue only: the other queues live in other slots.
+
+``claim`` promotes the due jobs of its own queues every time, those of other
+queues at most once a second per process. A lease token is ``<16 hex>:<queue>``,
+so a ``Lease`` tells which queue's keys to use.
+
+``wait_for_work`` sleeps on pub/sub: a script that gives a queue its first
+ready job (or a sooner delayed one) publishes on ``P:ready:<queue>``, and one
+thread per broker stays subscribed to every queue it was asked to wait on.
+
+URL options: ``?prefix=NAME``; ``?cluster=1`` for Redis Cluster (name any
+node); the others go to redis-py. Sentinel:
+``redis+sentinel://[[user]:password@]host:port[,host:port]/service[/db]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from importlib.resources import files
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import orjson
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, NoScriptError, ReadOnlyError, RedisClusterException
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from conveyor.brokers.base import (
+    ENDED_STATES,
+    STATES,
+    AttemptError,
+    Broker,
+    EnqueueResult,
+    JobRecord,
+    Lease,
+    NewJob,
+    Recovered,
+)
+from conveyor.clock import Clock
+from conveyor.errors import ConfigurationError, StoreUnavailable
+
+NAMES = ["enqueue", "claim", "extend", "complete", "fail", "release", "recover", "cancel",
+         "retry", "promote", "trim"]  # fmt: skip
+LUA = files("conveyor.brokers").joinpath("lua")
+SOURCES = {name: LUA.joinpath(f"{name}.lua").read_text() for name in NAMES}
+SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in SOURCES.items()}
+BATCH = 1000  # jobs per script call: a long script blocks the server for everyone
+QUEUES_TTL = 1.0  # seconds claim trusts this process's list of queues
+DOWN = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, ReadOnlyError,
+        RedisClusterException)  # fmt: skip
+REDIS_OPTIONS = {  # what redis-py takes from a URL's query: its connections' arguments
+    name
+    for cls in (redis.connection.Connection, redis.connection.SSLConnection)
+    for klass in cls.__mro__
+    if "__init__" in vars(klass)
+    for name in inspect.signature(klass.__init__).parameters
+} - {"self", "kwargs", "args"}
+SENTINEL_FORM = "write redis+sentinel://host:port[,host:port]/service_name[/db]"
+Call = Callable[[Any], Any]  # one command, given the client or a pipeline
+
+_seq_lock = threading.Lock()
+_last_seq = 0
+
+
+def _next_seqs(n: int) -> range:
+    """``n`` fresh seq values: wall-clock microseconds, never repeated in this process."""
+    global _last_seq
+    with _seq_lock:
+        first = max(_last_seq + 1, time.time_ns() // 1000)
+        _last_seq = first + n - 1
+    return range(first, first + n)
+
+
+class Target(NamedTuple):
+    url: str  # for redis-py: conveyor's own options taken out
+    safe: str  # for messages: the password masked
+    prefix: str
+    cluster: bool
+    sentinels: list[tuple[str, int]] | None
+    db: int
+
+
+def _mask(url: str) -> str:
+    parts = urlsplit(url)
+    user, at, hosts = parts.netloc.rpartition("@")
+    if not at and "password" not in parts.query:
+        return url
+    netloc = f"{user.partition(':')[0]}:***@{hosts}" if at and ":" in user else parts.netloc
+    query = [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query, True)]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="*"), ""))
+
+
+def parse_url(url: str) -> Target:
+    """Check a Redis URL without connecting; ConfigurationError says what is wrong."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in ("prefix", "cluster")}
+    parts = parts._replace(query=urlencode([(k, v) for k, v in query if k not in ours]))
+    prefix, cluster = ours.get("prefix", "conveyor"), ours.get("cluster", "0").lower()
+    hosts, path = parts.netloc.rpartition("@")[2], [p for p in parts.path.split("/") if p]
+    sentinels, db, problem = None, 0, None
+    try:
+        if parts.scheme.lower() == "redis+sentinel":
+            problem = SENTINEL_FORM
+            sentinels = [
+                (h.rpartition(":")[0], int(h.rpartition(":")[2])) for h in hosts.split(",")
+            ]
+            db = int(path[1]) if len(path) == 2 else 0
+            if 1 <= len(path) <= 2 and all(host for host, _ in sentinels):
+                problem = "Sentinel URLs take no option but prefix" if parts.query else None
+        elif not hosts or len(path) > 1 or (path and not path[0].isdigit()):
+            problem = "write redis://host[:port][/db] (db a number)"
+        elif unknown := [k for k, _ in parse_qsl(parts.query) if k not in REDIS_OPTIONS]:
+            problem = f"unknown option {unknown[0]!r} (conveyor's: prefix, cluster)"
+        else:
+            db = int(redis.connection.parse_url(urlunsplit(parts)).get("db", 0))
+    except ValueError as exc:
+        problem = problem or str(exc)
+    if problem is None and (not prefix or "{" in prefix or "}" in prefix):
+        problem = "prefix must be a non-empty name without { or }"
+    elif problem is None and cluster not in ("0", "1"):
+        problem = "cluster must be 1 or 0"
+    elif problem is None and cluster == "1" and (sentinels or db):
+        problem = "cluster=1 goes with redis:// or rediss:// and database 0"
+    if problem:
+        raise ConfigurationError(f"bad store URL {_mask(url)!r}: {problem}")
+    return Target(urlunsplit(parts), _mask(url), prefix, cluster == "1", sentinels, db)
+
+
+def _connect(target: Target) -> Any:
+    """The client: short timeouts, health checks, and a brief retry over a blip."""
+    options: dict[str, Any] = {
+        "decode_responses": True, "socket_timeout": 10.0, "socket_connect_timeout": 5.0,
+        "socket_keepalive": True, "health_check_interval": 15,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+    }  # fmt: skip
+    if target.cluster:
+        return RedisCluster.from_url(target.url, **options)
+    if target.sentinels is None:
+        return redis.Redis.from_url(target.url, **options)
+    parts = urlsplit(target.url)
+    service = unquote(parts.path.split("/")[1])
+    auth = {"username": unquote(parts.username or "") or None,
+            "password": unquote(parts.password or "") or None}  # fmt: skip
+    timeouts = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
+    sentinel = Sentinel(target.sentinels, sentinel_kwargs=timeouts)
+    return sentinel.master_for(service, db=target.db, **auth, **options)
+
+
+class _Keys(NamedTuple):
+    prefix: str  # of every key of the queue; a job is prefix + "job:" + id
+    waiting: str
+    delayed: str
+    active: str
+    completed: str
+    dead: str
+    cancelled: str
+    counter: str
+    channel: str  # pub/sub, not a key
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+def _float(text: str | None) -> float | None:
+    return None if text is None else float(text)
+
+
+def _record(job_id: str, queue: str, h: dict[str, str]) -> JobRecord:
+    g = h.get
+    return JobRecord(
+        job_id, int(h["seq"]), h["task"], queue, h["state"], int(g("prio", 0)), h["data"],
+        g("opts"), int(g("tries", 0)), int(g("stalls", 0)), float(h["made"]), _float(g("run")),
+        _float(g("start")), _float(g("end")), g("token"), _float(g("lease")), g("worker"),
+        g("result"), g("errors", "[]"),
+    )  # fmt: skip
+
+
+def _queue_of(token: str) -> str | None:
+    """The queue a lease token was handed out for; None for a token we never made."""
+    return token[17:] if len(token) > 17 and token[16] == ":" else None
+
+
+def _script(name: str, keys: Sequence[str], args: Sequence[Any]) -> Call:
+    sha = SHAS[name]  # execute_command: redis-py refuses .evalsha() in Cluster pipelines
+    return lambda client: client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+
+
+class RedisBroker(Broker):
+    """The broker contract as Lua scripts on Redis."""
+
+    def __init__(self, url: str, clock: Clock) -> None:
+        self.url = url
+        self.clock = clock
+        self.target = parse_url(url)
+        try:
+            self._r = _connect(self.target)
+        except DOWN as exc:
+            raise StoreUnavailable(f"cannot open {self.target.safe}: {exc}") from exc
+        self._queues_key = f"{self.target.prefix}:queues"
+        self._keys_cache: dict[str, _Keys] = {}
+        self._known: frozenset[str] = frozenset()  # queue names seen in P:queues
+        self._known_at = self._promoted_at = -1e9  # time.monotonic() of the last look
+        self._added: frozenset[str] = frozenset()  # Cluster: queues this process added
+        self._waker = _Waker(self)
+
+    # -- plumbing --------------------------------------------------------
+
+    def _keys(self, queue: str) -> _Keys:
+        if (keys := self._keys_cache.get(queue)) is None:
+            p = f"{self.target.prefix}:{{{queue}}}:"
+            names = (p + s for s in (*STATES, "counter"))
+            keys = self._keys_cache[queue] = _Keys(p, *names, f"{self.target.prefix}:ready:{queue}")
+        return keys
+
+    def _run(self, calls: Sequence[Call]) -> list[Any]:
+        """Run calls in one round trip, in order; a script the server lost is loaded again."""
+        try:
+            if len(calls) <= 1:
+                return [self._noscript(call) for call in calls]
+            pipe = self._r.pipeline(transaction=False)
+            for call in calls:
+                call(pipe)
+            replies = pipe.execute(raise_on_error=False)
+            for i, reply in enumerate(replies):
+                if isinstance(reply, NoScriptError):  # it did nothing: run it again
+                    replies[i] = self._noscript(calls[i])
+                elif isinstance(reply, Exception):
+                    raise reply
+            return replies
+        except DOWN as exc:
+            message = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            raise StoreUnavailable(f"{self.target.safe}: {message}") from exc
+
+    def _noscript(self, call: Call) -> Any:
+        try:
+            return call(self._r)
+        except NoScriptError:
+            for source in SOURCES.values():
+                self._r.script_load(source)  # on every primary of a Cluster
+            return call(self._r)
+
+    def _learn(self, members: set[str]) -> frozenset[str]:
+        self._known, self._known_at = self._known | members, time.monotonic()
+        return self._known
+
+    def _per_queue(
+        self, calls_for: Callable[[_Keys], list[Call]], queues: Sequence[str] | None = None
+    ) -> dict[str, list[Any]]:
+        """``calls_for(keys of a queue)`` for ``queues``, or for every queue in the
+        store: one round trip, plus one for queues this process had not seen."""
+        if queues is None:
+            plan = {q: calls_for(self._keys(q)) for q in sorted(self._known)}
+            head = [lambda c: c.smembers(self._queues_key)]
+            replies = self._run(head + [call for calls in plan.values() for call in calls])
+            queues, replies = sorted(self._learn(replies[0]) - plan.keys()), replies[1:]
+            out = self._split(plan, replies)
+        else:
+            out = {}
+        plan = {q: calls_for(self._keys(q)) for q in dict.fromkeys(queues)}
+        return out | self._split(plan, self._run([c for cs in plan.values() for c in cs]))
+
+    @staticmethod
+    def _split(plan: dict[str, list[Call]], replies: list[Any]) -> dict[str, list[Any]]:
+        out, i = {}, 0
+        for queue, calls in plan.items():
+            out[queue], i = replies[i : i + len(calls)], i + len(calls)
+        return out
+
+    def _each(self, name: str, spec: Callable[[_Keys], tuple], queue: str | None = None) -> list:
+        """The replies of script ``name`` run on ``queue``, or on every queue, with
+        the (keys, args) ``spec(keys of the queue)`` gives."""
+        queues = None if queue is None else [queue]
+        found = self._per_queue(lambda k: [_script(name, *spec(k))], queues)
+        return [reply for (reply,) in found.values()]
+
+    def _per_lease(
+        self, name: str, leases: Sequence[Lease], keys: Callable, head: Callable, extra: Callable
+    ) -> tuple[list[list[int]], list[Call]]:
+        """One call of script ``name`` per queue the leases' tokens name, with
+        ``keys(k)``, then ``k.prefix``, ``head(k)`` and (id, token, *extra(i)) per lease."""
+        groups: dict[str, list[int]] = {}
+        for i, lease in enumerate(leases):
+            if (queue := _queue_of(lease.token)) is not None:
+                groups.setdefault(queue, []).append(i)
+        calls = []
+        for queue, idx in groups.items():
+            k = self._keys(queue)
+            args = [k.prefix, *head(k)]
+            for i in idx:
+                args += (leases[i].job_id, leases[i].token, *extra(i))
+            calls.append(_script(name, keys(k), args))
+        return list(groups.values()), calls
+
+    # -- producing -------------------------------------------------------
+
+    def enqueue(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
+        now = self.clock.now()
+        seqs, states = _next_seqs(len(jobs)), ["waiting"] * len(jobs)
+        first: dict[str, int] = {}  # id -> its first job here; later ones repeat that one
+        by_queue: dict[str, list[int]] = {}
+        for i, job in enumerate(jobs):
+            if first.setdefault(job.id, i) == i:
+                by_queue.setdefault(job.queue, []).append(i)
+            if job.run_at is not None and job.run_at > now:
+                states[i] = "delayed"
+        chunks = [
+            idx[n : n + BATCH] for idx in by_queue.values() for n in range(0, len(idx), BATCH)
+        ]
+        calls, queues_key = [], [] if self.target.cluster else [self._queues_key]
+        if self.target.cluster and (new := set(by_queue) - self._added):
+            calls.append(lambda c: c.sadd(self._queues_key, *new))  # the scripts cannot
+            self._added |= new
+        for chunk in chunks:
+            queue = jobs[chunk[0]].queue
+            k = self._keys(queue)
+            args: list[Any] = [f"{self.target.prefix}:", queue, repr(now), k.channel]
+            for i in chunk:
+                job = jobs[i]
+                run_at = "" if job.run_at is None else repr(job.run_at)
+                args += (job.id, seqs[i], job.task, job.payload, int(job.priority),
+                         job.options or "", run_at, states[i])  # fmt: skip
+            calls.append(_script("enqueue", [*k[1:3], k.counter, *k[4:7], *queues_key], args))
+        replies = self._run(calls)[len(calls) - len(chunks) :]
+        self._learn(set(by_queue))
+        results: list[Any] = [None] * len(jobs)
+        for chunk, reply in zip(chunks, replies, strict=True):
+            for i, item in zip(chunk, reply, strict=True):
+                if item != 1:  # [queue, fields] of the job that holds the id
+                    results[i] = EnqueueResult(_record(jobs[i].id, item[0], _pairs(item[1])), False)
+                    continue
+                j = jobs[i]
+                record = JobRecord(j.id, seqs[i], j.task, j.queue, states[i], int(j.priority),
+                                   j.payload, j.options or None, 0, 0, now, j.run_at)  # fmt: skip
+                results[i] = EnqueueResult(record, True)
+        for i, job in enumerate(jobs):
+            if results[i] is None:  # the same id earlier in this call
+                results[i] = EnqueueResult(
+                    dataclasses.replace(results[first[job.id]].record), False
+                )
+        return results
+
+    # -- consuming -------------------------------------------------------
+
+    def claim(
+        self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str
+    ) -> list[JobRecord]:
+        return self._claim([], queues, limit, lease_seconds, worker)[1]
+
+    def complete_and_claim(
+        self,
+        done: Sequence[tuple[Lease, str]],
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        worker: str,
+    ) -> tuple[list[bool], list[JobRecord]]:
+        groups, calls = self._complete_calls(done)
+        replies, claimed = self._claim(calls, queues, limit, lease_seconds, worker)
+        return self._outcome(len(done), groups, replies), claimed
+
+    def _claim(
+        self, before: list[Call], queues: Sequence[str], limit: int, lease: float, worker: str
+    ) -> tuple[list[Any], list[JobRecord]]:
+        """Run ``before``, then claim: the first queue in the same round trip, a
+        later one only when the earlier ones did not fill ``limit``."""
+        now = self.clock.now()
+        calls, head, claimed = list(before), None, []
+        if limit > 0 and time.monotonic() - self._promoted_at > QUEUES_TTL:
+            self._promoted_at = time.monotonic()
+            if time.monotonic() - self._known_at > QUEUES_TTL:
+                self._learn(self._run([lambda c: c.smembers(self._queues_key)])[0])
+            for k in map(self._keys, sorted(self._known - set(queues))):
+                calls.append(_script("promote", k[1:3], (k.prefix, k.channel, "due", repr(now))))
+        for queue in dict.fromkeys(queues) if limit > 0 else ():
+            if len(claimed) >= limit:
+                break
+            k, token = self._keys(queue), f"{secrets.token_hex(8)}:{queue}"
+            args = (k.prefix, repr(now), repr(now + lease), worker, token, limit - len(claimed))
+            replies = self._run([*calls, _script("claim", k[1:4], (*args, k.channel))])
+            head, calls, flat = head or replies[: len(before)], [], replies[-1]
+            claimed += [
+                _record(flat[i], queue, _pairs(flat[i + 1])) for i in range(0, len(flat), 2)
+            ]
+        return (self._run(calls)[: len(before)] if head is None else head), claimed
+
+    def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
+        expires = repr(self.clock.now() + lease_seconds)
+        groups, calls = self._per_lease(
+            "extend", leases, lambda k: (k.active,), lambda k: (expires,), lambda i: ()
+        )
+        lost = {job_id for reply in self._run(calls) for job_id in reply}
+        held = {i for idx in groups for i in idx}
+        return [x.job_id for i, x in enumerate(leases) if i not in held or x.job_id in lost]
+
+    def _complete_calls(self, done: Sequence[tuple[Lease, str]]) -> tuple[list, list[Call]]:
+        now, leases = repr(self.clock.now()), [lease for lease, _ in done]
+        keys = lambda k: (k.active, k.completed)  # noqa: E731
+        return self._per_lease("complete", leases, keys, lambda k: (now,), lambda i: done[i][1:])
+
+    @staticmethod
+    def _outcome(n: int, groups: list[list[int]], replies: list[Any]) -> list[bool]:
+        outcome = [False] * n
+        for idx, reply in zip(groups, replies, strict=True):
+            for i, ok in zip(idx, reply, strict=True):
+                outcome[i] = ok == 1
+        return outcome
+
+    def complete(self, done: Sequence[tuple[Lease, str]]) -> list[bool]:
+        groups, calls = self._complete_calls(done)
+        return self._outcome(len(done), groups, self._run(calls))
+
+    def fail(self, lease: Lease, error: AttemptError, retry_at: float | None) -> bool:
+        if (queue := _queue_of(lease.token)) is None:
+            return False
+        now, k = self.clock.now(), self._keys(queue)
+        entry = {"type": error.type, "message": error.message, "traceback": error.traceback}
+        entry_json = "," + orjson.dumps({**entry, "at": now}).decode()[1:]  # "attempt" goes first
+        state = "dead" if retry_at is None else "delayed" if retry_at > now else "waiting"
+        retry = "" if retry_at is None else repr(retry_at)
+        args = (k.prefix, repr(now), lease.job_id, lease.token, entry_json, state, retry, k.channel)
+        return self._run([_script("fail", (*k[1:4], k.dead), args)])[0] == 1
+
+    def release(self, leases: Sequence[Lease]) -> int:
+        keys, head = (lambda k: (k.waiting, k.active)), (lambda k: (k.channel,))
+        return sum(self._run(self._per_lease("release", leases, keys, head, lambda i: ())[1]))
+
+    def recover(self, max_stalled: int) -> list[Recovered]:
+        now = repr(self.clock.now())
+        spec = lambda k: ((k.waiting, k.active, k.dead), (k.prefix, now, max_stalled, k.channel))  # noqa: E731
+        replies = self._each("recover", spec)
+        found = sorted(
+            (int(f[i + 2]), f[i], f[i + 1]) for f in replies for i in range(0, len(f), 3)
+        )
+        return [Recovered(job_id, state) for _, job_id, state in found]
+
+    # -- controlling -----------------------------------------------------
+
+    def cancel(self, job_id: str) -> bool:
+        now = repr(self.clock.now())
+        return 1 in self._each(
+            "cancel", lambda k: ((k.waiting, k.delayed, k.cancelled), (k.prefix, job_id, now))
+        )
+
+    def retry(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
+        if job_ids is not None and not job_ids:
+            return 0
+        ids = job_ids or ()
+        spec = lambda k: ((k.waiting, k.dead, k.cancelled), (k.prefix, k.channel, *ids))  # noqa: E731
+        return sum(self._each("retry", spec, queue))
+
+    def promote(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
+        if job_ids is not None and not job_ids:
+            return 0
+        mode = ("all",) if job_ids is None else ("ids", *job_ids)
+        return sum(self._each("promote", lambda k: (k[1:3], (k.prefix, k.channel, *mode)), queue))
+
+    def trim(
+        self, queue: str, state: str, keep: int | None = None, older_than: float | None = None
+    ) -> int:
+        if state not in ENDED_STATES:
+            raise ValueError(f"trim deletes ended jobs only, not {state!r} ones")
+        keep_arg = "" if keep is None else max(keep, 0)
+        older = "" if older_than is None else repr(older_than)
+        return self._each(
+            "trim", lambda k: ((k.prefix + state,), (k.prefix, keep_arg, older)), queue
+        )[0]
+
+    # -- reading ---------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord | None:
+        found = self._per_queue(lambda k: [lambda c: c.hgetall(f"{k.prefix}job:{job_id}")])
+        return next((_record(job_id, q, h) for q, (h,) in found.items() if h), None)
+
+    def list(
+        self,
+        queue: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        after: int | None = None,
+    ) -> list[JobRecord]:
+        states = [s for s in STATES if state in (None, s)]
+        if limit <= 0 or not states:
+            return []
+        calls_for = lambda k: [lambda c, s=s: c.zrange(k.prefix + s, 0, -1) for s in states]  # noqa: E731
+        sets = self._per_queue(calls_for, None if queue is None else [queue])
+        found = list({  # a waiting member is 12 hex digits of ord, then the id
+            (q, m[12:] if s == "waiting" else m): None
+            for q, replies in sets.items()
+            for s, members in zip(states, replies, strict=True)
+            for m in members
+        })  # fmt: skip
+        keys = [f"{self._keys(q).prefix}job:{job_id}" for q, job_id in found]
+        seqs = self._run([lambda c, key=key: c.hget(key, "seq") for key in keys])
+        floor = -1 if after is None else after
+        ranked = sorted((int(s), n) for n, s in enumerate(seqs) if s and int(s) > floor)[:limit]
+        records = self._run([lambda c, key=keys[n]: c.hgetall(key) for _, n in ranked])
+        return [
+            _record(found[n][1], found[n][0], h)
+            for (_, n), h in zip(ranked, records, strict=True)
+            if h and state in (None, h["state"])
+        ]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        found = self._per_queue(lambda k: [lambda c, s=s: c.zcard(k.prefix + s) for s in STATES])
+        return {q: dict(zip(STATES, n, strict=True)) for q, n in sorted(found.items()) if any(n)}
+
+    def pending(self, queues: Sequence[str]) -> int:
+        now = repr(self.clock.now())
+        calls_for = lambda k: [  # noqa: E731
+            lambda c: c.zcard(k.waiting),
+            lambda c: c.zcard(k.active),
+            lambda c: c.zcount(k.delayed, "-inf", now),
+        ]
+        return sum(sum(replies) for replies in self._per_queue(calls_for, queues).values())
+
+    def _heads(self, queues: Sequence[str]) -> tuple[int, float | None]:
+        """(waiting jobs, earliest run_at of a delayed job) over ``queues``."""
+        calls_for = lambda k: [  # noqa: E731
+            lambda c: c.zcard(k.waiting),
+            lambda c: c.zrange(k.delayed, 0, 0, withscores=True),
+        ]
+        found = self._per_queue(calls_for, queues).values()
+        return sum(n for n, _ in found), min((h[0][1] for _, h in found if h), default=None)
+
+    def next_due(self, queues: Sequence[str]) -> float | None:
+        return self._heads(queues)[1]
+
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        # Blocking is real time; the store clock only says when the next
+        # delayed job is due (a test's FakeClock may stand still).
+        def look() -> float | None:  # once subscribed: what happened before?
+            ready, due = self._heads(queues)
+            return -1.0 if ready else due
+
+        deadline = time.monotonic() + max(timeout, 0.0)
+        channels = {self._keys(q).channel for q in queues}
+        self._waker.wait(channels, deadline, look, self.clock)
+
+    def interrupt(self) -> None:
+        self._waker.interrupt()
+
+    def close(self) -> None:
+        self._waker.close()
+        self._r.close()
+
+
+class _Waker:
+    """The broker's pub/sub connection, read by one thread started on the first
+    ``wait_for_work``: it counts messages per channel and wakes the waiters.
+    Only that thread touches the connection."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self._broker = broker
+        self._cond = threading.Condition()
+        self._hits: dict[str, int] = {}  # channel -> messages seen
+        self._epoch = 0  # bumped by interrupt() and reconnects: every waiter returns
+        self._subscribed: set[str] = set()  # confirmed by the server
+        self._wanted: set[str] = set()  # asked for, not sent yet
+        self._private = f"{broker.target.prefix}:wake:{secrets.token_hex(8)}"
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._closed = False
+
+    def _mark(self, channels: set[str]) -> tuple[int, int]:
+        return self._epoch, sum(self._hits.get(c, 0) for c in channels)
+
+    def _nudge(self) -> None:
+        """Wake the reader thread: to subscribe, or to leave."""
+        self._broker._run([lambda c: c.publish(self._private, "")])
+
+    def wait(
+        self, channels: set[str], deadline: float, look: Callable[[], float | None], clock: Clock
+    ) -> None:
+        """Subscribe to ``channels`` (once per process), call ``look()`` for the
+        next due time, then sleep until a message, interrupt(), that time or
+        ``deadline``."""
+        with self._cond:
+            if self._pid != os.getpid():  # a forked child: the thread stayed behind
+                self._thread, self._pid, self._subscribed = None, os.getpid(), set()
+            mark = self._mark(channels)
+            self._wanted |= channels - self._subscribed
+            nudge = bool(self._wanted) and self._thread is not None
+            if self._wanted and self._thread is None:
+                self._thread = threading.Thread(target=self._read, daemon=True)
+                self._thread.start()
+        if nudge:
+            self._nudge()
+        with self._cond:
+            while not channels <= self._subscribed:
+                remaining = deadline - time.monotonic()
+                if self._closed or self._epoch != mark[0] or not self._cond.wait(remaining):
+                    return
+        due = look()
+        with self._cond:
+            while not self._closed and self._mark(channels) == mark:
+                remaining = deadline - time.monotonic()
+                if due is not None:
+                    remaining = min(remaining, due - clock.now())
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
+
+    def interrupt(self) -> None:
+        with self._cond:
+            self._epoch += 1
+            self._cond.notify_all()
+
+    def _reconnected(self, _connection: Any = None) -> None:
+        # What was published while we were away is lost: every waiter looks again.
+        with self._cond:
+            self._epoch += 1
+            self._subscribed.clear()
+            self._cond.notify_all()
+
+    def _read(self) -> None:
+        pubsub, backoff = None, 0.05
+        while not self._closed:
+            with self._cond:
+                wanted, self._wanted = self._wanted, set()
+            try:
+                if pubsub is None:
+                    pubsub = self._broker._r.pubsub()
+                    pubsub.subscribe(self._private, *wanted)
+                    pubsub.connection.register_connect_callback(self._reconnected)
+                elif wanted:
+                    pubsub.subscribe(*wanted)
+                message = pubsub.get_message(timeout=1.0)  # also sends health checks
+                backoff = 0.05
+            except (redis.RedisError, OSError):
+                if pubsub is not None and pubsub.connection is None:
+                    pubsub = None  # never connected: start over
+                with self._cond:
+                    self._wanted |= wanted
+                self._reconnected()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            with self._cond:
+                if message and message["type"] == "subscribe":
+                    self._subscribed.add(message["channel"])
+                elif message and message["type"] == "message":
+                    self._hits[message["channel"]] = self._hits.get(message["channel"], 0) + 1
+                self._cond.notify_all()
+        if pubsub is not None:
+            pubsub.close()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread.is_alive() and self._pid == os.getpid():
+            with suppress(StoreUnavailable):
+                self._nudge()  # else the reader leaves within a second on its own
+            thread.join(timeout=1.0)
