@@ -21,26 +21,39 @@ from conveyor.clock import FakeClock
 _REDIS_PREFIXES: set[str] = set()
 
 
-def _redis(tmp: Path) -> str:
-    """A fresh key prefix on the shared redis-server (its keys go at the end of the run)."""
+def _fresh_prefix() -> str:
     prefix = f"conveyor-test-{uuid.uuid4().hex[:12]}"
     _REDIS_PREFIXES.add(prefix)
-    return f"redis://127.0.0.1:6379/0?prefix={prefix}"
+    return prefix
+
+
+def _redis(request: pytest.FixtureRequest, tmp: Path) -> str:
+    """A fresh key prefix on the shared redis-server (its keys go at the end of the run)."""
+    request.getfixturevalue("default_redis")  # fails clearly when Redis is not running
+    return f"redis://127.0.0.1:6379/0?prefix={_fresh_prefix()}"
+
+
+def _redis_cluster(request: pytest.FixtureRequest, tmp: Path) -> str:
+    """A fresh key prefix on the session's private three-node Redis Cluster."""
+    return f"{request.getfixturevalue('redis_cluster').url}&prefix={_fresh_prefix()}"
 
 
 #: Every store the suite runs against: test id -> URL for a fresh, empty store
-#: (given a per-test temporary folder). Adding a store is one line here. A
-#: store that cannot be opened errors the test; it is never skipped.
-STORES: dict[str, Callable[[Path], str]] = {
-    "memory": lambda tmp: "memory://",
-    "sqlite": lambda tmp: "sqlite:///" + str(tmp / "conformance.db"),
+#: (given the test's request, for server fixtures, and a per-test temporary
+#: folder). Adding a store is one line here. A store that cannot be opened
+#: errors the test; it is never skipped.
+STORES: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {
+    "memory": lambda request, tmp: "memory://",
+    "sqlite": lambda request, tmp: "sqlite:///" + str(tmp / "conformance.db"),
     "redis": _redis,
+    "redis-cluster": _redis_cluster,
 }
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _drop_redis_test_keys() -> Iterator[None]:
-    """Delete the keys of every prefix ``_redis`` handed out, and only those."""
+    """Delete the keys of every prefix ``_redis`` handed out on the shared
+    server, and only those (the cluster is private and goes with the session)."""
     yield
     if _REDIS_PREFIXES:
         import redis
@@ -69,7 +82,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture(params=list(STORES), ids=list(STORES))
 def broker(request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Path) -> Iterator[Broker]:
-    store = open_broker(STORES[request.param](tmp_path), clock)
+    store = open_broker(STORES[request.param](request, tmp_path), clock)
     try:
         yield store
     finally:

@@ -135,6 +135,9 @@ class Broker(abc.ABC):
     #: the URL the broker was opened with, used in error messages
     url: str
     clock: Clock
+    #: False where a job id is unique only within its queue: on Redis Cluster
+    #: queues live on different shards, and no single atomic step sees them all.
+    ids_unique_across_queues: bool = True
 
     # -- producing -------------------------------------------------------
 

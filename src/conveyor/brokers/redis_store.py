@@ -236,6 +236,7 @@ class RedisBroker(Broker):
         self.url = url
         self.clock = clock
         self.target = parse_url(url)
+        self.ids_unique_across_queues = not self.target.cluster
         try:
             self._r = _connect(self.target)
         except DOWN as exc:
