@@ -47,24 +47,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import os
 import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from importlib.resources import files
 from typing import Any, NamedTuple
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import orjson
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.cluster import RedisCluster
 from redis.exceptions import ClusterDownError, NoScriptError, ReadOnlyError, RedisClusterException
-from redis.retry import Retry
-from redis.sentinel import Sentinel
 
 from conveyor.brokers.base import (
     ENDED_STATES,
@@ -77,8 +70,9 @@ from conveyor.brokers.base import (
     NewJob,
     Recovered,
 )
+from conveyor.brokers.redis_connection import Waker, connect, parse_url
 from conveyor.clock import Clock
-from conveyor.errors import ConfigurationError, StoreUnavailable
+from conveyor.errors import StoreUnavailable
 
 NAMES = ["enqueue", "claim", "extend", "complete", "fail", "release", "recover", "cancel",
          "retry", "promote", "trim"]  # fmt: skip
@@ -89,14 +83,6 @@ BATCH = 1000  # jobs per script call: a long script blocks the server for everyo
 QUEUES_TTL = 1.0  # seconds claim trusts this process's list of queues
 DOWN = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, ReadOnlyError,
         RedisClusterException)  # fmt: skip
-REDIS_OPTIONS = {  # what redis-py takes from a URL's query: its connections' arguments
-    name
-    for cls in (redis.connection.Connection, redis.connection.SSLConnection)
-    for klass in cls.__mro__
-    if "__init__" in vars(klass)
-    for name in inspect.signature(klass.__init__).parameters
-} - {"self", "kwargs", "args"}
-SENTINEL_FORM = "write redis+sentinel://host:port[,host:port]/service_name[/db]"
 Call = Callable[[Any], Any]  # one command, given the client or a pipeline
 
 _seq_lock = threading.Lock()
@@ -110,82 +96,6 @@ def _next_seqs(n: int) -> range:
         first = max(_last_seq + 1, time.time_ns() // 1000)
         _last_seq = first + n - 1
     return range(first, first + n)
-
-
-class Target(NamedTuple):
-    url: str  # for redis-py: conveyor's own options taken out
-    safe: str  # for messages: the password masked
-    prefix: str
-    cluster: bool
-    sentinels: list[tuple[str, int]] | None
-    db: int
-
-
-def _mask(url: str) -> str:
-    parts = urlsplit(url)
-    user, at, hosts = parts.netloc.rpartition("@")
-    if not at and "password" not in parts.query:
-        return url
-    netloc = f"{user.partition(':')[0]}:***@{hosts}" if at and ":" in user else parts.netloc
-    query = [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query, True)]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="*"), ""))
-
-
-def parse_url(url: str) -> Target:
-    """Check a Redis URL without connecting; ConfigurationError says what is wrong."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    ours = {k: v for k, v in query if k in ("prefix", "cluster")}
-    parts = parts._replace(query=urlencode([(k, v) for k, v in query if k not in ours]))
-    prefix, cluster = ours.get("prefix", "conveyor"), ours.get("cluster", "0").lower()
-    hosts, path = parts.netloc.rpartition("@")[2], [p for p in parts.path.split("/") if p]
-    sentinels, db, problem = None, 0, None
-    try:
-        if parts.scheme.lower() == "redis+sentinel":
-            problem = SENTINEL_FORM
-            sentinels = [
-                (h.rpartition(":")[0], int(h.rpartition(":")[2])) for h in hosts.split(",")
-            ]
-            db = int(path[1]) if len(path) == 2 else 0
-            if 1 <= len(path) <= 2 and all(host for host, _ in sentinels):
-                problem = "Sentinel URLs take no option but prefix" if parts.query else None
-        elif not hosts or len(path) > 1 or (path and not path[0].isdigit()):
-            problem = "write redis://host[:port][/db] (db a number)"
-        elif unknown := [k for k, _ in parse_qsl(parts.query) if k not in REDIS_OPTIONS]:
-            problem = f"unknown option {unknown[0]!r} (conveyor's: prefix, cluster)"
-        else:
-            db = int(redis.connection.parse_url(urlunsplit(parts)).get("db", 0))
-    except ValueError as exc:
-        problem = problem or str(exc)
-    if problem is None and (not prefix or "{" in prefix or "}" in prefix):
-        problem = "prefix must be a non-empty name without { or }"
-    elif problem is None and cluster not in ("0", "1"):
-        problem = "cluster must be 1 or 0"
-    elif problem is None and cluster == "1" and (sentinels or db):
-        problem = "cluster=1 goes with redis:// or rediss:// and database 0"
-    if problem:
-        raise ConfigurationError(f"bad store URL {_mask(url)!r}: {problem}")
-    return Target(urlunsplit(parts), _mask(url), prefix, cluster == "1", sentinels, db)
-
-
-def _connect(target: Target) -> Any:
-    """The client: short timeouts, health checks, and a brief retry over a blip."""
-    options: dict[str, Any] = {
-        "decode_responses": True, "socket_timeout": 10.0, "socket_connect_timeout": 5.0,
-        "socket_keepalive": True, "health_check_interval": 15,
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
-    }  # fmt: skip
-    if target.cluster:
-        return RedisCluster.from_url(target.url, **options)
-    if target.sentinels is None:
-        return redis.Redis.from_url(target.url, **options)
-    parts = urlsplit(target.url)
-    service = unquote(parts.path.split("/")[1])
-    auth = {"username": unquote(parts.username or "") or None,
-            "password": unquote(parts.password or "") or None}  # fmt: skip
-    timeouts = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
-    sentinel = Sentinel(target.sentinels, sentinel_kwargs=timeouts)
-    return sentinel.master_for(service, db=target.db, **auth, **options)
 
 
 class _Keys(NamedTuple):
@@ -238,7 +148,7 @@ class RedisBroker(Broker):
         self.target = parse_url(url)
         self.ids_unique_across_queues = not self.target.cluster
         try:
-            self._r = _connect(self.target)
+            self._r = connect(self.target)
         except DOWN as exc:
             raise StoreUnavailable(f"cannot open {self.target.safe}: {exc}") from exc
         self._queues_key = f"{self.target.prefix}:queues"
@@ -246,7 +156,8 @@ class RedisBroker(Broker):
         self._known: frozenset[str] = frozenset()  # queue names seen in P:queues
         self._known_at = self._promoted_at = -1e9  # time.monotonic() of the last look
         self._added: frozenset[str] = frozenset()  # Cluster: queues this process added
-        self._waker = _Waker(self)
+        self._waker = Waker(self)
+        self._local = threading.local()
 
     # -- plumbing --------------------------------------------------------
 
@@ -276,13 +187,29 @@ class RedisBroker(Broker):
             message = str(exc).splitlines()[0] if str(exc) else repr(exc)
             raise StoreUnavailable(f"{self.target.safe}: {message}") from exc
 
+    def _client(self) -> Any:
+        """For single commands: this thread's own connection on one server or
+        Sentinel (taking one from the pool for every command costs a check of
+        the socket, a quarter of a round trip here); the client itself in a
+        Cluster, whose commands go to different nodes."""
+        if self.target.cluster:
+            return self._r
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():  # new thread, or a forked child
+            local.client = redis.Redis(
+                connection_pool=self._r.connection_pool, single_connection_client=True
+            )
+            local.pid = os.getpid()
+        return local.client
+
     def _noscript(self, call: Call) -> Any:
+        client = self._client()
         try:
-            return call(self._r)
+            return call(client)
         except NoScriptError:
             for source in SOURCES.values():
                 self._r.script_load(source)  # on every primary of a Cluster
-            return call(self._r)
+            return call(client)
 
     def _learn(self, members: set[str]) -> frozenset[str]:
         self._known, self._known_at = self._known | members, time.monotonic()
@@ -587,114 +514,3 @@ class RedisBroker(Broker):
     def close(self) -> None:
         self._waker.close()
         self._r.close()
-
-
-class _Waker:
-    """The broker's pub/sub connection, read by one thread started on the first
-    ``wait_for_work``: it counts messages per channel and wakes the waiters.
-    Only that thread touches the connection."""
-
-    def __init__(self, broker: RedisBroker) -> None:
-        self._broker = broker
-        self._cond = threading.Condition()
-        self._hits: dict[str, int] = {}  # channel -> messages seen
-        self._epoch = 0  # bumped by interrupt() and reconnects: every waiter returns
-        self._subscribed: set[str] = set()  # confirmed by the server
-        self._wanted: set[str] = set()  # asked for, not sent yet
-        self._private = f"{broker.target.prefix}:wake:{secrets.token_hex(8)}"
-        self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
-        self._closed = False
-
-    def _mark(self, channels: set[str]) -> tuple[int, int]:
-        return self._epoch, sum(self._hits.get(c, 0) for c in channels)
-
-    def _nudge(self) -> None:
-        """Wake the reader thread: to subscribe, or to leave."""
-        self._broker._run([lambda c: c.publish(self._private, "")])
-
-    def wait(
-        self, channels: set[str], deadline: float, look: Callable[[], float | None], clock: Clock
-    ) -> None:
-        """Subscribe to ``channels`` (once per process), call ``look()`` for the
-        next due time, then sleep until a message, interrupt(), that time or
-        ``deadline``."""
-        with self._cond:
-            if self._pid != os.getpid():  # a forked child: the thread stayed behind
-                self._thread, self._pid, self._subscribed = None, os.getpid(), set()
-            mark = self._mark(channels)
-            self._wanted |= channels - self._subscribed
-            nudge = bool(self._wanted) and self._thread is not None
-            if self._wanted and self._thread is None:
-                self._thread = threading.Thread(target=self._read, daemon=True)
-                self._thread.start()
-        if nudge:
-            self._nudge()
-        with self._cond:
-            while not channels <= self._subscribed:
-                remaining = deadline - time.monotonic()
-                if self._closed or self._epoch != mark[0] or not self._cond.wait(remaining):
-                    return
-        due = look()
-        with self._cond:
-            while not self._closed and self._mark(channels) == mark:
-                remaining = deadline - time.monotonic()
-                if due is not None:
-                    remaining = min(remaining, due - clock.now())
-                if remaining <= 0:
-                    return
-                self._cond.wait(remaining)
-
-    def interrupt(self) -> None:
-        with self._cond:
-            self._epoch += 1
-            self._cond.notify_all()
-
-    def _reconnected(self, _connection: Any = None) -> None:
-        # What was published while we were away is lost: every waiter looks again.
-        with self._cond:
-            self._epoch += 1
-            self._subscribed.clear()
-            self._cond.notify_all()
-
-    def _read(self) -> None:
-        pubsub, backoff = None, 0.05
-        while not self._closed:
-            with self._cond:
-                wanted, self._wanted = self._wanted, set()
-            try:
-                if pubsub is None:
-                    pubsub = self._broker._r.pubsub()
-                    pubsub.subscribe(self._private, *wanted)
-                    pubsub.connection.register_connect_callback(self._reconnected)
-                elif wanted:
-                    pubsub.subscribe(*wanted)
-                message = pubsub.get_message(timeout=1.0)  # also sends health checks
-                backoff = 0.05
-            except (redis.RedisError, OSError):
-                if pubsub is not None and pubsub.connection is None:
-                    pubsub = None  # never connected: start over
-                with self._cond:
-                    self._wanted |= wanted
-                self._reconnected()
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
-                continue
-            with self._cond:
-                if message and message["type"] == "subscribe":
-                    self._subscribed.add(message["channel"])
-                elif message and message["type"] == "message":
-                    self._hits[message["channel"]] = self._hits.get(message["channel"], 0) + 1
-                self._cond.notify_all()
-        if pubsub is not None:
-            pubsub.close()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread.is_alive() and self._pid == os.getpid():
-            with suppress(StoreUnavailable):
-                self._nudge()  # else the reader leaves within a second on its own
-            thread.join(timeout=1.0)
