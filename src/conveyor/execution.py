@@ -53,7 +53,9 @@ async def run_job(worker: Worker, record: JobRecord) -> Outcome:
 
     timeout = options.timeout
     try:
-        if task.is_async:
+        if task.is_async and timeout is None:  # the common case: no timer to arm
+            value = await task.fn(*args, **kwargs)
+        elif task.is_async:
             scope = asyncio.timeout(timeout)
             try:
                 async with scope:
@@ -64,6 +66,8 @@ async def run_job(worker: Worker, record: JobRecord) -> Outcome:
                 raise
         else:
             future, thread = worker._jobs.submit(_call, task.fn, args, kwargs)
+            if timeout is None:
+                return Outcome(result_json=encode_result(await future))
             try:
                 value = await asyncio.wait_for(asyncio.shield(future), timeout)
             except TimeoutError:
