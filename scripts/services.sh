@@ -22,15 +22,19 @@ redis_answers() {
     fi
 }
 
-if ! command -v redis-server >/dev/null 2>&1; then
+# redis-server for the stores' tests; openssl makes the TLS test's certificate.
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
-        say "redis-server is not installed and this is not root: install it (apt-get install redis-server)"
+        say "missing ${missing[*]} and this is not root: apt-get install ${missing[*]}"
         exit 1
     fi
-    say "installing redis-server"
+    say "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq redis-server >/dev/null
+    apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 if ! redis_answers; then

@@ -1,0 +1,62 @@
+"""``rediss://``: the Redis store over TLS, against a private redis-server
+with a throw-away self-signed certificate."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from conveyor import Conveyor, StoreUnavailable
+from conveyor.testing import drain
+from servers import RedisServer, free_port
+
+
+@pytest.fixture
+def tls_url(tmp_path):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is needed to make the test certificate (apt-get install openssl)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls_port = free_port()
+    server = RedisServer(
+        free_port(),
+        tmp_path / "redis",
+        extra=("--tls-port", str(tls_port), "--tls-cert-file", str(cert),
+               "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+               "--tls-auth-clients", "no"),
+    )  # fmt: skip
+    server.start()
+    try:
+        yield f"rediss://127.0.0.1:{tls_port}/0?ssl_cert_reqs=required&ssl_ca_certs={cert}"
+    finally:
+        server.stop()
+
+
+def test_jobs_run_over_tls(tls_url):
+    app = Conveyor(tls_url)
+
+    @app.task(name="add")
+    def add(x, y):
+        return x + y
+
+    jobs = [add.enqueue(i, i) for i in range(20)]
+    assert drain(app) == 20
+    assert [job.result(timeout=1) for job in jobs] == [2 * i for i in range(20)]
+    assert app.get_job(jobs[0].id).state == "completed"
+    app.close()
+
+
+def test_a_certificate_it_cannot_verify_is_a_clear_error(tls_url):
+    untrusted = tls_url.split("&ssl_ca_certs=")[0]  # the system store does not know our CA
+    app = Conveyor(untrusted)
+    with pytest.raises(StoreUnavailable, match=r"rediss://127\.0\.0\.1") as info:
+        app.enqueue("add", args=[1, 2])
+    assert "\n" not in str(info.value)
