@@ -6,7 +6,7 @@ import pytest
 
 from conveyor.brokers.base import STATES
 
-from .conftest import START, add, add_one, claim, ids, make_state, new_job
+from .conftest import START, add, add_one, claim, ids, lease_of, make_state, new_job
 
 
 def zeros(**counts: int) -> dict[str, int]:
@@ -150,3 +150,17 @@ def test_trim_per_state(broker, clock, state):
     assert broker.trim("q", state, keep=0) == 2
     assert ids(broker.list(queue="q")) == kept
     assert broker.counts()["q"] == zeros(completed=1)
+
+
+def test_trim_of_a_large_backlog_deletes_it_all(broker, clock):
+    # More than any store's per-call batch: trim must keep going until done.
+    add(broker, *(new_job(f"big{i}") for i in range(2_500)))
+    while claimed := claim(broker, limit=500):
+        for start in range(0, len(claimed), 10):  # ten at a time, each later than the last
+            clock.advance(1)
+            assert all(broker.complete([(lease_of(j), "null") for j in claimed[start : start + 10]]))
+    assert broker.trim("default", "completed", keep=10) == 2_490
+    assert broker.counts()["default"]["completed"] == 10
+    assert {j.id for j in broker.list(state="completed", limit=100)} == {
+        f"big{i}" for i in range(2_490, 2_500)
+    }

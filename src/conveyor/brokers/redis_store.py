@@ -433,9 +433,13 @@ class RedisBroker(Broker):
             raise ValueError(f"trim deletes ended jobs only, not {state!r} ones")
         keep_arg = "" if keep is None else max(keep, 0)
         older = "" if older_than is None else repr(older_than)
-        return self._each(
-            "trim", lambda k: ((k.prefix + state,), (k.prefix, keep_arg, older)), queue
-        )[0]
+        total = 0
+        while True:  # BATCH a call: a long script would block the server for everyone
+            args = lambda k: ((k.prefix + state,), (k.prefix, keep_arg, older, BATCH))  # noqa: E731
+            deleted = self._each("trim", args, queue)[0]
+            total += deleted
+            if deleted < BATCH:
+                return total
 
     # -- reading ---------------------------------------------------------
 
