@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: install services demo test lint bench
+.PHONY: install services demo test lint bench bench-redis
 
 $(BIN)/conveyor: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,9 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/sqlite_throughput.py
 	$(BIN)/python benchmarks/sqlite_scale.py
+
+bench-redis: install services
+	$(BIN)/python benchmarks/throughput.py --url redis://127.0.0.1:6379/5
+	$(BIN)/python benchmarks/redis_scale.py
+	npm install --silent --prefix benchmarks/bullmq_memory
+	$(BIN)/python benchmarks/redis_memory.py
