@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, overload
@@ -61,6 +60,7 @@ class Conveyor:
         self.max_stalled = max_stalled
         self.tasks: dict[str, Task] = {}
         self.queues: dict[str, QueueConfig] = {}
+        self._undeclared: dict[str, QueueConfig] = {}
         self._broker: Broker | None = None
         self._open_lock = threading.Lock()
         self._run_options: dict[tuple[str, str | None], RunOptions] = {}
@@ -171,7 +171,12 @@ class Conveyor:
         return config
 
     def queue_config(self, name: str) -> QueueConfig:
-        return self.queues.get(name) or QueueConfig(name)
+        config = self.queues.get(name)
+        if config is None:  # undeclared: the defaults, built once per name
+            config = self._undeclared.get(name) or self._undeclared.setdefault(
+                name, QueueConfig(name)
+            )
+        return config
 
     def queue_names(self) -> list[str]:
         """Every queue the app's tasks and declarations name, declared first."""
@@ -263,11 +268,11 @@ class Conveyor:
         elif type(priority) is not int:
             raise ConfigurationError(f"priority must be a whole number, not {priority!r}")
         stored = None  # most jobs carry no overrides: skip building and validating them
-        overrides = {k: opts.get(k) for k in STORED_OPTIONS}
+        overrides = {k: opts.get(k) for k in STORED_OPTIONS} if opts else {}
         if any(v is not None for v in overrides.values()):
             stored = JobDefaults(priority=priority, **overrides).stored()
         return NewJob(
-            id=job_id if job_id is not None else uuid.uuid4().hex,
+            id=job_id if job_id is not None else os.urandom(16).hex(),  # 128 random bits, as uuid4
             task=name,
             queue=queue,
             payload=encode_payload(name, tuple(args), kwargs or {}, self.max_payload),
