@@ -1,0 +1,1 @@
+"""One module per system under test, all of the same shape (see ../harness.py)."""
