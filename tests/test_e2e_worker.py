@@ -241,6 +241,25 @@ def test_sigterm_with_short_grace_releases_the_job_without_spending_an_attempt(e
     assert e2e.events("done", "released") == []
 
 
+def test_a_second_sigterm_skips_the_rest_of_the_grace_period(e2e: E2E) -> None:
+    worker = e2e.start_worker("-c", "1", "--lease", "2", "--grace", "30")
+    e2e.app.enqueue("sleepy", ["twice", 20.0], job_id="twice")
+    e2e.wait(lambda: e2e.events("start", "twice"), 15, "the job to start")
+
+    worker.send_signal(signal.SIGTERM)
+    e2e.wait(lambda: "stopping" in e2e.worker_logs(), 10, "the worker to begin stopping")
+    sent = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    code = worker.wait(timeout=10)
+    took = time.monotonic() - sent
+
+    assert code == 0, e2e.worker_logs()
+    assert took < 5, f"the second signal took {took:.1f}s to end a 30 s grace period"
+    job = e2e.job("twice")
+    assert (job.state, job.attempts) == ("waiting", 0)
+    assert e2e.events("done", "twice") == []
+
+
 def test_hung_sync_job_times_out_and_frees_its_slot(e2e: E2E) -> None:
     e2e.app.enqueue("hang", ["hung"], job_id="hung")
     e2e.app.enqueue("quick", ["after"], job_id="after")
