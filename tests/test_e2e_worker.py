@@ -27,6 +27,7 @@ import pytest
 
 from conveyor import Conveyor
 from conveyor.job import Job
+from helpers import wait_until
 from servers import isolated_redis_url
 
 pytestmark = pytest.mark.slow
@@ -34,20 +35,6 @@ pytestmark = pytest.mark.slow
 APPS = Path(__file__).parent / "apps"
 APP = "e2e_app:app"
 CONVEYOR = [sys.executable, "-m", "conveyor.cli"]
-
-
-def wait_until(
-    predicate: Callable[[], Any], timeout: float, what: str = "", interval: float = 0.05
-) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 class E2E:

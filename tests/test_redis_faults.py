@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor
+from helpers import wait_until
 from servers import RedisServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -37,19 +38,6 @@ APPS = Path(__file__).parent / "apps"
 APP = "redis_app:app"
 CONVEYOR = [sys.executable, "-m", "conveyor.cli"]
 CONCURRENCY = 10
-
-
-def wait_until(
-    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Run:
