@@ -3,11 +3,13 @@
 One asyncio loop per worker process. ``_fetch_loop`` claims jobs when slots
 are free (one store call for as many jobs as there are free slots) and
 starts each as an asyncio task; ``execution.run_job`` runs it and decides
-complete, retry or dead; completions are buffered and written in one store
-call just before the next claim. ``_renew_loop`` extends every held lease in
-one call; ``_maintain_loop`` recovers jobs whose worker died and trims ended
-jobs by the queues' retention settings. Store calls run on daemon threads
-(``threads.ThreadRunner``) so the loop never blocks on I/O.
+complete, retry or dead. Results are buffered and written together with the
+next claim (``Broker.complete_and_claim``, one round trip); failures are
+written one by one; both are kept until the store takes them. ``_renew_loop``
+extends every held lease in one call; ``_maintain_loop`` recovers jobs whose
+worker died and trims ended jobs by the queues' retention settings. Store
+calls run on one store thread and the idle wait on another, so the loop
+never blocks on I/O.
 
 Shutdown (SIGTERM/SIGINT): stop claiming, let active jobs finish for up to
 ``grace`` seconds, then put the rest back to waiting without spending an
@@ -29,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from conveyor.brokers.base import JobRecord, Lease
+from conveyor.errors import StoreUnavailable
 from conveyor.execution import Outcome, run_job
 from conveyor.threads import ThreadRunner
 
@@ -202,10 +205,11 @@ class Worker:
             self._backoff = STORE_RETRY_MIN
         else:
             self._backoff = min(self._backoff * 2, STORE_RETRY_MAX)
+        # A StoreUnavailable names the URL already (with any password masked).
+        what = str(exc) if isinstance(exc, StoreUnavailable) else f"{type(exc).__name__}: {exc}"
         log.error(
-            "store unavailable (%s): %s; %d results waiting to be written; retrying in %.1fs",
-            self.broker.url,
-            exc,
+            "store unavailable: %s; %d results waiting to be written; retrying in %.1fs",
+            what,
             len(self._completions) + len(self._failures),
             self._backoff,
         )
