@@ -276,51 +276,27 @@ def ensure_env(system: System, timeout: float) -> list[str]:
         if not PROJECT_PYTHON.exists():
             raise PeerError(f"{PROJECT_PYTHON} is missing (make install)")
         return [str(PROJECT_PYTHON), str(HERE / "harness.py"), system.peer]
-    folder = ENVS / system.env
+    python = python_env(ENVS / system.env, system.requirements, timeout)
+    return [str(python), str(HERE / "harness.py"), system.peer]
+
+
+def python_env(folder: Path, requirements: list[str], timeout: float) -> Path:
+    """A virtual environment holding ``requirements``, made once and reused; its python."""
     python = folder / "bin" / "python"
     marker = folder / ".cmp-installed"
-    wanted = " ".join(system.requirements)
+    wanted = " ".join(requirements)
     if not python.exists() or not marker.exists() or marker.read_text() != wanted:
         say(f"installing {wanted} into {folder.relative_to(REPO)}")
         base = getattr(sys, "_base_executable", sys.executable)
         run_quiet([base, "-m", "venv", "--clear", str(folder)], timeout)
-        run_quiet(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                *system.requirements,
-            ],
-            timeout,
-        )
+        pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        run_quiet([*pip, *requirements], timeout)
         marker.write_text(wanted)
-    return [str(python), str(HERE / "harness.py"), system.peer]
+    return python
 
 
 def plot_python(timeout: float) -> Path:
-    folder = ENVS / "plot"
-    python = folder / "bin" / "python"
-    marker = folder / ".cmp-installed"
-    if not python.exists() or not marker.exists():
-        base = getattr(sys, "_base_executable", sys.executable)
-        run_quiet([base, "-m", "venv", "--clear", str(folder)], timeout)
-        run_quiet(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                "matplotlib",
-            ],
-            timeout,
-        )
-        marker.write_text("matplotlib")
-    return python
+    return python_env(ENVS / "plot", ["matplotlib"], timeout)
 
 
 # -- one system --------------------------------------------------------------
