@@ -285,12 +285,13 @@ class RedisBroker(Broker):
         for chunk in chunks:
             queue = jobs[chunk[0]].queue
             k = self._keys(queue)
-            args: list[Any] = [f"{self.target.prefix}:", queue, repr(now), k.channel]
+            rows: list[str] = []
             for i in chunk:
                 job = jobs[i]
                 run_at = "" if job.run_at is None else repr(job.run_at)
-                args += (job.id, seqs[i], job.task, job.payload, int(job.priority),
+                rows += (job.id, str(seqs[i]), job.task, job.payload, str(int(job.priority)),
                          job.options or "", run_at, states[i])  # fmt: skip
+            args = [f"{self.target.prefix}:", queue, repr(now), k.channel, orjson.dumps(rows)]
             calls.append(_script("enqueue", [*k[1:3], k.counter, *k[4:7], *queues_key], args))
         replies = self._run(calls)[len(calls) - len(chunks) :]
         self._learn(set(by_queue))
