@@ -13,7 +13,7 @@ from conveyor.brokers import check_url, open_broker
 from conveyor.brokers.base import STATES, Broker, NewJob
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import ConfigurationError
-from conveyor.job import Job
+from conveyor.job import Job, new_job_id
 from conveyor.options import (
     DEFAULT_QUEUE,
     JobDefaults,
@@ -272,13 +272,14 @@ class Conveyor:
         if any(v is not None for v in overrides.values()):
             stored = JobDefaults(priority=priority, **overrides).stored()
         return NewJob(
-            id=job_id if job_id is not None else os.urandom(16).hex(),  # 128 random bits, as uuid4
+            id=job_id if job_id is not None else new_job_id(),
             task=name,
             queue=queue,
             payload=encode_payload(name, tuple(args), kwargs or {}, self.max_payload),
             priority=priority,
             run_at=run_at_from(opts.get("delay"), opts.get("run_at"), self.clock.now()),
             options=dumps(stored) if stored else None,
+            generated_id=job_id is None,
         )
 
     # -- reading and controlling ----------------------------------------

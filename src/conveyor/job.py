@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +13,19 @@ from conveyor.serialization import decode_payload, loads
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+
+
+def new_job_id() -> str:
+    """A fresh job id: 120 random bits as 24 lowercase base32 characters.
+
+    Shorter than a uuid4's 32 hex digits (the id is part of every key and
+    index entry of the job), and never starting with '-', so it is safe as a
+    command-line argument.
+
+    >>> len(new_job_id())
+    24
+    """
+    return base64.b32encode(os.urandom(15)).decode().lower()
 
 
 class Job:

@@ -99,7 +99,8 @@ class Worker:
         self._store: ThreadPoolExecutor | None = None
         self._waiter = ThreadRunner("wait", max_idle=1)
         self._jobs = ThreadRunner("jobs", max_idle=concurrency)
-        self._wait: asyncio.Future | None = None
+        self._wait: asyncio.Future | None = None  # the idle wait_and_claim, while it runs
+        self._reserved = 0  # slots promised to that wait: it may claim this many
         self._wake: asyncio.Event | None = None
         self._stopping: asyncio.Event | None = None
         self._forced: asyncio.Event | None = None
@@ -132,6 +133,7 @@ class Worker:
         ]
         try:
             await self._fetch_loop()
+            await self._end_wait()  # no new jobs: those it claimed go back at once
             await self._shutdown()
         finally:
             for helper in helpers:
@@ -179,7 +181,8 @@ class Worker:
             self._wake.clear()
             try:
                 await self._write_failures()
-                free = self.concurrency - len(self._active)
+                self._take_waited()
+                free = self.concurrency - len(self._active) - self._reserved
                 if free <= 0 and not self._completions:
                     await self._wake.wait()
                     continue
@@ -194,7 +197,7 @@ class Worker:
                 if self.burst and await self._queues_drained():
                     log.info("burst: queues %s are empty", ",".join(self.queues))
                     return
-                await self._idle()
+                await self._idle(free)
             except Exception as exc:  # the store is unreachable: keep going, loudly
                 await self._store_is_down(exc)
 
@@ -225,28 +228,54 @@ class Worker:
             return False
         return await self.call(self.broker.pending, self.queues) == 0
 
-    async def _idle(self) -> None:
-        """Wait for new work in the store, a freed slot, a completion or a stop."""
+    async def _idle(self, free: int) -> None:
+        """Wait for new work in the store, a freed slot, a completion or a stop.
+
+        The wait runs on its own thread and claims what it finds for up to
+        ``free`` slots (``Broker.wait_and_claim``: on Redis the job is claimed
+        on the connection that was woken, with no hop through the loop first);
+        those slots stay reserved for it until it returns."""
         assert self._wake is not None
-        if self._wait is None or self._wait.done():
+        if self._wait is None:
             timeout = self.poll_interval
             due = await self.call(self.broker.next_due, self.queues)
             if due is not None:
                 timeout = max(0.0, min(timeout, due - self.app.clock.now()))
-            self._wait, _ = self._waiter.submit(self.broker.wait_for_work, self.queues, timeout)
+            self._reserved = free
+            self._wait, _ = self._waiter.submit(
+                self.broker.wait_and_claim, self.queues, free, self.lease, self.name, timeout
+            )
         woken = asyncio.ensure_future(self._wake.wait())
         try:
             await asyncio.wait({self._wait, woken}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             woken.cancel()
 
+    def _take_waited(self) -> None:
+        """Start the jobs the finished idle wait claimed (or raise its error)."""
+        if self._wait is not None and self._wait.done():
+            wait, self._wait, self._reserved = self._wait, None, 0
+            for record in wait.result():
+                self._start(record)
+
     async def _end_wait(self) -> None:
-        """Bring back the thread blocked in wait_for_work before returning:
-        a daemon thread still inside the store when the interpreter exits can
-        crash it."""
-        if self._wait is not None and not self._wait.done():
-            self.broker.interrupt()
-            await asyncio.wait({self._wait}, timeout=self.poll_interval + 1.0)
+        """Bring back the thread blocked in the idle wait before returning (a
+        daemon thread still inside the store when the interpreter exits can
+        crash it), and give back any jobs it claimed meanwhile."""
+        if self._wait is None:
+            return
+        wait, self._wait, self._reserved = self._wait, None, 0
+        if not wait.done():
+            with contextlib.suppress(Exception):
+                await self.call(self.broker.interrupt)
+            await asyncio.wait({wait}, timeout=self.poll_interval + 1.0)
+        if not wait.done() or wait.exception() is not None or not wait.result():
+            return
+        leases = [Lease(r.id, r.lease_token or "") for r in wait.result()]
+        try:
+            await self.call(self.broker.release, leases)
+        except Exception as exc:  # their leases expire and another worker runs them
+            log.error("could not give back %d jobs claimed while stopping: %s", len(leases), exc)
 
     async def _sleep_unless_woken(self, seconds: float) -> None:
         assert self._wake is not None

@@ -152,3 +152,93 @@ def test_wait_for_work_times_out_when_nothing_happens(broker):
     elapsed = time.monotonic() - t0
 
     assert timeout / 2 <= elapsed < timeout + 1.0
+
+
+# -- wait_and_claim: the idle worker's wait, which claims what woke it --------
+
+
+def wait_and_claim_in_thread(broker: Broker, limit: int, timeout: float, worker: str = "waiter"):
+    """Start ``wait_and_claim`` on a thread; return (thread, results-holder)."""
+    results: list[tuple[float, list[JobRecord]]] = []
+    started = threading.Event()
+
+    def waiter() -> None:
+        started.set()
+        t0 = time.monotonic()
+        claimed = broker.wait_and_claim(["default"], limit, LEASE, worker, timeout)
+        results.append((time.monotonic() - t0, claimed))
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    started.wait()
+    time.sleep(0.05)  # let it get into its wait
+    return thread, results
+
+
+@pytest.mark.parametrize(
+    "wake",
+    [_enqueue, _release, _fail_with_retry, _retry, _promote, _recover],
+    ids=lambda f: f.__name__[1:],
+)
+def test_wait_and_claim_claims_the_job_that_woke_it(broker, clock, wake):
+    add_one(broker, "held-one")
+    claim_one(broker)
+    make_state(broker, clock, "dead", job_id="dead-one")
+    add(broker, new_job("later-one", run_at=START + 3600))
+    timeout = 2.0
+
+    thread, results = wait_and_claim_in_thread(broker, limit=5, timeout=timeout)
+    wake(broker, clock)
+    thread.join(timeout + 2)
+
+    assert not thread.is_alive()
+    elapsed, claimed = results[0]
+    assert elapsed < timeout / 2 + 0.25
+    assert len(claimed) == 1
+    stored = broker.get(claimed[0].id)
+    assert (stored.state, stored.worker) == ("active", "waiter")
+    assert stored == claimed[0]
+
+
+def test_wait_and_claim_takes_ready_jobs_at_once_up_to_the_limit(broker):
+    add(broker, new_job("low"), new_job("high", priority=5), new_job("third"))
+
+    t0 = time.monotonic()
+    claimed = broker.wait_and_claim(["default"], 2, LEASE, "w1", 5.0)
+
+    assert time.monotonic() - t0 < 1.0
+    assert [job.id for job in claimed] == ["high", "low"]
+    assert broker.get("third").state == "waiting"
+
+
+def test_wait_and_claim_times_out_empty(broker):
+    timeout = 0.2
+
+    t0 = time.monotonic()
+    claimed = broker.wait_and_claim(["default"], 5, LEASE, "w1", timeout)
+
+    assert claimed == []
+    assert timeout / 2 <= time.monotonic() - t0 < timeout + 1.0
+
+
+def test_wait_and_claim_returns_when_interrupted(broker, clock):
+    thread, results = wait_and_claim_in_thread(broker, limit=5, timeout=5.0)
+    broker.interrupt()
+    thread.join(3)
+
+    assert not thread.is_alive()
+    assert results[0][0] < 2.5 and results[0][1] == []
+
+
+def test_idle_waiters_each_get_a_job(broker):
+    """Two jobs arriving together wake two waiters of one slot each: the one
+    that wakes first leaves the second job to the other."""
+    first, first_results = wait_and_claim_in_thread(broker, limit=1, timeout=3.0, worker="a")
+    second, second_results = wait_and_claim_in_thread(broker, limit=1, timeout=3.0, worker="b")
+    add(broker, new_job("j1"), new_job("j2"))
+    first.join(5)
+    second.join(5)
+
+    claimed = first_results[0][1] + second_results[0][1]
+    assert sorted(job.id for job in claimed) == ["j1", "j2"]
+    assert first_results[0][0] < 2.0 and second_results[0][0] < 2.0

@@ -60,6 +60,9 @@ class NewJob:
     priority: int = 0
     run_at: float | None = None
     options: str | None = None
+    #: The id was generated (120 random bits), not chosen by the caller: no
+    #: stored job can hold it, so a store may skip the look-up for dedup.
+    generated_id: bool = False
 
 
 @dataclass(slots=True)
@@ -291,6 +294,27 @@ class Broker(abc.ABC):
         """Block up to ``timeout`` seconds, returning early when something may
         have become ready (an enqueue, a release, a retry). Spurious wake-ups
         are allowed; callers claim and see."""
+
+    def wait_and_claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        worker: str,
+        timeout: float,
+    ) -> list[JobRecord]:
+        """An idle worker's wait: block like ``wait_for_work``, then claim up
+        to ``limit`` jobs as ``claim`` does. One call, so a store can wake and
+        claim on one connection and thread (Redis: BZPOPMIN, then the claim
+        script). After ``interrupt()`` it may return without claiming; jobs
+        it did claim belong to the caller, who must run or release them."""
+        if limit <= 0:
+            self.wait_for_work(queues, timeout)
+            return []
+        if claimed := self.claim(queues, limit, lease_seconds, worker):
+            return claimed
+        self.wait_for_work(queues, timeout)
+        return self.claim(queues, limit, lease_seconds, worker)
 
     @abc.abstractmethod
     def interrupt(self) -> None:

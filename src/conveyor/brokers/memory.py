@@ -189,10 +189,13 @@ class MemoryBroker(Broker):
                 if existing is not None:
                     self._delete(existing)  # an ended job's id may be reused
                 self._seq += 1
-                # Every NewJob field (id, task, queue, payload, priority, run_at,
-                # options) is a JobRecord field of the same name and meaning.
+                # Every NewJob field but generated_id (id, task, queue, payload,
+                # priority, run_at, options) is a JobRecord field of the same
+                # name and meaning.
+                fields = dataclasses.asdict(new)
+                del fields["generated_id"]
                 fresh = {"seq": self._seq, "state": WAITING, "attempts": 0, "stalls": 0}
-                job = JobRecord(**dataclasses.asdict(new), **fresh, created_at=now)
+                job = JobRecord(**fields, **fresh, created_at=now)
                 self._jobs[job.id] = job
                 self._tally(job.queue, WAITING, +1)  # _move below subtracts it again
                 if new.run_at is not None and new.run_at > now:

@@ -125,6 +125,7 @@ class Waker:
         self._cond = threading.Condition()
         self._hits: dict[str, int] = {}  # channel -> messages seen
         self._epoch = 0  # bumped by interrupt() and reconnects: every waiter returns
+        self._interrupts = 0  # bumped by interrupt() only
         self._subscribed: set[str] = set()  # confirmed by the server
         self._wanted: set[str] = set()  # asked for, not sent yet
         self._private = f"{broker.target.prefix}:wake:{secrets.token_hex(8)}"
@@ -141,10 +142,17 @@ class Waker:
 
     def wait(
         self, channels: set[str], deadline: float, look: Callable[[], float | None], clock: Clock
-    ) -> None:
+    ) -> bool:
         """Subscribe to ``channels`` (once per process), call ``look()`` for the
         next due time, then sleep until a message, interrupt(), that time or
-        ``deadline``."""
+        ``deadline``. False when interrupt() was called meanwhile."""
+        interrupts = self._interrupts
+        self._wait(channels, deadline, look, clock)
+        return self._interrupts == interrupts
+
+    def _wait(
+        self, channels: set[str], deadline: float, look: Callable[[], float | None], clock: Clock
+    ) -> None:
         with self._cond:
             if self._pid != os.getpid():  # a forked child: the thread stayed behind
                 self._thread, self._pid, self._subscribed = None, os.getpid(), set()
@@ -173,6 +181,7 @@ class Waker:
 
     def interrupt(self) -> None:
         with self._cond:
+            self._interrupts += 1
             self._epoch += 1
             self._cond.notify_all()
 

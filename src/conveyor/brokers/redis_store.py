@@ -45,6 +45,7 @@ node); the others go to redis-py. Sentinel:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -75,11 +76,13 @@ from conveyor.clock import Clock
 from conveyor.errors import StoreUnavailable
 
 NAMES = ["enqueue", "claim", "extend", "complete", "fail", "release", "recover", "cancel",
-         "retry", "promote", "trim"]  # fmt: skip
+         "retry", "promote", "trim", "stamp"]  # fmt: skip
 LUA = files("conveyor.brokers").joinpath("lua")
-SOURCES = {name: LUA.joinpath(f"{name}.lua").read_text() for name in NAMES}
+SHARED = LUA.joinpath("_shared.lua").read_text()  # helpers every script starts with
+SOURCES = {name: SHARED + LUA.joinpath(f"{name}.lua").read_text() for name in NAMES}
 SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in SOURCES.items()}
 BATCH = 1000  # jobs per script call: a long script blocks the server for everyone
+MAX_BLOCK = 5.0  # seconds one BZPOPMIN may block: well inside the socket timeout
 QUEUES_TTL = 1.0  # seconds claim trusts this process's list of queues
 DOWN = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, ReadOnlyError,
         RedisClusterException)  # fmt: skip
@@ -100,14 +103,16 @@ def _next_seqs(n: int) -> range:
 
 class _Keys(NamedTuple):
     prefix: str  # of every key of the queue; a job is prefix + "job:" + id
-    waiting: str
+    waiting: str  # LIST: new jobs of priority 0
+    prioritized: str  # ZSET: every other ready job
     delayed: str
     active: str
     completed: str
     dead: str
     cancelled: str
     counter: str
-    channel: str  # pub/sub, not a key
+    marker: str  # ZSET: set while work may be ready; idle workers BZPOPMIN it
+    channel: str  # pub/sub, not a key; '' unless in a Cluster
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:
@@ -156,7 +161,8 @@ class RedisBroker(Broker):
         self._known: frozenset[str] = frozenset()  # queue names seen in P:queues
         self._known_at = self._promoted_at = -1e9  # time.monotonic() of the last look
         self._added: frozenset[str] = frozenset()  # Cluster: queues this process added
-        self._waker = Waker(self)
+        self._waker = Waker(self)  # Cluster only: pub/sub wakes the waiters
+        self._interrupt_key = f"{self.target.prefix}:interrupt:{secrets.token_hex(8)}"
         self._local = threading.local()
 
     # -- plumbing --------------------------------------------------------
@@ -164,8 +170,9 @@ class RedisBroker(Broker):
     def _keys(self, queue: str) -> _Keys:
         if (keys := self._keys_cache.get(queue)) is None:
             p = f"{self.target.prefix}:{{{queue}}}:"
-            names = (p + s for s in (*STATES, "counter"))
-            keys = self._keys_cache[queue] = _Keys(p, *names, f"{self.target.prefix}:ready:{queue}")
+            channel = f"{self.target.prefix}:ready:{queue}" if self.target.cluster else ""
+            names = [p + field for field in _Keys._fields[1:-1]]
+            keys = self._keys_cache[queue] = _Keys(p, *names, channel)
         return keys
 
     def _run(self, calls: Sequence[Call]) -> list[Any]:
@@ -290,9 +297,10 @@ class RedisBroker(Broker):
                 job = jobs[i]
                 run_at = "" if job.run_at is None else repr(job.run_at)
                 rows += (job.id, str(seqs[i]), job.task, job.payload, str(int(job.priority)),
-                         job.options or "", run_at, states[i])  # fmt: skip
+                         job.options or "", run_at, states[i], "" if job.generated_id else "1")  # fmt: skip
             args = [f"{self.target.prefix}:", queue, repr(now), k.channel, orjson.dumps(rows)]
-            calls.append(_script("enqueue", [*k[1:3], k.counter, *k[4:7], *queues_key], args))
+            keys = [k.waiting, k.prioritized, k.delayed, k.counter, *queues_key]
+            calls.append(_script("enqueue", keys, args))
         replies = self._run(calls)[len(calls) - len(chunks) :]
         self._learn(set(by_queue))
         results: list[Any] = [None] * len(jobs)
@@ -332,10 +340,17 @@ class RedisBroker(Broker):
         return self._outcome(len(done), groups, replies), claimed
 
     def _claim(
-        self, before: list[Call], queues: Sequence[str], limit: int, lease: float, worker: str
+        self,
+        before: list[Call],
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        worker: str,
+        stamp: str | None = None,
     ) -> tuple[list[Any], list[JobRecord]]:
         """Run ``before``, then claim: the first queue in the same round trip, a
-        later one only when the earlier ones did not fill ``limit``."""
+        later one only when the earlier ones did not fill ``limit``. ``stamp``:
+        the key ``before`` stamped before a wait (see wait_and_claim)."""
         now = self.clock.now()
         calls, head, claimed = list(before), None, []
         if limit > 0 and time.monotonic() - self._promoted_at > QUEUES_TTL:
@@ -343,13 +358,16 @@ class RedisBroker(Broker):
             if time.monotonic() - self._known_at > QUEUES_TTL:
                 self._learn(self._run([lambda c: c.smembers(self._queues_key)])[0])
             for k in map(self._keys, sorted(self._known - set(queues))):
-                calls.append(_script("promote", k[1:3], (k.prefix, k.channel, "due", repr(now))))
+                keys = (k.prioritized, k.delayed)
+                calls.append(_script("promote", keys, (k.prefix, k.channel, "due", repr(now))))
         for queue in dict.fromkeys(queues) if limit > 0 else ():
             if len(claimed) >= limit:
                 break
             k, token = self._keys(queue), f"{secrets.token_hex(8)}:{queue}"
             args = (k.prefix, repr(now), repr(now + lease), worker, token, limit - len(claimed))
-            replies = self._run([*calls, _script("claim", k[1:4], (*args, k.channel))])
+            keys = (k.waiting, k.prioritized, k.delayed, k.active, *([stamp] if stamp else ()))
+            replies = self._run([*calls, _script("claim", keys, (*args, k.channel))])
+            stamp = None
             head, calls, flat = head or replies[: len(before)], [], replies[-1]
             claimed += [
                 _record(flat[i], queue, _pairs(flat[i + 1])) for i in range(0, len(flat), 2)
@@ -391,15 +409,16 @@ class RedisBroker(Broker):
         state = "dead" if retry_at is None else "delayed" if retry_at > now else "waiting"
         retry = "" if retry_at is None else repr(retry_at)
         args = (k.prefix, repr(now), lease.job_id, lease.token, entry_json, state, retry, k.channel)
-        return self._run([_script("fail", (*k[1:4], k.dead), args)])[0] == 1
+        keys = (k.prioritized, k.delayed, k.active, k.dead)
+        return self._run([_script("fail", keys, args)])[0] == 1
 
     def release(self, leases: Sequence[Lease]) -> int:
-        keys, head = (lambda k: (k.waiting, k.active)), (lambda k: (k.channel,))
+        keys, head = (lambda k: (k.prioritized, k.active)), (lambda k: (k.channel,))
         return sum(self._run(self._per_lease("release", leases, keys, head, lambda i: ())[1]))
 
     def recover(self, max_stalled: int) -> list[Recovered]:
         now = repr(self.clock.now())
-        spec = lambda k: ((k.waiting, k.active, k.dead), (k.prefix, now, max_stalled, k.channel))  # noqa: E731
+        spec = lambda k: ((k.prioritized, k.active, k.dead), (k.prefix, now, max_stalled, k.channel))  # noqa: E731
         replies = self._each("recover", spec)
         found = sorted(
             (int(f[i + 2]), f[i], f[i + 1]) for f in replies for i in range(0, len(f), 3)
@@ -411,21 +430,26 @@ class RedisBroker(Broker):
     def cancel(self, job_id: str) -> bool:
         now = repr(self.clock.now())
         return 1 in self._each(
-            "cancel", lambda k: ((k.waiting, k.delayed, k.cancelled), (k.prefix, job_id, now))
+            "cancel",
+            lambda k: (
+                (k.waiting, k.prioritized, k.delayed, k.cancelled),
+                (k.prefix, job_id, now, k.channel),
+            ),
         )
 
     def retry(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
         if job_ids is not None and not job_ids:
             return 0
         ids = job_ids or ()
-        spec = lambda k: ((k.waiting, k.dead, k.cancelled), (k.prefix, k.channel, *ids))  # noqa: E731
+        spec = lambda k: ((k.prioritized, k.dead, k.cancelled), (k.prefix, k.channel, *ids))  # noqa: E731
         return sum(self._each("retry", spec, queue))
 
     def promote(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
         if job_ids is not None and not job_ids:
             return 0
         mode = ("all",) if job_ids is None else ("ids", *job_ids)
-        return sum(self._each("promote", lambda k: (k[1:3], (k.prefix, k.channel, *mode)), queue))
+        spec = lambda k: ((k.prioritized, k.delayed), (k.prefix, k.channel, *mode))  # noqa: E731
+        return sum(self._each("promote", spec, queue))
 
     def trim(
         self, queue: str, state: str, keep: int | None = None, older_than: float | None = None
@@ -458,12 +482,19 @@ class RedisBroker(Broker):
         states = [s for s in STATES if state in (None, s)]
         if limit <= 0 or not states:
             return []
-        calls_for = lambda k: [lambda c, s=s: c.zrange(k.prefix + s, 0, -1) for s in states]  # noqa: E731
-        sets = self._per_queue(calls_for, None if queue is None else [queue])
-        found = list({  # a waiting member is 12 hex digits of ord, then the id
-            (q, m[12:] if s == "waiting" else m): None
-            for q, replies in sets.items()
-            for s, members in zip(states, replies, strict=True)
+
+        # A waiting job is in the list, or in the ZSET as 12 hex digits of ord and its id.
+        names = [n for s in states for n in (("waiting", "prioritized") if s == "waiting" else (s,))]
+        calls_for = lambda k: [  # noqa: E731
+            (lambda c: c.lrange(k.waiting, 0, -1))
+            if name == "waiting"
+            else (lambda c, key=k.prefix + name: c.zrange(key, 0, -1))
+            for name in names
+        ]
+        found = list({  # (queue, id), each once
+            (q, m[12:] if name == "prioritized" else m): None
+            for q, replies in self._per_queue(calls_for, None if queue is None else [queue]).items()
+            for name, members in zip(names, replies, strict=True)
             for m in members
         })  # fmt: skip
         keys = [f"{self._keys(q).prefix}job:{job_id}" for q, job_id in found]
@@ -477,14 +508,24 @@ class RedisBroker(Broker):
             if h and state in (None, h["state"])
         ]
 
+    @staticmethod
+    def _ready_calls(k: _Keys) -> list[Call]:
+        """The two counts that add up to a queue's waiting jobs."""
+        return [lambda c: c.llen(k.waiting), lambda c: c.zcard(k.prioritized)]
+
     def counts(self) -> dict[str, dict[str, int]]:
-        found = self._per_queue(lambda k: [lambda c, s=s: c.zcard(k.prefix + s) for s in STATES])
+        others = STATES[1:]
+        assert STATES[0] == "waiting"
+        calls_for = lambda k: [  # noqa: E731
+            *self._ready_calls(k), *(lambda c, s=s: c.zcard(k.prefix + s) for s in others)
+        ]
+        found = {q: [n[0] + n[1], *n[2:]] for q, n in self._per_queue(calls_for).items()}
         return {q: dict(zip(STATES, n, strict=True)) for q, n in sorted(found.items()) if any(n)}
 
     def pending(self, queues: Sequence[str]) -> int:
         now = repr(self.clock.now())
         calls_for = lambda k: [  # noqa: E731
-            lambda c: c.zcard(k.waiting),
+            *self._ready_calls(k),
             lambda c: c.zcard(k.active),
             lambda c: c.zcount(k.delayed, "-inf", now),
         ]
@@ -493,29 +534,99 @@ class RedisBroker(Broker):
     def _heads(self, queues: Sequence[str]) -> tuple[int, float | None]:
         """(waiting jobs, earliest run_at of a delayed job) over ``queues``."""
         calls_for = lambda k: [  # noqa: E731
-            lambda c: c.zcard(k.waiting),
+            *self._ready_calls(k),
             lambda c: c.zrange(k.delayed, 0, 0, withscores=True),
         ]
         found = self._per_queue(calls_for, queues).values()
-        return sum(n for n, _ in found), min((h[0][1] for _, h in found if h), default=None)
+        ready = sum(a + b for a, b, _ in found)
+        return ready, min((h[0][1] for _, _, h in found if h), default=None)
 
     def next_due(self, queues: Sequence[str]) -> float | None:
         return self._heads(queues)[1]
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        ready, due = self._heads(queues)
+        if not ready:
+            self._sleep(queues, self._until_due(timeout, due))
+
+    def wait_and_claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        worker: str,
+        timeout: float,
+    ) -> list[JobRecord]:
+        if self.target.cluster:
+            return self._wait_then_claim(queues, limit, lease_seconds, worker, timeout)
+        # The caller claimed and found nothing just before: a job enqueued
+        # since then set its queue's marker, so no look is needed first. One
+        # pipeline: stamp the server clock, BZPOPMIN the markers, claim. The
+        # server runs the claim the moment the wait ends, with no round trip
+        # back here in between (it moves the clock it was given on by the
+        # time the wait took).
+        deadline = time.monotonic() + timeout
+        markers = [self._keys(q).marker for q in queues] + [self._interrupt_key]
+        while limit > 0 and timeout >= 0.001:
+            stamp = f"{self.target.prefix}:stamp:{secrets.token_hex(8)}"
+            block = round(min(timeout, MAX_BLOCK), 3)
+            wait = [_script("stamp", [stamp], []), lambda c, t=block: c.bzpopmin(markers, t)]
+            (_, popped), claimed = self._claim(wait, queues, limit, lease_seconds, worker, stamp)
+            if claimed or (popped and popped[0] == self._interrupt_key):
+                return claimed
+            # A stale marker (its job went to a busy worker, or it announced a
+            # sooner delayed job): wait again, until the next due job.
+            timeout = self._until_due(deadline - time.monotonic(), self.next_due(queues))
+        return self.claim(queues, limit, lease_seconds, worker) if limit > 0 else []
+
+    def _wait_then_claim(
+        self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str, timeout: float
+    ) -> list[JobRecord]:
+        """Cluster: wake by pub/sub, then claim; again after a stale wake."""
+        deadline = time.monotonic() + timeout
+        while self._sleep(queues, timeout) and limit > 0:
+            if claimed := self.claim(queues, limit, lease_seconds, worker):
+                return claimed
+            timeout = self._until_due(deadline - time.monotonic(), self.next_due(queues))
+            if timeout < 0.001:
+                break
+        return []
+
+    def _until_due(self, timeout: float, due: float | None) -> float:
         # Blocking is real time; the store clock only says when the next
         # delayed job is due (a test's FakeClock may stand still).
-        def look() -> float | None:  # once subscribed: what happened before?
-            ready, due = self._heads(queues)
-            return -1.0 if ready else due
+        return timeout if due is None else min(timeout, due - self.clock.now())
 
-        deadline = time.monotonic() + max(timeout, 0.0)
-        channels = {self._keys(q).channel for q in queues}
-        self._waker.wait(channels, deadline, look, self.clock)
+    def _sleep(self, queues: Sequence[str], timeout: float) -> bool:
+        """Block until work may be ready in ``queues``, for up to ``timeout``
+        seconds; False when interrupted. One server or Sentinel: BZPOPMIN on
+        the queues' markers and this broker's interrupt key, on this thread's
+        connection. Cluster: one BZPOPMIN cannot watch keys of several slots,
+        so the pub/sub thread wakes the waiters."""
+        if timeout < 0.001:  # BZPOPMIN 0 would block for ever
+            return True
+        if self.target.cluster:
+            channels = {self._keys(q).channel for q in queues}
+            deadline = time.monotonic() + timeout
+            def look() -> float | None:  # once subscribed: what happened before?
+                ready, due = self._heads(queues)
+                return -1.0 if ready else due
+
+            return self._waker.wait(channels, deadline, look, self.clock)
+        keys = [self._keys(q).marker for q in queues] + [self._interrupt_key]
+        timeout = min(timeout, MAX_BLOCK)
+        popped = self._run([lambda c: c.bzpopmin(keys, round(timeout, 3))])[0]
+        return not popped or popped[0] != self._interrupt_key
 
     def interrupt(self) -> None:
-        self._waker.interrupt()
+        if self.target.cluster:
+            self._waker.interrupt()
+        else:  # wakes the BZPOPMIN of any thread of this broker
+            self._run([lambda c: c.zadd(self._interrupt_key, {"0": 0})])
 
     def close(self) -> None:
         self._waker.close()
+        if not self.target.cluster:
+            with contextlib.suppress(StoreUnavailable):
+                self._run([lambda c: c.delete(self._interrupt_key)])
         self._r.close()

@@ -1,18 +1,22 @@
 -- cancel: a waiting or delayed job of one queue ends as cancelled.
--- KEYS[1] waiting  ZSET  score -priority, member string.format('%012x', ord) .. id
--- KEYS[2] delayed  ZSET  score run_at   KEYS[3] cancelled  ZSET  score finished_at
+-- KEYS[1] waiting  LIST   KEYS[2] prioritized  ZSET   (see _shared)
+-- KEYS[3] delayed  ZSET  score run_at   KEYS[4] cancelled  ZSET  score finished_at
 -- ARGV[1] key prefix of the queue   ARGV[2] id   ARGV[3] now
+-- ARGV[4] channel ('' = none)
 -- Returns 1, or 0 when the job is not here or has started.
-local id, now = ARGV[2], ARGV[3]
-local key = ARGV[1] .. 'job:' .. id
+local prefix, id, now = ARGV[1], ARGV[2], ARGV[3]
+local key = prefix .. 'job:' .. id
 local job = redis.call('HMGET', key, 'state', 'ord')
 if job[1] == 'waiting' then
-  redis.call('ZREM', KEYS[1], string.format('%012x', job[2]) .. id)
+  if redis.call('ZREM', KEYS[2], ready_member(job[2], id)) == 0 then
+    redis.call('LREM', KEYS[1], 1, id)
+  end
+  settle(prefix, ARGV[4])
 elseif job[1] == 'delayed' then
-  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', KEYS[3], id)
 else
   return 0
 end
 redis.call('HSET', key, 'state', 'cancelled', 'end', now)
-redis.call('ZADD', KEYS[3], now, id)
+redis.call('ZADD', KEYS[4], now, id)
 return 1

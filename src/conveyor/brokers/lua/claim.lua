@@ -1,37 +1,70 @@
 -- claim: promote the queue's due delayed jobs, then lease up to a limit of
--- its ready jobs (highest priority first, then enqueue order).
--- KEYS[1] waiting  ZSET  score -priority, member string.format('%012x', ord) .. id
--- KEYS[2] delayed  ZSET  score run_at, member id
--- KEYS[3] active   ZSET  score lease expiry, member id
+-- its ready jobs in claim order (_shared: priority, then enqueue order).
+-- KEYS[1] waiting  LIST   KEYS[2] prioritized  ZSET   (see _shared)
+-- KEYS[3] delayed  ZSET  score run_at   KEYS[4] active  ZSET  score lease expiry
 -- ARGV[1] key prefix of the queue   ARGV[2] now   ARGV[3] lease expiry
 -- ARGV[4] worker   ARGV[5] lease token   ARGV[6] limit (>= 1)
--- ARGV[7] channel to PUBLISH on when promoted jobs are left for others
+-- ARGV[7] channel to PUBLISH on when jobs are left for others ('' = none)
+-- KEYS[5] (optional) stamp (stamp.lua) set before a wait this claim was queued
+--         behind: ARGV[2] and ARGV[3] are moved on by the time since then
 -- Returns pairs, in claim order: id, the job's HGETALL.
-local prefix, now = ARGV[1], ARGV[2]
-local was_empty = redis.call('ZCARD', KEYS[1]) == 0
-local due = redis.call('ZRANGE', KEYS[2], '-inf', now, 'BYSCORE')
+local prefix, now, expiry, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[6])
+if KEYS[5] then
+  local t = redis.call('TIME')
+  local waited = t[1] + t[2] / 1e6 - (tonumber(redis.call('GET', KEYS[5])) or t[1] + t[2] / 1e6)
+  redis.call('DEL', KEYS[5])
+  now = string.format('%.6f', tonumber(now) + waited)
+  expiry = string.format('%.6f', tonumber(expiry) + waited)
+end
+local due = redis.call('ZRANGE', KEYS[3], '-inf', now, 'BYSCORE')
 for _, id in ipairs(due) do
   local key = prefix .. 'job:' .. id
   local job = redis.call('HMGET', key, 'prio', 'ord')
   redis.call('HSET', key, 'state', 'waiting')
-  redis.call('ZADD', KEYS[1], -(tonumber(job[1]) or 0), string.format('%012x', job[2]) .. id)
+  requeue(prefix, id, job[1], job[2])
 end
 if #due > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 end
-local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[6])
+
+local ids = {}
+local function take_members(members)
+  for _, member in ipairs(members) do ids[#ids + 1] = string.sub(member, 13) end
+  if #members > 0 then redis.call('ZREM', KEYS[2], unpack(members)) end
+end
+-- 1. priority above 0
+take_members(redis.call('ZRANGE', KEYS[2], '-inf', '(0', 'BYSCORE', 'LIMIT', 0, limit))
+-- 2. priority 0: the list, merged by ord with jobs that became ready again
+while #ids < limit do
+  local again = redis.call('ZRANGE', KEYS[2], 0, 0, 'BYSCORE', 'LIMIT', 0, 1)[1]
+  if not again then
+    for _, id in ipairs(redis.call('LPOP', KEYS[1], limit - #ids) or {}) do ids[#ids + 1] = id end
+    break
+  end
+  local head = redis.call('LINDEX', KEYS[1], 0)
+  if head and tonumber(redis.call('HGET', prefix .. 'job:' .. head, 'ord'))
+      < tonumber(string.sub(again, 1, 12), 16) then
+    redis.call('LPOP', KEYS[1])
+    ids[#ids + 1] = head
+  else
+    take_members({again})
+  end
+end
+-- 3. priority below 0
+if #ids < limit then
+  local popped = redis.call('ZPOPMIN', KEYS[2], limit - #ids)
+  for i = 1, #popped, 2 do ids[#ids + 1] = string.sub(popped[i], 13) end
+end
+
 local out = {}
-for i = 1, #popped, 2 do
-  local id = string.sub(popped[i], 13)
+for _, id in ipairs(ids) do
   local key = prefix .. 'job:' .. id
   redis.call('HSET', key, 'state', 'active', 'start', now, 'token', ARGV[5],
-             'lease', ARGV[3], 'worker', ARGV[4])
+             'lease', expiry, 'worker', ARGV[4])
   redis.call('HINCRBY', key, 'tries', 1)
-  redis.call('ZADD', KEYS[3], ARGV[3], id)
+  redis.call('ZADD', KEYS[4], expiry, id)
   out[#out + 1] = id
   out[#out + 1] = redis.call('HGETALL', key)
 end
-if #due > 0 and was_empty and redis.call('ZCARD', KEYS[1]) > 0 then
-  redis.call('PUBLISH', ARGV[7], '')
-end
+settle(prefix, ARGV[7])
 return out

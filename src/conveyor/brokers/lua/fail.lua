@@ -1,14 +1,13 @@
 -- fail: record a failed run of a held job, then retry it later or send it dead.
--- KEYS[1] waiting  ZSET  score -priority, member string.format('%012x', ord) .. id
--- KEYS[2] delayed  ZSET  score run_at   KEYS[3] active  ZSET  score lease expiry
--- KEYS[4] dead     ZSET  score finished_at
+-- KEYS[1] prioritized  ZSET (see _shared)   KEYS[2] delayed  ZSET  score run_at
+-- KEYS[3] active  ZSET  score lease expiry   KEYS[4] dead  ZSET  score finished_at
 -- ARGV[1] key prefix of the queue   ARGV[2] now   ARGV[3] id   ARGV[4] token
 -- ARGV[5] the error as JSON without its first field: ',"type":...,"at":now}'
 -- ARGV[6] next state: 'delayed', 'waiting' or 'dead'   ARGV[7] retry_at ('' when dead)
--- ARGV[8] channel to PUBLISH on when work appears
+-- ARGV[8] channel to PUBLISH on when work appears ('' = none)
 -- Returns 1, or 0 when the lease was lost (nothing changed).
-local now, id, state = ARGV[2], ARGV[3], ARGV[6]
-local key = ARGV[1] .. 'job:' .. id
+local prefix, now, id, state = ARGV[1], ARGV[2], ARGV[3], ARGV[6]
+local key = prefix .. 'job:' .. id
 local job = redis.call('HMGET', key, 'token', 'tries', 'errors', 'prio', 'ord')
 if job[1] ~= ARGV[4] then
   return 0
@@ -28,12 +27,10 @@ if state == 'delayed' then
   local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2]
   redis.call('ZADD', KEYS[2], ARGV[7], id)
   if not head or tonumber(ARGV[7]) < tonumber(head) then
-    redis.call('PUBLISH', ARGV[8], '')
+    signal(prefix, ARGV[8], true)
   end
 else
-  if redis.call('ZCARD', KEYS[1]) == 0 then
-    redis.call('PUBLISH', ARGV[8], '')
-  end
-  redis.call('ZADD', KEYS[1], -(tonumber(job[4]) or 0), string.format('%012x', job[5]) .. id)
+  requeue(prefix, id, job[4], job[5])
+  signal(prefix, ARGV[8], false)
 end
 return 1

@@ -1,18 +1,17 @@
 -- recover: active jobs of one queue whose lease expired (their worker died).
 -- Each stalls once more; above max_stalled it goes dead with a Stalled error,
 -- otherwise back to waiting in its old place, its attempt given back.
--- KEYS[1] waiting  ZSET  score -priority, member string.format('%012x', ord) .. id
+-- KEYS[1] prioritized  ZSET (see _shared)
 -- KEYS[2] active   ZSET  score lease expiry   KEYS[3] dead  ZSET  score finished_at
 -- ARGV[1] key prefix of the queue   ARGV[2] now   ARGV[3] max_stalled
--- ARGV[4] channel to PUBLISH on when work appears
+-- ARGV[4] channel to PUBLISH on when work appears ('' = none)
 -- Returns triples: id, new state ('waiting' or 'dead'), seq.
-local now, max_stalled = ARGV[2], tonumber(ARGV[3])
+local prefix, now, max_stalled = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local expired = redis.call('ZRANGE', KEYS[2], '-inf', now, 'BYSCORE')
-local was_empty = redis.call('ZCARD', KEYS[1]) == 0
 local woke = false
 local out = {}
 for _, id in ipairs(expired) do
-  local key = ARGV[1] .. 'job:' .. id
+  local key = prefix .. 'job:' .. id
   local stalls = redis.call('HINCRBY', key, 'stalls', 1)
   local job = redis.call('HMGET', key, 'tries', 'errors', 'prio', 'ord', 'seq')
   redis.call('HDEL', key, 'token', 'lease')
@@ -27,7 +26,7 @@ for _, id in ipairs(expired) do
   else
     redis.call('HINCRBY', key, 'tries', -1)
     redis.call('HSET', key, 'state', 'waiting')
-    redis.call('ZADD', KEYS[1], -(tonumber(job[3]) or 0), string.format('%012x', job[4]) .. id)
+    requeue(prefix, id, job[3], job[4])
     woke = true
   end
   out[#out + 1] = id
@@ -37,7 +36,5 @@ end
 if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 end
-if was_empty and woke then
-  redis.call('PUBLISH', ARGV[4], '')
-end
+if woke then signal(prefix, ARGV[4], false) end
 return out

@@ -1,0 +1,55 @@
+-- _shared: helpers every script starts with (prepended when it is loaded).
+--
+-- A queue's ready jobs live in two keys of the queue (prefix 'P:{queue}:'):
+--   waiting      LIST of ids, oldest on the left: new jobs of priority 0, the
+--                common case, appended in enqueue order (a few bytes a job)
+--   prioritized  ZSET scored -priority, each member the job's ord in 12 hex
+--                digits then its id: jobs of any other priority, and every job
+--                that becomes ready again later (due, released, recovered,
+--                retried), so it takes back its enqueue-order place
+-- Claim order: scores below 0 (priority > 0), then score 0 merged with the
+-- list by ord, then scores above 0. ord comes from the queue's 'counter' and
+-- is stored on every job.
+--   marker       ZSET holding one member while the queue may have ready work
+--                nobody claimed: idle workers block on it with BZPOPMIN. In a
+--                Cluster, where one BZPOPMIN cannot watch queues in different
+--                slots, the scripts also PUBLISH on the queue's channel when
+--                they set it.
+
+local function ready_member(ord, id)
+  return string.format('%012x', ord) .. id
+end
+
+-- Make a job ready again in its enqueue-order place.
+local function requeue(prefix, id, prio, ord)
+  redis.call('ZADD', prefix .. 'prioritized', -(tonumber(prio) or 0), ready_member(ord, id))
+end
+
+local function ready_count(prefix)
+  return redis.call('LLEN', prefix .. 'waiting') + redis.call('ZCARD', prefix .. 'prioritized')
+end
+
+-- Work may be ready, or (`force`) a sooner delayed job appeared and waiters
+-- must look again at when to wake. Without a channel: set the marker, which
+-- wakes one BZPOPMIN. In a Cluster (channel given) the marker only records
+-- that ready work was announced: publish when it was not set yet, or when
+-- `force` (which leaves it alone: no job is ready yet).
+local function signal(prefix, channel, force)
+  if channel == '' then
+    redis.call('ZADD', prefix .. 'marker', 0, '0')
+  elseif force or redis.call('ZADD', prefix .. 'marker', 0, '0') == 1 then
+    redis.call('PUBLISH', channel, '')
+  end
+end
+
+-- After jobs were taken or removed: clear the marker once nothing is ready
+-- (so the next new job publishes again), else keep it set for the next idle
+-- worker.
+local function settle(prefix, channel)
+  if ready_count(prefix) == 0 then
+    redis.call('DEL', prefix .. 'marker')
+  else
+    signal(prefix, channel, false)
+  end
+end
+
