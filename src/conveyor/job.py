@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -16,16 +15,17 @@ if TYPE_CHECKING:
 
 
 def new_job_id() -> str:
-    """A fresh job id: 120 random bits as 24 lowercase base32 characters.
+    """A fresh job id: 96 random bits as 24 hex digits.
 
-    Shorter than a uuid4's 32 hex digits (the id is part of every key and
-    index entry of the job), and never starting with '-', so it is safe as a
-    command-line argument.
+    Shorter than a uuid4's 32 (the id is part of every key and index entry
+    of the job), and still safe to generate without a look-up: a clash is
+    only possible between jobs stored at the same time, and even with a
+    billion of them its chance is about 1 in 10^11.
 
     >>> len(new_job_id())
     24
     """
-    return base64.b32encode(os.urandom(15)).decode().lower()
+    return os.urandom(12).hex()
 
 
 class Job:

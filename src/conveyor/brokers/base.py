@@ -60,7 +60,7 @@ class NewJob:
     priority: int = 0
     run_at: float | None = None
     options: str | None = None
-    #: The id was generated (120 random bits), not chosen by the caller: no
+    #: The id was generated (96 random bits), not chosen by the caller: no
     #: stored job can hold it, so a store may skip the look-up for dedup.
     generated_id: bool = False
 

@@ -191,8 +191,52 @@ class RedisBroker(Broker):
                     raise reply
             return replies
         except DOWN as exc:
-            message = str(exc).splitlines()[0] if str(exc) else repr(exc)
-            raise StoreUnavailable(f"{self.target.safe}: {message}") from exc
+            raise self._unavailable(exc) from exc
+
+    def _send(self, commands: Sequence[tuple[Any, ...]]) -> Callable[[], list[Any]]:
+        """Send ``commands`` now; the returned function reads their replies.
+        One round trip, as a pipeline, but the server runs them while this
+        thread goes on (it must call the function, whatever happens). On one
+        server or Sentinel they go on this thread's connection; in a Cluster,
+        as a pipeline when the replies are read."""
+        calls = [lambda c, command=command: c.execute_command(*command) for command in commands]
+        if self.target.cluster:
+            return lambda: self._run(calls)
+        connection = self._client().connection
+        packed = connection.pack_commands(commands)
+        try:
+            try:
+                connection.send_packed_command(packed)
+            except DOWN:  # an idle connection the server closed: once more, on a new one
+                connection.disconnect()
+                connection.send_packed_command(packed)
+        except DOWN as exc:
+            connection.disconnect()
+            raise self._unavailable(exc) from exc
+
+        def read() -> list[Any]:
+            replies: list[Any] = []
+            try:
+                for _ in commands:
+                    try:
+                        replies.append(connection.read_response())
+                    except redis.ResponseError as exc:
+                        replies.append(exc)
+            except DOWN as exc:
+                connection.disconnect()
+                raise self._unavailable(exc) from exc
+            for i, reply in enumerate(replies):
+                if isinstance(reply, NoScriptError):  # it did nothing: run it again
+                    replies[i] = self._noscript(calls[i])
+                elif isinstance(reply, Exception):
+                    raise reply
+            return replies
+
+        return read
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+        message = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        return StoreUnavailable(f"{self.target.safe}: {message}")
 
     def _client(self) -> Any:
         """For single commands: this thread's own connection on one server or
@@ -274,20 +318,19 @@ class RedisBroker(Broker):
 
     def enqueue(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
         now = self.clock.now()
-        seqs, states = _next_seqs(len(jobs)), ["waiting"] * len(jobs)
+        seqs = _next_seqs(len(jobs))
+        states = ["waiting" if j.run_at is None or j.run_at <= now else "delayed" for j in jobs]
         first: dict[str, int] = {}  # id -> its first job here; later ones repeat that one
         by_queue: dict[str, list[int]] = {}
         for i, job in enumerate(jobs):
             if first.setdefault(job.id, i) == i:
                 by_queue.setdefault(job.queue, []).append(i)
-            if job.run_at is not None and job.run_at > now:
-                states[i] = "delayed"
         chunks = [
             idx[n : n + BATCH] for idx in by_queue.values() for n in range(0, len(idx), BATCH)
         ]
-        calls, queues_key = [], [] if self.target.cluster else [self._queues_key]
+        commands, queues_key = [], [] if self.target.cluster else [self._queues_key]
         if self.target.cluster and (new := set(by_queue) - self._added):
-            calls.append(lambda c: c.sadd(self._queues_key, *new))  # the scripts cannot
+            commands.append(("SADD", self._queues_key, *new))  # the scripts cannot
             self._added |= new
         for chunk in chunks:
             queue = jobs[chunk[0]].queue
@@ -300,19 +343,24 @@ class RedisBroker(Broker):
                          job.options or "", run_at, states[i], "" if job.generated_id else "1")  # fmt: skip
             args = [f"{self.target.prefix}:", queue, repr(now), k.channel, orjson.dumps(rows)]
             keys = [k.waiting, k.prioritized, k.delayed, k.counter, *queues_key]
-            calls.append(_script("enqueue", keys, args))
-        replies = self._run(calls)[len(calls) - len(chunks) :]
+            commands.append(("EVALSHA", SHAS["enqueue"], len(keys), *keys, *args))
+        read = self._send(commands)
+        try:  # while the server stores them: the records, as if every job were new
+            records = [
+                JobRecord(j.id, seqs[i], j.task, j.queue, states[i], int(j.priority), j.payload,
+                          j.options or None, 0, 0, now, j.run_at)
+                for i, j in enumerate(jobs)
+            ]  # fmt: skip
+        finally:
+            replies = read()[len(commands) - len(chunks) :]
         self._learn(set(by_queue))
         results: list[Any] = [None] * len(jobs)
         for chunk, reply in zip(chunks, replies, strict=True):
             for i, item in zip(chunk, reply, strict=True):
-                if item != 1:  # [queue, fields] of the job that holds the id
+                if item == 1:
+                    results[i] = EnqueueResult(records[i], True)
+                else:  # [queue, fields] of the job that holds the id
                     results[i] = EnqueueResult(_record(jobs[i].id, item[0], _pairs(item[1])), False)
-                    continue
-                j = jobs[i]
-                record = JobRecord(j.id, seqs[i], j.task, j.queue, states[i], int(j.priority),
-                                   j.payload, j.options or None, 0, 0, now, j.run_at)  # fmt: skip
-                results[i] = EnqueueResult(record, True)
         for i, job in enumerate(jobs):
             if results[i] is None:  # the same id earlier in this call
                 results[i] = EnqueueResult(

@@ -3,7 +3,7 @@
 -- is returned instead of storing a new one; an ended one is replaced. With
 -- KEYS[5] (one server or Sentinel) the id is looked up in every queue;
 -- without it (Cluster, where the other queues live in other slots) only in
--- this one. Generated ids (128 random bits) are not looked up.
+-- this one. Generated ids (96 random bits) are not looked up.
 -- KEYS[1] waiting  LIST   KEYS[2] prioritized  ZSET   (see _shared)
 -- KEYS[3] delayed  ZSET  score run_at, member id
 -- KEYS[4] counter  STRING  the queue's FIFO counter: one ord per job, never reused
