@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from conveyor.brokers.base import ACTIVE, WAITING
@@ -195,3 +197,16 @@ def test_lease_seconds_is_per_claim(broker):
     a = claim_one(broker)
     b = claim(broker, lease=LEASE * 2)[0]
     assert b.lease_expires - a.lease_expires == LEASE
+
+
+def test_a_generated_id_sent_twice_is_stored_once(broker):
+    """A store may skip the dedup look-up for generated ids, but a call sent
+    again (a retry after a lost connection) must not store the job twice."""
+    job = dataclasses.replace(new_job("generated"), generated_id=True)
+    broker.enqueue([job])
+    broker.enqueue([job])
+
+    assert ids(claim(broker)) == ["generated"]
+    assert claim(broker) == []
+    counts = broker.counts()["default"]
+    assert (counts["active"], sum(counts.values())) == (1, 1)

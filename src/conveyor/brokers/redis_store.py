@@ -202,19 +202,20 @@ class RedisBroker(Broker):
         calls = [lambda c, command=command: c.execute_command(*command) for command in commands]
         if self.target.cluster:
             return lambda: self._run(calls)
-        connection = self._client().connection
-        packed = connection.pack_commands(commands)
         try:
+            connection = self._client().connection
+        except DOWN as exc:
+            raise self._unavailable(exc) from exc
+        packed = connection.pack_commands(commands)
+
+        def send() -> None:
             try:
                 connection.send_packed_command(packed)
-            except DOWN:  # an idle connection the server closed: once more, on a new one
+            except DOWN as exc:
                 connection.disconnect()
-                connection.send_packed_command(packed)
-        except DOWN as exc:
-            connection.disconnect()
-            raise self._unavailable(exc) from exc
+                raise self._unavailable(exc) from exc
 
-        def read() -> list[Any]:
+        def collect() -> list[Any]:
             replies: list[Any] = []
             try:
                 for _ in commands:
@@ -225,6 +226,14 @@ class RedisBroker(Broker):
             except DOWN as exc:
                 connection.disconnect()
                 raise self._unavailable(exc) from exc
+            return replies
+
+        def read() -> list[Any]:
+            try:
+                replies = collect()
+            except StoreUnavailable:  # a connection the server had closed: as redis-py's
+                send()  # retry, once more on a new one (the scripts are safe to repeat)
+                replies = collect()
             for i, reply in enumerate(replies):
                 if isinstance(reply, NoScriptError):  # it did nothing: run it again
                     replies[i] = self._noscript(calls[i])
@@ -232,6 +241,10 @@ class RedisBroker(Broker):
                     raise reply
             return replies
 
+        try:
+            send()
+        except StoreUnavailable:
+            send()
         return read
 
     def _unavailable(self, exc: Exception) -> StoreUnavailable:

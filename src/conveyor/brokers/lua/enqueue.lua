@@ -3,7 +3,8 @@
 -- is returned instead of storing a new one; an ended one is replaced. With
 -- KEYS[5] (one server or Sentinel) the id is looked up in every queue;
 -- without it (Cluster, where the other queues live in other slots) only in
--- this one. Generated ids (96 random bits) are not looked up.
+-- this one. Generated ids (96 random bits) are not looked up: a job that
+-- already has one is this very job, sent again after a lost connection.
 -- KEYS[1] waiting  LIST   KEYS[2] prioritized  ZSET   (see _shared)
 -- KEYS[3] delayed  ZSET  score run_at, member id
 -- KEYS[4] counter  STRING  the queue's FIFO counter: one ord per job, never reused
@@ -46,6 +47,8 @@ for i = 1, #rows, 9 do
   end
   if old and not ended[old] then
     out[#out + 1] = {holder[1], redis.call('HGETALL', holder[2] .. 'job:' .. id)}
+  elseif rows[i + 8] ~= '1' and redis.call('EXISTS', here .. 'job:' .. id) == 1 then
+    out[#out + 1] = 1 -- stored by the first sending of this call
   else
     if old then
       redis.call('ZREM', holder[2] .. old, id)
