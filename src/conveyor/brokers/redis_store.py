@@ -11,14 +11,21 @@ spread over the shards:
 
 - ``P:{Q}:job:<id>``: one HASH per job, holding only the fields that are set
   (task, data, state, seq, ord, made, prio, opts, run, tries, stalls, start,
-  end, token, lease, worker, result, errors).
-- ``P:{Q}:waiting``: ZSET scored ``-priority``, each member the job's ``ord``
-  in 12 hex digits, then its id. ``ord`` is taken from ``P:{Q}:counter`` at
-  enqueue, so equal priorities leave in enqueue order whatever the number of
-  producers, and a released job gets its place back.
+  end, token, lease, worker, result, errors); ``made`` (created_at) is whole
+  microseconds, an integer Redis packs in half the bytes of the float.
+- Ready jobs (``lua/_shared.lua`` tells the whole rule): ``P:{Q}:waiting``, a
+  LIST of the ids of new priority-0 jobs in enqueue order (a few bytes a job:
+  most jobs), and ``P:{Q}:prioritized``, a ZSET scored ``-priority`` whose
+  members are the job's ``ord`` in 12 hex digits, then its id: jobs of other
+  priorities, and every job ready again (due, released, recovered, retried).
+  ``ord`` is taken from ``P:{Q}:counter`` at enqueue, so equal priorities
+  leave in enqueue order whatever the number of producers, and a released
+  job gets its place back.
 - ``P:{Q}:delayed`` by run_at (promoted inside ``claim``), ``P:{Q}:active`` by
   lease expiry (``recover`` is one range query), ``P:{Q}:completed|dead|
   cancelled`` by finished_at (``trim``).
+- ``P:{Q}:marker``: a ZSET holding one member while the queue may have ready
+  work nobody claimed.
 - ``P:queues``: SET of queue names, so ``get``, ``counts``, ``cancel``... can
   pipeline one call per queue.
 
@@ -27,16 +34,20 @@ increasing within a process. ``list`` reads the ids of the states and queues
 it filters on and sorts them here: O(jobs in those states).
 
 A job id is unique in the whole store on one server or behind Sentinel (the
-enqueue script looks in every queue). In a Cluster it is unique within its
+enqueue script looks in every queue for an id the caller chose; a generated
+id, 96 random bits, is not looked up). In a Cluster it is unique within its
 queue only: the other queues live in other slots.
 
 ``claim`` promotes the due jobs of its own queues every time, those of other
 queues at most once a second per process. A lease token is ``<16 hex>:<queue>``,
 so a ``Lease`` tells which queue's keys to use.
 
-``wait_for_work`` sleeps on pub/sub: a script that gives a queue its first
-ready job (or a sooner delayed one) publishes on ``P:ready:<queue>``, and one
-thread per broker stays subscribed to every queue it was asked to wait on.
+No polling. An idle worker calls ``wait_and_claim``: one pipeline stamps the
+server clock, blocks in BZPOPMIN on its queues' markers, and claims; Redis
+runs the claim the moment a script sets a marker, with no round trip back to
+the worker first. In a Cluster one BZPOPMIN cannot watch keys of several
+slots, so the scripts also publish on ``P:ready:<queue>`` when they set a
+marker, and one pub/sub thread per broker wakes the waiters.
 
 URL options: ``?prefix=NAME``; ``?cluster=1`` for Redis Cluster (name any
 node); the others go to redis-py. Sentinel:
@@ -128,7 +139,7 @@ def _record(job_id: str, queue: str, h: dict[str, str]) -> JobRecord:
     g = h.get
     return JobRecord(
         job_id, int(h["seq"]), h["task"], queue, h["state"], int(g("prio", 0)), h["data"],
-        g("opts"), int(g("tries", 0)), int(g("stalls", 0)), float(h["made"]), _float(g("run")),
+        g("opts"), int(g("tries", 0)), int(g("stalls", 0)), int(h["made"]) / 1e6, _float(g("run")),
         _float(g("start")), _float(g("end")), g("token"), _float(g("lease")), g("worker"),
         g("result"), g("errors", "[]"),
     )  # fmt: skip
@@ -331,6 +342,7 @@ class RedisBroker(Broker):
 
     def enqueue(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
         now = self.clock.now()
+        made = round(now * 1e6)  # created_at in whole microseconds: 10 bytes less a job
         seqs = _next_seqs(len(jobs))
         states = ["waiting" if j.run_at is None or j.run_at <= now else "delayed" for j in jobs]
         first: dict[str, int] = {}  # id -> its first job here; later ones repeat that one
@@ -354,14 +366,14 @@ class RedisBroker(Broker):
                 run_at = "" if job.run_at is None else repr(job.run_at)
                 rows += (job.id, str(seqs[i]), job.task, job.payload, str(int(job.priority)),
                          job.options or "", run_at, states[i], "" if job.generated_id else "1")  # fmt: skip
-            args = [f"{self.target.prefix}:", queue, repr(now), k.channel, orjson.dumps(rows)]
+            args = [f"{self.target.prefix}:", queue, made, k.channel, orjson.dumps(rows)]
             keys = [k.waiting, k.prioritized, k.delayed, k.counter, *queues_key]
             commands.append(("EVALSHA", SHAS["enqueue"], len(keys), *keys, *args))
         read = self._send(commands)
         try:  # while the server stores them: the records, as if every job were new
             records = [
                 JobRecord(j.id, seqs[i], j.task, j.queue, states[i], int(j.priority), j.payload,
-                          j.options or None, 0, 0, now, j.run_at)
+                          j.options or None, 0, 0, made / 1e6, j.run_at)
                 for i, j in enumerate(jobs)
             ]  # fmt: skip
         finally:

@@ -10,7 +10,8 @@
 -- KEYS[4] counter  STRING  the queue's FIFO counter: one ord per job, never reused
 -- KEYS[5] (optional) queues  SET of every queue name: this queue is added to it
 -- ARGV[1] store prefix ('P:'; a queue's keys start with 'P:{queue}:', a job is
---         the HASH 'P:{queue}:job:' .. id)   ARGV[2] queue   ARGV[3] now (created_at)
+--         the HASH 'P:{queue}:job:' .. id)   ARGV[2] queue
+-- ARGV[3] created_at in whole microseconds (an integer: half the bytes of the float)
 -- ARGV[4] channel to PUBLISH on when work appears ('' = none)
 -- ARGV[5] the jobs as one JSON array (one argument, not nine a job: cheaper to
 --         send) of 9 strings per job: id, seq, task, payload, priority,
