@@ -131,22 +131,24 @@ def conveyor_run(folder: Path, jobs: int, concurrency: int) -> dict[str, Any]:
         out["waiting_encoding"] = client.object("encoding", waiting)
         out["waiting_bytes_per_job"] = client.memory_usage(waiting, samples=0) / jobs
         out["dbsize"] = client.dbsize()
-        out["waiting_count"] = client.zcard(waiting)
+        counts = Conveyor(server.url)  # counts through the public API, not the key layout
+        out["waiting_count"] = counts.stats()["default"]["waiting"]
 
         say(f"conveyor: draining them with one worker process -c {concurrency}")
         log = (folder / "conveyor-worker.log").open("w")
         command = [sys.executable, __file__, "--serve", server.url, "-c", str(concurrency)]
         worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        keys = {s: f"conveyor:{{default}}:{s}" for s in ("waiting", "active", "completed")}
         peak_completed = 0
+
+        def count(state: str) -> int:
+            return counts.stats().get("default", {}).get(state, 0)
+
         try:
             started = time.perf_counter()
             while True:
-                pipe = client.pipeline(transaction=False)
-                for key in keys.values():
-                    pipe.zcard(key)
-                n_waiting, n_active, n_completed = pipe.execute()
-                peak_completed = max(peak_completed, n_completed)
+                stats = counts.stats().get("default", {})
+                n_waiting, n_active = stats.get("waiting", 0), stats.get("active", 0)
+                peak_completed = max(peak_completed, stats.get("completed", 0))
                 if n_waiting == 0 and n_active == 0:
                     break
                 if worker.poll() is not None or time.perf_counter() - started > 600:
@@ -154,22 +156,23 @@ def conveyor_run(folder: Path, jobs: int, concurrency: int) -> dict[str, Any]:
                 time.sleep(0.05)
             out["drain_seconds"] = time.perf_counter() - started
             drained = memory(client)
-            out["completed_at_drain"] = client.zcard(keys["completed"])
+            out["completed_at_drain"] = count("completed")
             out["drained_per_job"] = (drained["used_memory"] - base) / jobs
             out["drained_bytes"] = drained["used_memory"] - base
-            while client.zcard(keys["completed"]) > KEEP:  # the next maintenance pass
+            while count("completed") > KEEP:  # the next maintenance pass
                 if time.perf_counter() - started > 600:
                     raise RuntimeError("the worker never trimmed the completed jobs")
                 time.sleep(0.1)
             trimmed = memory(client)
             out["trim_wait_seconds"] = time.perf_counter() - started - out["drain_seconds"]
-            out["completed_after_trim"] = client.zcard(keys["completed"])
+            out["completed_after_trim"] = count("completed")
             out["trimmed_bytes"] = trimmed["used_memory"] - base
             out["peak_bytes"] = trimmed["used_memory_peak"] - base
             out["peak_completed_seen"] = peak_completed
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(timeout=60)
+            counts.close()
         out["dbsize_after"] = client.dbsize()
         out["slowest"] = slowest(client)
         out["redis"] = client.info("server")["redis_version"]
@@ -264,7 +267,7 @@ def main() -> int:
         ),
         (
             "MEMORY USAGE of the waiting structure / job",
-            f"{c['waiting_bytes_per_job']:,.1f} B (ZSET, {c['waiting_encoding']})",
+            f"{c['waiting_bytes_per_job']:,.1f} B (LIST, {c['waiting_encoding']})",
             f"{b['wait_bytes_per_job']:,.1f} B ({b['wait_type'].upper()})" if b else "-",
         ),
         ("keys after enqueue (DBSIZE)", f"{c['dbsize']:,}", bq("dbsize", "{:,}")),
