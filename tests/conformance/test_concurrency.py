@@ -157,7 +157,9 @@ def test_wait_for_work_times_out_when_nothing_happens(broker):
 # -- wait_and_claim: the idle worker's wait, which claims what woke it --------
 
 
-def wait_and_claim_in_thread(broker: Broker, limit: int, timeout: float, worker: str = "waiter"):
+def wait_and_claim_in_thread(
+    broker: Broker, limit: int, timeout: float, worker: str = "waiter", queues=("default",)
+):
     """Start ``wait_and_claim`` on a thread; return (thread, results-holder)."""
     results: list[tuple[float, list[JobRecord]]] = []
     started = threading.Event()
@@ -165,7 +167,7 @@ def wait_and_claim_in_thread(broker: Broker, limit: int, timeout: float, worker:
     def waiter() -> None:
         started.set()
         t0 = time.monotonic()
-        claimed = broker.wait_and_claim(["default"], limit, LEASE, worker, timeout)
+        claimed = broker.wait_and_claim(list(queues), limit, LEASE, worker, timeout)
         results.append((time.monotonic() - t0, claimed))
 
     thread = threading.Thread(target=waiter, daemon=True)
@@ -242,3 +244,16 @@ def test_idle_waiters_each_get_a_job(broker):
     claimed = first_results[0][1] + second_results[0][1]
     assert sorted(job.id for job in claimed) == ["j1", "j2"]
     assert first_results[0][0] < 2.0 and second_results[0][0] < 2.0
+
+
+def test_wait_and_claim_watches_every_queue_in_order(broker):
+    thread, results = wait_and_claim_in_thread(broker, 5, 3.0, queues=("first", "second"))
+    add(broker, new_job("later", queue="second"))
+    thread.join(5)
+
+    assert [job.id for job in results[0][1]] == ["later"]
+    assert results[0][0] < 2.0
+
+    add(broker, new_job("b1", queue="second"), new_job("a1", queue="first"))
+    claimed = broker.wait_and_claim(["first", "second"], 5, LEASE, "w1", 3.0)
+    assert [job.id for job in claimed] == ["a1", "b1"]

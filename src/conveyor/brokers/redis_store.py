@@ -174,6 +174,7 @@ class RedisBroker(Broker):
         self._added: frozenset[str] = frozenset()  # Cluster: queues this process added
         self._waker = Waker(self)  # Cluster only: pub/sub wakes the waiters
         self._interrupt_key = f"{self.target.prefix}:interrupt:{secrets.token_hex(8)}"
+        self._stamps: set[str] = set()  # of the waits in progress (wait_and_claim)
         self._local = threading.local()
 
     # -- plumbing --------------------------------------------------------
@@ -644,8 +645,18 @@ class RedisBroker(Broker):
             stamp = f"{self.target.prefix}:stamp:{secrets.token_hex(8)}"
             block = round(min(timeout, MAX_BLOCK), 3)
             wait = [_script("stamp", [stamp], []), lambda c, t=block: c.bzpopmin(markers, t)]
-            (_, popped), claimed = self._claim(wait, queues, limit, lease_seconds, worker, stamp)
-            if claimed or (popped and popped[0] == self._interrupt_key):
+            self._stamps.add(stamp)  # interrupt() deletes it: the claim then takes nothing
+            try:  # the first queue in the pipeline; later ones after, if it falls short
+                (_, popped), claimed = self._claim(
+                    wait, queues[:1], limit, lease_seconds, worker, stamp
+                )
+            finally:
+                self._stamps.discard(stamp)
+            if popped and popped[0] == self._interrupt_key:
+                return claimed
+            if len(claimed) < limit and len(queues) > 1:
+                claimed += self._claim([], queues[1:], limit - len(claimed), lease_seconds, worker)[1]
+            if claimed:
                 return claimed
             # A stale marker (its job went to a busy worker, or it announced a
             # sooner delayed job): wait again, until the next due job.
@@ -694,8 +705,10 @@ class RedisBroker(Broker):
     def interrupt(self) -> None:
         if self.target.cluster:
             self._waker.interrupt()
-        else:  # wakes the BZPOPMIN of any thread of this broker
-            self._run([lambda c: c.zadd(self._interrupt_key, {"0": 0})])
+        else:  # wakes the BZPOPMIN of any thread of this broker; its claim takes nothing
+            stamps = list(self._stamps)
+            wake = [lambda c: c.delete(*stamps)] if stamps else []
+            self._run([*wake, lambda c: c.zadd(self._interrupt_key, {"0": 0})])
 
     def close(self) -> None:
         self._waker.close()

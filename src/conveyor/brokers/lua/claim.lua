@@ -6,12 +6,15 @@
 -- ARGV[4] worker   ARGV[5] lease token   ARGV[6] limit (>= 1)
 -- ARGV[7] channel to PUBLISH on when jobs are left for others ('' = none)
 -- KEYS[5] (optional) stamp (stamp.lua) set before a wait this claim was queued
---         behind: ARGV[2] and ARGV[3] are moved on by the time since then
+--         behind: ARGV[2] and ARGV[3] are moved on by the time since then.
+--         Gone (interrupt() deletes it): the wait was interrupted, claim nothing.
 -- Returns pairs, in claim order: id, the job's HGETALL.
 local prefix, now, expiry, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[6])
 if KEYS[5] then
+  local stamped = redis.call('GET', KEYS[5])
+  if not stamped then return {} end
   local t = redis.call('TIME')
-  local waited = t[1] + t[2] / 1e6 - (tonumber(redis.call('GET', KEYS[5])) or t[1] + t[2] / 1e6)
+  local waited = t[1] + t[2] / 1e6 - tonumber(stamped)
   redis.call('DEL', KEYS[5])
   now = string.format('%.6f', tonumber(now) + waited)
   expiry = string.format('%.6f', tonumber(expiry) + waited)
