@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -72,22 +73,23 @@ def test_concurrent_enqueues_of_one_id_create_it_once(broker):
     assert sum(broker.counts()["default"].values()) == 50
 
 
-def wait_in_thread(broker: Broker, queues: list[str], timeout: float):
-    """Start ``wait_for_work`` on a thread; return (thread, elapsed-holder)."""
-    elapsed: list[float] = []
+def in_thread(call):
+    """Start ``call()`` on a thread and give it time to get into its wait;
+    return (thread, holder of (seconds it took, what it returned))."""
+    results: list[tuple[float, Any]] = []
     started = threading.Event()
 
-    def waiter() -> None:
+    def run() -> None:
         started.set()
         t0 = time.monotonic()
-        broker.wait_for_work(queues, timeout)
-        elapsed.append(time.monotonic() - t0)
+        returned = call()
+        results.append((time.monotonic() - t0, returned))
 
-    thread = threading.Thread(target=waiter, daemon=True)
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     started.wait()
     time.sleep(0.05)  # let it get into its wait
-    return thread, elapsed
+    return thread, results
 
 
 def _enqueue(broker: Broker, clock) -> None:
@@ -123,25 +125,29 @@ def held(broker: Broker) -> list[JobRecord]:
     return broker.list(state="active")
 
 
-@pytest.mark.parametrize(
-    "wake",
-    [_enqueue, _release, _fail_with_retry, _retry, _promote, _recover, _interrupt],
-    ids=lambda f: f.__name__[1:],
-)
-def test_wait_for_work_returns_early_when_work_arrives(broker, clock, wake):
-    # Set-up that leaves nothing ready: one active, one dead, one far-off job.
+#: Every way a job becomes ready, each from the state ``nothing_ready`` leaves.
+WORK_ARRIVES = [_enqueue, _release, _fail_with_retry, _retry, _promote, _recover]
+
+
+def nothing_ready(broker: Broker, clock) -> None:
+    """One active, one dead, one far-off job: nothing to claim."""
     add_one(broker, "held-one")
     claim_one(broker)
     make_state(broker, clock, "dead", job_id="dead-one")
     add(broker, new_job("later-one", run_at=START + 3600))
+
+
+@pytest.mark.parametrize("wake", [*WORK_ARRIVES, _interrupt], ids=lambda f: f.__name__[1:])
+def test_wait_for_work_returns_early_when_work_arrives(broker, clock, wake):
+    nothing_ready(broker, clock)
     timeout = 2.0
 
-    thread, elapsed = wait_in_thread(broker, ["default"], timeout)
+    thread, results = in_thread(lambda: broker.wait_for_work(["default"], timeout))
     wake(broker, clock)
     thread.join(timeout + 2)
 
     assert not thread.is_alive()
-    assert elapsed and elapsed[0] < timeout / 2 + 0.25
+    assert results and results[0][0] < timeout / 2 + 0.25
 
 
 def test_wait_for_work_times_out_when_nothing_happens(broker):
@@ -161,32 +167,12 @@ def wait_and_claim_in_thread(
     broker: Broker, limit: int, timeout: float, worker: str = "waiter", queues=("default",)
 ):
     """Start ``wait_and_claim`` on a thread; return (thread, results-holder)."""
-    results: list[tuple[float, list[JobRecord]]] = []
-    started = threading.Event()
-
-    def waiter() -> None:
-        started.set()
-        t0 = time.monotonic()
-        claimed = broker.wait_and_claim(list(queues), limit, LEASE, worker, timeout)
-        results.append((time.monotonic() - t0, claimed))
-
-    thread = threading.Thread(target=waiter, daemon=True)
-    thread.start()
-    started.wait()
-    time.sleep(0.05)  # let it get into its wait
-    return thread, results
+    return in_thread(lambda: broker.wait_and_claim(list(queues), limit, LEASE, worker, timeout))
 
 
-@pytest.mark.parametrize(
-    "wake",
-    [_enqueue, _release, _fail_with_retry, _retry, _promote, _recover],
-    ids=lambda f: f.__name__[1:],
-)
+@pytest.mark.parametrize("wake", WORK_ARRIVES, ids=lambda f: f.__name__[1:])
 def test_wait_and_claim_claims_the_job_that_woke_it(broker, clock, wake):
-    add_one(broker, "held-one")
-    claim_one(broker)
-    make_state(broker, clock, "dead", job_id="dead-one")
-    add(broker, new_job("later-one", run_at=START + 3600))
+    nothing_ready(broker, clock)
     timeout = 2.0
 
     thread, results = wait_and_claim_in_thread(broker, limit=5, timeout=timeout)

@@ -195,13 +195,7 @@ class RedisBroker(Broker):
             pipe = self._r.pipeline(transaction=False)
             for call in calls:
                 call(pipe)
-            replies = pipe.execute(raise_on_error=False)
-            for i, reply in enumerate(replies):
-                if isinstance(reply, NoScriptError):  # it did nothing: run it again
-                    replies[i] = self._noscript(calls[i])
-                elif isinstance(reply, Exception):
-                    raise reply
-            return replies
+            return self._settle(calls, pipe.execute(raise_on_error=False))
         except DOWN as exc:
             raise self._unavailable(exc) from exc
 
@@ -246,18 +240,23 @@ class RedisBroker(Broker):
             except StoreUnavailable:  # a connection the server had closed: as redis-py's
                 send()  # retry, once more on a new one (the scripts are safe to repeat)
                 replies = collect()
-            for i, reply in enumerate(replies):
-                if isinstance(reply, NoScriptError):  # it did nothing: run it again
-                    replies[i] = self._noscript(calls[i])
-                elif isinstance(reply, Exception):
-                    raise reply
-            return replies
+            return self._settle(calls, replies)
 
         try:
             send()
         except StoreUnavailable:
             send()
         return read
+
+    def _settle(self, calls: Sequence[Call], replies: list[Any]) -> list[Any]:
+        """The replies of ``calls`` sent together: a script the server lost
+        (NOSCRIPT: it did nothing) is run again; another error is raised."""
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                replies[i] = self._noscript(calls[i])
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies
 
     def _unavailable(self, exc: Exception) -> StoreUnavailable:
         message = str(exc).splitlines()[0] if str(exc) else repr(exc)
