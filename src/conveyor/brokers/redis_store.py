@@ -67,6 +67,7 @@ from collections.abc import Callable, Sequence
 from importlib.resources import files
 from typing import Any, NamedTuple
 
+import hiredis
 import orjson
 import redis
 from redis.exceptions import ClusterDownError, NoScriptError, ReadOnlyError, RedisClusterException
@@ -212,7 +213,7 @@ class RedisBroker(Broker):
             connection = self._client().connection
         except DOWN as exc:
             raise self._unavailable(exc) from exc
-        packed = connection.pack_commands(commands)
+        packed = [hiredis.pack_command(command) for command in commands]
 
         def send() -> None:
             try:
@@ -366,7 +367,8 @@ class RedisBroker(Broker):
                 run_at = "" if job.run_at is None else repr(job.run_at)
                 rows += (job.id, str(seqs[i]), job.task, job.payload, str(int(job.priority)),
                          job.options or "", run_at, states[i], "" if job.generated_id else "1")  # fmt: skip
-            args = [f"{self.target.prefix}:", queue, made, k.channel, orjson.dumps(rows)]
+            rows_arg = rows if len(chunk) == 1 else [orjson.dumps(rows)]  # one job: no JSON
+            args = [f"{self.target.prefix}:", queue, made, k.channel, *rows_arg]
             keys = [k.waiting, k.prioritized, k.delayed, k.counter, *queues_key]
             commands.append(("EVALSHA", SHAS["enqueue"], len(keys), *keys, *args))
         read = self._send(commands)

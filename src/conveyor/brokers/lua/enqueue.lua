@@ -16,14 +16,16 @@
 -- ARGV[5] the jobs as one JSON array (one argument, not nine a job: cheaper to
 --         send) of 9 strings per job: id, seq, task, payload, priority,
 --         options ('' = none), run_at ('' = none), state ('waiting' or
---         'delayed'), '1' when the caller chose the id ('' = generated)
+--         'delayed'), '1' when the caller chose the id ('' = generated).
+--         A single job comes as those 9 strings in ARGV[5..13] instead (no
+--         JSON to encode and decode).
 -- Returns one item per job: 1 when stored, else {queue, HGETALL} of the job holding the id.
 local store, queue, now = ARGV[1], ARGV[2], ARGV[3]
 local here = store .. '{' .. queue .. '}:'
 if KEYS[5] then redis.call('SADD', KEYS[5], queue) end
 local places -- where a chosen id may be held, this queue first; built when first needed
 local ended = {completed = true, dead = true, cancelled = true}
-local rows = cjson.decode(ARGV[5])
+local rows = #ARGV > 5 and {unpack(ARGV, 5)} or cjson.decode(ARGV[5])
 local n = #rows / 9
 local ord = redis.call('INCRBY', KEYS[4], n) - n
 local head -- run_at of the first delayed job, read when first needed
