@@ -59,15 +59,17 @@ if #ids < limit then
   for i = 1, #popped, 2 do ids[#ids + 1] = string.sub(popped[i], 13) end
 end
 
-local out = {}
+local out, leased = {}, {}
 for _, id in ipairs(ids) do
   local key = prefix .. 'job:' .. id
   redis.call('HSET', key, 'state', 'active', 'start', now, 'token', ARGV[5],
              'lease', expiry, 'worker', ARGV[4])
   redis.call('HINCRBY', key, 'tries', 1)
-  redis.call('ZADD', KEYS[4], expiry, id)
   out[#out + 1] = id
   out[#out + 1] = redis.call('HGETALL', key)
+  leased[#leased + 1] = expiry
+  leased[#leased + 1] = id
 end
+if #leased > 0 then redis.call('ZADD', KEYS[4], unpack(leased)) end
 settle(prefix, ARGV[7])
 return out

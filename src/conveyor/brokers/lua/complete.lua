@@ -5,18 +5,23 @@
 -- ARGV[1] key prefix of the queue   ARGV[2] now   ARGV[3..] triples: id, token, result
 -- Returns one 1 (completed) or 0 (lease lost, nothing changed) per job.
 local now = ARGV[2]
-local out = {}
+local out, ended, finished = {}, {}, {}
 for i = 3, #ARGV, 3 do
   local id = ARGV[i]
   local key = ARGV[1] .. 'job:' .. id
   if redis.call('HGET', key, 'token') == ARGV[i + 1] then
     redis.call('HSET', key, 'state', 'completed', 'end', now, 'result', ARGV[i + 2])
     redis.call('HDEL', key, 'token', 'lease')
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('ZADD', KEYS[2], now, id)
+    ended[#ended + 1] = id
+    finished[#finished + 1] = now
+    finished[#finished + 1] = id
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
+end
+if #ended > 0 then -- one call each for the whole batch
+  redis.call('ZREM', KEYS[1], unpack(ended))
+  redis.call('ZADD', KEYS[2], unpack(finished))
 end
 return out
