@@ -181,7 +181,10 @@ class Worker:
             self._wake.clear()
             try:
                 await self._write_failures()
-                self._take_waited()
+                if self._take_waited():
+                    # Let the new jobs start before the next store call: its
+                    # thread would take the GIL from them (latency of a wake).
+                    await asyncio.sleep(0)
                 free = self.concurrency - len(self._active) - self._reserved
                 if free <= 0 and not self._completions:
                     await self._wake.wait()
@@ -236,6 +239,7 @@ class Worker:
         on the connection that was woken, with no hop through the loop first);
         those slots stay reserved for it until it returns."""
         assert self._wake is not None
+        wake = self._wake
         if self._wait is None:
             timeout = self.poll_interval
             due = await self.call(self.broker.next_due, self.queues)
@@ -245,18 +249,20 @@ class Worker:
             self._wait, _ = self._waiter.submit(
                 self.broker.wait_and_claim, self.queues, free, self.lease, self.name, timeout
             )
-        woken = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({self._wait, woken}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            woken.cancel()
+            # Whatever the fetch loop awaits next, the jobs this wait claims
+            # must wake it (with every slot reserved it waits on _wake alone).
+            self._wait.add_done_callback(lambda _: wake.set())
+        await wake.wait()
 
-    def _take_waited(self) -> None:
-        """Start the jobs the finished idle wait claimed (or raise its error)."""
-        if self._wait is not None and self._wait.done():
-            wait, self._wait, self._reserved = self._wait, None, 0
-            for record in wait.result():
-                self._start(record)
+    def _take_waited(self) -> int:
+        """Start the jobs the finished idle wait claimed (or raise its error);
+        how many."""
+        if self._wait is None or not self._wait.done():
+            return 0
+        wait, self._wait, self._reserved = self._wait, None, 0
+        for record in wait.result():
+            self._start(record)
+        return len(wait.result())
 
     async def _end_wait(self) -> None:
         """Bring back the thread blocked in the idle wait before returning (a
