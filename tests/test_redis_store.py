@@ -11,6 +11,7 @@ import pytest
 from conveyor.brokers import open_broker
 from conveyor.brokers.base import NewJob
 from conveyor.clock import SystemClock
+from conveyor.errors import StoreUnavailable
 
 
 @pytest.fixture
@@ -31,9 +32,9 @@ def test_a_claim_behind_an_interrupted_wait_takes_nothing(broker):
     jobs it would only give back."""
     broker.enqueue([NewJob("ready", "t", "default", "[[],{}]")])
 
-    _, claimed = broker._claim([], ["default"], 5, 30.0, "w", stamp="conveyor:stamp:deleted")
+    claim = broker._claim_command("default", 5, 30.0, "w", stamp="conveyor:stamp:deleted")
 
-    assert claimed == []
+    assert broker._r.execute_command(*claim) == []
     assert broker.get("ready").state == "waiting"
     assert [job.id for job in broker.claim(["default"], 5, 30.0, "w")] == ["ready"]
 
@@ -68,3 +69,67 @@ def test_a_stamped_claim_moves_the_callers_clock_on_by_the_wait(broker):
     assert [job.id for job in claimed] == ["late"]
     assert claimed[0].started_at - sent >= 0.25
     assert abs(claimed[0].lease_expires - claimed[0].started_at - 30.0) < 0.01
+
+
+def _poll_until_done(pending, seconds: float = 3.0):
+    """What an event loop does: poll whenever the socket is readable."""
+    import select
+
+    poller = select.poll()
+    poller.register(pending.fileno(), select.POLLIN)
+    deadline = time.monotonic() + seconds
+    while (claimed := pending.poll()) is None:
+        assert time.monotonic() < deadline, "the wait did not end"
+        poller.poll(100)
+    return claimed
+
+
+def test_send_wait_is_read_without_blocking_and_claims_what_arrives(broker):
+    pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
+    time.sleep(0.1)
+    assert pending.poll() is None  # nothing yet, and poll returned at once
+    broker.enqueue([NewJob("new", "t", "default", "[[],{}]")])
+
+    claimed = _poll_until_done(pending)
+
+    assert [job.id for job in claimed] == ["new"]
+    assert broker.get("new").state == "active"
+    assert broker._stamps == set()
+
+
+def test_send_wait_ends_empty_when_interrupted(broker):
+    pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
+    time.sleep(0.1)
+    broker.interrupt()
+    broker.enqueue([NewJob("later", "t", "default", "[[],{}]")])
+
+    assert _poll_until_done(pending) == []
+    assert broker.get("later").state == "waiting"
+
+
+def test_send_wait_after_the_server_lost_its_scripts(broker):
+    """A restarted server forgets the scripts: the wait ends without claiming
+    (the script did nothing), and the next one loads them again first."""
+    broker._r.script_flush()
+    pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
+    broker.enqueue([NewJob("a", "t", "default", "[[],{}]")])  # loads them, sets the marker
+    assert _poll_until_done(pending) == []
+    assert broker.get("a").state == "waiting"
+
+    broker._r.script_flush()  # the wait below times out, then claims: with its scripts
+    pending = broker.send_wait(["default"], 5, 30.0, "w", 0.2)
+    assert [job.id for job in _poll_until_done(pending)] == ["a"]
+
+
+def test_send_wait_on_a_connection_the_server_dropped_is_a_clear_error(broker):
+    broker.enqueue([NewJob("kept", "t", "default", "[[],{}]")])
+    broker.claim(["default"], 1, 30.0, "other")  # so the wait below blocks
+    pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
+    time.sleep(0.1)
+    broker._r.client_kill_filter(_type="normal", skipme=True)
+
+    with pytest.raises(StoreUnavailable, match=r"redis://127\.0\.0\.1:6379"):
+        _poll_until_done(pending)
+    assert broker._stamps == set()
+    assert broker.get("kept").state == "active"
+    assert broker.send_wait(["default"], 5, 30.0, "w", 0.05) is not None  # a new connection

@@ -10,6 +10,7 @@ import pytest
 
 from conveyor import Conveyor, StoreUnavailable
 from conveyor.testing import drain
+from helpers import jobs_reach_an_idle_worker
 from servers import RedisServer, free_port
 
 
@@ -51,6 +52,15 @@ def test_jobs_run_over_tls(tls_url):
     assert drain(app) == 20
     assert [job.result(timeout=1) for job in jobs] == [2 * i for i in range(20)]
     assert app.get_job(jobs[0].id).state == "completed"
+    app.close()
+
+
+def test_an_idle_worker_takes_jobs_over_tls(tls_url):
+    """An idle worker's event loop reads its wait's reply from the TLS socket."""
+    app = Conveyor(tls_url)
+    worker = jobs_reach_an_idle_worker(app, concurrency=2)
+    assert (worker.processed, worker.failed) == (6, 2)
+    assert worker._waiter._count == 0  # no thread blocked in a wait: the loop read them
     app.close()
 
 

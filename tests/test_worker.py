@@ -10,7 +10,7 @@ from conveyor import Conveyor, FakeClock
 from conveyor.brokers.base import NewJob
 from conveyor.testing import drain
 from conveyor.worker import Worker
-from helpers import wait_until
+from helpers import jobs_reach_an_idle_worker
 from servers import isolated_redis_url
 
 
@@ -267,33 +267,5 @@ def any_app(request, tmp_path):
 def test_an_idle_worker_takes_jobs_arriving_one_by_one(any_app, concurrency):
     """Each job reaches an idle worker through its idle wait (every free slot
     reserved for it), including right after a job ended inside that path."""
-    app = any_app
-
-    @app.task(name="echo")
-    async def echo(n):
-        return n
-
-    @app.task(name="boom", attempts=1)
-    async def boom():
-        raise ValueError("no")
-
-    worker = Worker(app, concurrency=concurrency, poll_interval=5.0)
-
-    async def main():
-        run = asyncio.create_task(worker.run_async())
-        try:
-            for n in range(6):
-                await asyncio.sleep(0.05)  # the worker is idle again
-                failing = boom.enqueue() if n % 3 == 2 else None
-                job = echo.enqueue(n)
-                assert await asyncio.to_thread(job.result, 5) == n
-                if failing is not None:
-                    await asyncio.to_thread(
-                        wait_until, lambda f=failing: f.refresh() or f.state == "dead", 5
-                    )
-        finally:
-            worker.stop()
-            await run
-
-    asyncio.run(main())
+    worker = jobs_reach_an_idle_worker(any_app, concurrency)
     assert (worker.processed, worker.failed) == (6, 2)

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from conveyor.brokers.base import JobRecord, Lease
+from conveyor.brokers.base import JobRecord, Lease, PendingWait
 from conveyor.errors import StoreUnavailable
 from conveyor.execution import Outcome, run_job
 from conveyor.threads import ThreadRunner
@@ -246,13 +246,49 @@ class Worker:
             if due is not None:
                 timeout = max(0.0, min(timeout, due - self.app.clock.now()))
             self._reserved = free
-            self._wait, _ = self._waiter.submit(
-                self.broker.wait_and_claim, self.queues, free, self.lease, self.name, timeout
-            )
+            args = (self.queues, free, self.lease, self.name, timeout)
+            pending = await self.call(self.broker.send_wait, *args)
+            if pending is not None:
+                self._wait = self._watch(pending)
+            else:
+                self._wait, _ = self._waiter.submit(self.broker.wait_and_claim, *args)
             # Whatever the fetch loop awaits next, the jobs this wait claims
             # must wake it (with every slot reserved it waits on _wake alone).
             self._wait.add_done_callback(lambda _: wake.set())
         await wake.wait()
+
+    def _watch(self, pending: PendingWait) -> asyncio.Future:
+        """The future of a wait this loop reads itself (``Broker.send_wait``):
+        no thread blocks on it, and its jobs need no hop to reach the loop.
+        Cancelling the future abandons the wait."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        fd = pending.fileno()
+
+        def check() -> None:
+            nonlocal late
+            if future.done():
+                return
+            try:
+                claimed = pending.poll()
+            except Exception as exc:  # the store went away: the fetch loop says so
+                future.set_exception(exc)
+                return
+            if claimed is not None:
+                future.set_result(claimed)
+            else:  # the wait goes on: look again when its reply is due at the latest
+                late.cancel()
+                late = loop.call_later(pending.seconds_left() + 0.01, check)
+
+        def ended(_: asyncio.Future) -> None:
+            loop.remove_reader(fd)
+            late.cancel()
+            pending.close()  # does nothing once its replies were read
+
+        loop.add_reader(fd, check)
+        late = loop.call_later(pending.seconds_left() + 0.01, check)
+        future.add_done_callback(ended)
+        return future
 
     def _take_waited(self) -> int:
         """Start the jobs the finished idle wait claimed (or raise its error);
@@ -265,9 +301,9 @@ class Worker:
         return len(wait.result())
 
     async def _end_wait(self) -> None:
-        """Bring back the thread blocked in the idle wait before returning (a
-        daemon thread still inside the store when the interpreter exits can
-        crash it), and give back any jobs it claimed meanwhile."""
+        """End the idle wait before returning (a daemon thread still inside the
+        store when the interpreter exits can crash it), and give back any
+        jobs it claimed meanwhile."""
         if self._wait is None:
             return
         wait, self._wait, self._reserved = self._wait, None, 0
@@ -275,7 +311,10 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self.call(self.broker.interrupt)
             await asyncio.wait({wait}, timeout=self.poll_interval + 1.0)
-        if not wait.done() or wait.exception() is not None or not wait.result():
+        if not wait.done():
+            wait.cancel()  # a wait this loop reads is dropped; a thread's is let go
+            return
+        if wait.exception() is not None or not wait.result():
             return
         leases = [Lease(r.id, r.lease_token or "") for r in wait.result()]
         try:

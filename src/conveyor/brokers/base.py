@@ -28,6 +28,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from conveyor.clock import Clock
 
@@ -130,6 +131,21 @@ class Recovered:
 
     job_id: str
     state: str
+
+
+class PendingWait(Protocol):
+    """An idle wait in progress (``Broker.send_wait``)."""
+
+    def fileno(self) -> int: ...
+
+    def poll(self) -> list[JobRecord] | None:
+        """Never blocks: None until the wait is over, then the jobs it claimed."""
+
+    def seconds_left(self) -> float:
+        """When to poll at the latest, even if ``fileno()`` never became readable."""
+
+    def close(self) -> None:
+        """Abandon the wait (its connection is dropped)."""
 
 
 class Broker(abc.ABC):
@@ -315,6 +331,23 @@ class Broker(abc.ABC):
             return claimed
         self.wait_for_work(queues, timeout)
         return self.claim(queues, limit, lease_seconds, worker)
+
+    def send_wait(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        worker: str,
+        timeout: float,
+    ) -> PendingWait | None:
+        """``wait_and_claim`` started without a blocked thread, where the store
+        can: an event loop watches the returned ``PendingWait``'s ``fileno()``
+        and calls its ``poll()`` when it is readable (and once
+        ``seconds_left()`` have passed) until that returns the jobs claimed.
+        It may end with none before ``timeout`` (a wake whose job went
+        elsewhere). None: not supported here; call ``wait_and_claim`` on a
+        thread instead."""
+        return None
 
     @abc.abstractmethod
     def interrupt(self) -> None:

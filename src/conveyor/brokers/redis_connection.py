@@ -1,8 +1,10 @@
-"""Reaching Redis: URLs, clients, and the pub/sub thread that wakes idle workers.
+"""Reaching Redis: URLs, clients, the idle wait's connection, and the pub/sub
+thread that wakes idle workers in a Cluster.
 
 The Redis store (``redis_store``) keeps the contract's operations; this module
 keeps what is about connections: checking a URL without connecting, building
-the redis-py client for one server, Sentinel or Cluster, and ``Waker``.
+the redis-py client for one server, Sentinel or Cluster, ``SentPipeline`` and
+``Waker``.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import inspect
 import os
 import secrets
+import select
+import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+import hiredis
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
@@ -113,6 +118,96 @@ def connect(target: Target) -> Any:
     timeouts = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
     sentinel = Sentinel(target.sentinels, sentinel_kwargs=timeouts)
     return sentinel.master_for(service, db=target.db, **auth, **options)
+
+
+class SentPipeline:
+    """Commands sent now on a connection of their own, whose replies are read
+    without ever blocking: ``poll()`` takes what has arrived and returns None
+    until every reply is in, then ``finish(replies)``. An event loop watches
+    ``fileno()`` and polls when it is readable, so an idle worker's wait
+    needs no thread, and its job reaches the loop with no hop between
+    threads; ``wait()`` is the same for a thread.
+
+    The connection comes from redis-py's pool and goes back once the replies
+    are read (dropped, if the pipeline is closed before). No reply within
+    ``reply_within`` seconds: the store is unreachable. Errors are raised as
+    ``failed(exc)`` makes them.
+    """
+
+    def __init__(
+        self,
+        pool: Any,
+        commands: Sequence[tuple[Any, ...]],
+        reply_within: float,
+        finish: Callable[[list[Any]], Any],
+        failed: Callable[[Exception], Exception],
+    ) -> None:
+        self._pool, self._count, self._finish, self._failed = pool, len(commands), finish, failed
+        self._deadline = time.monotonic() + reply_within
+        self._reader = hiredis.Reader(encoding="utf-8")  # as the client's decode_responses
+        self._replies: list[Any] = []
+        self._conn = None
+        try:
+            self._conn = pool.get_connection()
+            self._conn.send_packed_command([hiredis.pack_command(c) for c in commands])
+            self._sock = self._conn._sock  # redis-py keeps no public name for it
+            self._timeout = self._sock.gettimeout()
+            self._sock.settimeout(0)
+        except redis.RedisError as exc:
+            self.close()
+            raise failed(exc) from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def poll(self) -> Any:
+        """None while replies are missing; then ``finish(replies)``, once."""
+        if self._conn is None:
+            raise RuntimeError("this pipeline is closed")
+        try:
+            while True:  # everything the socket holds (and a TLS layer decrypted)
+                try:
+                    data = self._sock.recv(65536)
+                except (BlockingIOError, ssl.SSLWantReadError):
+                    break
+                if not data:
+                    raise redis.ConnectionError("Connection closed by server.")
+                self._reader.feed(data)
+            while (reply := self._reader.gets()) is not False:
+                self._replies.append(reply)
+            if len(self._replies) < self._count:
+                if time.monotonic() > self._deadline:
+                    raise redis.TimeoutError("no reply from the server in time")
+                return None
+        except (OSError, hiredis.ProtocolError, redis.RedisError) as exc:
+            self.close()
+            raise self._failed(exc) from exc
+        self._sock.settimeout(self._timeout)
+        self._pool.release(self._conn)
+        self._conn = None
+        return self._finish(self._replies)
+
+    def seconds_left(self) -> float:
+        """Until the replies are late: poll then, if nothing woke the caller before."""
+        return max(0.0, self._deadline - time.monotonic())
+
+    def wait(self) -> Any:
+        """``poll`` until done, blocked in the OS meanwhile (for a thread)."""
+        poller = select.poll()
+        poller.register(self.fileno(), select.POLLIN)
+        while (result := self.poll()) is None:
+            poller.poll(self.seconds_left() * 1000 + 1)
+        return result
+
+    def close(self) -> None:
+        """Give up on the replies: the connection is dropped (idempotent)."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.disconnect()
+            self._pool.release(conn)
 
 
 class Waker:

@@ -83,7 +83,7 @@ from conveyor.brokers.base import (
     NewJob,
     Recovered,
 )
-from conveyor.brokers.redis_connection import Waker, connect, parse_url
+from conveyor.brokers.redis_connection import SentPipeline, Waker, connect, parse_url
 from conveyor.clock import Clock
 from conveyor.errors import StoreUnavailable
 
@@ -94,7 +94,8 @@ SHARED = LUA.joinpath("_shared.lua").read_text()  # helpers every script starts 
 SOURCES = {name: SHARED + LUA.joinpath(f"{name}.lua").read_text() for name in NAMES}
 SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in SOURCES.items()}
 BATCH = 1000  # jobs per script call: a long script blocks the server for everyone
-MAX_BLOCK = 5.0  # seconds one BZPOPMIN may block: well inside the socket timeout
+MAX_BLOCK = 5.0  # seconds one BZPOPMIN may block
+REPLY_MARGIN = 10.0  # seconds a reply may come after that, as the socket timeout
 QUEUES_TTL = 1.0  # seconds claim trusts this process's list of queues
 DOWN = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, ReadOnlyError,
         RedisClusterException)  # fmt: skip
@@ -146,6 +147,11 @@ def _record(job_id: str, queue: str, h: dict[str, str]) -> JobRecord:
     )  # fmt: skip
 
 
+def _records(queue: str, flat: list[Any]) -> list[JobRecord]:
+    """claim.lua's reply: id, the job's fields as a flat list, id, ..."""
+    return [_record(flat[i], queue, _pairs(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+
 def _queue_of(token: str) -> str | None:
     """The queue a lease token was handed out for; None for a token we never made."""
     return token[17:] if len(token) > 17 and token[16] == ":" else None
@@ -176,6 +182,7 @@ class RedisBroker(Broker):
         self._waker = Waker(self)  # Cluster only: pub/sub wakes the waiters
         self._interrupt_key = f"{self.target.prefix}:interrupt:{secrets.token_hex(8)}"
         self._stamps: set[str] = set()  # of the waits in progress (wait_and_claim)
+        self._scripts_lost = False  # a wait's reply said NOSCRIPT (see _send_wait)
         self._local = threading.local()
 
     # -- plumbing --------------------------------------------------------
@@ -283,9 +290,13 @@ class RedisBroker(Broker):
         try:
             return call(client)
         except NoScriptError:
-            for source in SOURCES.values():
-                self._r.script_load(source)  # on every primary of a Cluster
+            self._load_scripts()
             return call(client)
+
+    def _load_scripts(self) -> None:
+        for source in SOURCES.values():
+            self._r.script_load(source)  # on every primary of a Cluster
+        self._scripts_lost = False
 
     def _learn(self, members: set[str]) -> frozenset[str]:
         self._known, self._known_at = self._known | members, time.monotonic()
@@ -414,18 +425,22 @@ class RedisBroker(Broker):
         replies, claimed = self._claim(calls, queues, limit, lease_seconds, worker)
         return self._outcome(len(done), groups, replies), claimed
 
+    def _claim_command(
+        self, queue: str, limit: int, lease: float, worker: str, stamp: str | None = None
+    ) -> tuple[Any, ...]:
+        """claim.lua for ``queue``; ``stamp``: the key stamp.lua set before a
+        wait that this claim follows (see wait_and_claim)."""
+        now, k = self.clock.now(), self._keys(queue)
+        keys = (k.waiting, k.prioritized, k.delayed, k.active, *([stamp] if stamp else ()))
+        token = f"{secrets.token_hex(8)}:{queue}"
+        args = (k.prefix, repr(now), repr(now + lease), worker, token, limit, k.channel)
+        return ("EVALSHA", SHAS["claim"], len(keys), *keys, *args)
+
     def _claim(
-        self,
-        before: list[Call],
-        queues: Sequence[str],
-        limit: int,
-        lease: float,
-        worker: str,
-        stamp: str | None = None,
+        self, before: list[Call], queues: Sequence[str], limit: int, lease: float, worker: str
     ) -> tuple[list[Any], list[JobRecord]]:
         """Run ``before``, then claim: the first queue in the same round trip, a
-        later one only when the earlier ones did not fill ``limit``. ``stamp``:
-        the key ``before`` stamped before a wait (see wait_and_claim)."""
+        later one only when the earlier ones did not fill ``limit``."""
         now = self.clock.now()
         calls, head, claimed = list(before), None, []
         if limit > 0 and time.monotonic() - self._promoted_at > QUEUES_TTL:
@@ -438,15 +453,10 @@ class RedisBroker(Broker):
         for queue in dict.fromkeys(queues) if limit > 0 else ():
             if len(claimed) >= limit:
                 break
-            k, token = self._keys(queue), f"{secrets.token_hex(8)}:{queue}"
-            args = (k.prefix, repr(now), repr(now + lease), worker, token, limit - len(claimed))
-            keys = (k.waiting, k.prioritized, k.delayed, k.active, *([stamp] if stamp else ()))
-            replies = self._run([*calls, _script("claim", keys, (*args, k.channel))])
-            stamp = None
-            head, calls, flat = head or replies[: len(before)], [], replies[-1]
-            claimed += [
-                _record(flat[i], queue, _pairs(flat[i + 1])) for i in range(0, len(flat), 2)
-            ]
+            claim = self._claim_command(queue, limit - len(claimed), lease, worker)
+            replies = self._run([*calls, lambda c, claim=claim: c.execute_command(*claim)])
+            head, calls = head or replies[: len(before)], []
+            claimed += _records(queue, replies[-1])
         return (self._run(calls)[: len(before)] if head is None else head), claimed
 
     def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
@@ -634,26 +644,10 @@ class RedisBroker(Broker):
     ) -> list[JobRecord]:
         if self.target.cluster:
             return self._wait_then_claim(queues, limit, lease_seconds, worker, timeout)
-        # The caller claimed and found nothing just before: a job enqueued
-        # since then set its queue's marker, so no look is needed first. One
-        # pipeline: stamp the server clock, BZPOPMIN the markers, claim. The
-        # server runs the claim the moment the wait ends, with no round trip
-        # back here in between (it moves the clock it was given on by the
-        # time the wait took).
         deadline = time.monotonic() + timeout
-        markers = [self._keys(q).marker for q in queues] + [self._interrupt_key]
         while limit > 0 and timeout >= 0.001:
-            stamp = f"{self.target.prefix}:stamp:{secrets.token_hex(8)}"
-            block = round(min(timeout, MAX_BLOCK), 3)
-            wait = [_script("stamp", [stamp], []), lambda c, t=block: c.bzpopmin(markers, t)]
-            self._stamps.add(stamp)  # interrupt() deletes it: the claim then takes nothing
-            try:  # the first queue in the pipeline; later ones after, if it falls short
-                (_, popped), claimed = self._claim(
-                    wait, queues[:1], limit, lease_seconds, worker, stamp
-                )
-            finally:
-                self._stamps.discard(stamp)
-            if popped and popped[0] == self._interrupt_key:
+            woken_by, claimed = self._send_wait(queues, limit, lease_seconds, worker, timeout).wait()
+            if woken_by == self._interrupt_key:
                 return claimed
             if len(claimed) < limit and len(queues) > 1:
                 claimed += self._claim([], queues[1:], limit - len(claimed), lease_seconds, worker)[1]
@@ -663,6 +657,68 @@ class RedisBroker(Broker):
             # sooner delayed job): wait again, until the next due job.
             timeout = self._until_due(deadline - time.monotonic(), self.next_due(queues))
         return self.claim(queues, limit, lease_seconds, worker) if limit > 0 else []
+
+    def send_wait(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        worker: str,
+        timeout: float,
+    ) -> SentPipeline | None:
+        if self.target.cluster or limit <= 0:
+            return None
+        return self._send_wait(queues, limit, lease_seconds, worker, timeout, jobs_only=True)
+
+    def _send_wait(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        worker: str,
+        timeout: float,
+        jobs_only: bool = False,
+    ) -> SentPipeline:
+        """One server or Sentinel: the idle wait, sent as one pipeline on a
+        connection of its own. It stamps the server clock, blocks in BZPOPMIN
+        on the queues' markers (and this broker's interrupt key), and claims
+        from the first queue: the server runs the claim the moment a script
+        sets a marker, with no round trip back here in between (the claim
+        moves the clock it was given on by the time the wait took). The
+        caller just claimed and found nothing, so a job enqueued since then
+        has set its marker: no look is needed first. Its result: the key
+        that woke it (None: the timeout) and the jobs claimed; or the jobs
+        only."""
+        if self._scripts_lost:  # a wait found them gone: load them before this one
+            self._load_scripts()
+        stamp = f"{self.target.prefix}:stamp:{secrets.token_hex(8)}"
+        markers = [self._keys(q).marker for q in queues] + [self._interrupt_key]
+        block = round(min(max(timeout, 0.001), MAX_BLOCK), 3)
+        commands = [
+            ("EVALSHA", SHAS["stamp"], 1, stamp),
+            ("BZPOPMIN", *markers, block),
+            self._claim_command(queues[0], limit, lease, worker, stamp),
+        ]
+
+        def finish(replies: list[Any]) -> Any:
+            self._stamps.discard(stamp)
+            woken_by, jobs = None, []
+            if lost := [r for r in replies if isinstance(r, hiredis.ReplyError)]:
+                if not str(lost[0]).startswith("NOSCRIPT"):
+                    raise redis.ResponseError(str(lost[0]))
+                self._scripts_lost = True  # a restarted server: the claim did nothing
+            else:
+                woken_by, jobs = replies[1] and replies[1][0], _records(queues[0], replies[2])
+            return jobs if jobs_only else (woken_by, jobs)
+
+        def failed(exc: Exception) -> Exception:
+            self._stamps.discard(stamp)
+            return self._unavailable(exc)
+
+        self._stamps.add(stamp)  # interrupt() deletes it: the claim then takes nothing
+        return SentPipeline(
+            self._r.connection_pool, commands, block + REPLY_MARGIN, finish, failed
+        )
 
     def _wait_then_claim(
         self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str, timeout: float
