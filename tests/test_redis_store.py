@@ -133,3 +133,14 @@ def test_send_wait_on_a_connection_the_server_dropped_is_a_clear_error(broker):
     assert broker._stamps == set()
     assert broker.get("kept").state == "active"
     assert broker.send_wait(["default"], 5, 30.0, "w", 0.05) is not None  # a new connection
+
+
+def test_on_the_wall_clock_created_at_is_the_seq_stored_once(broker):
+    before = time.time()
+    [result] = broker.enqueue([NewJob("one", "t", "default", "[[],{}]")])
+    stored = broker._r.hgetall(f"{broker.target.prefix}:{{default}}:job:one")
+
+    assert "made" not in stored
+    record = broker.get("one")
+    assert record.created_at == int(stored["seq"]) / 1e6 == result.record.created_at
+    assert before - 0.001 <= record.created_at <= time.time() + 0.001

@@ -11,8 +11,10 @@ spread over the shards:
 
 - ``P:{Q}:job:<id>``: one HASH per job, holding only the fields that are set
   (task, data, state, seq, ord, made, prio, opts, run, tries, stalls, start,
-  end, token, lease, worker, result, errors); ``made`` (created_at) is whole
-  microseconds, an integer Redis packs in half the bytes of the float.
+  end, token, lease, worker, result, errors). ``seq`` and ``made``
+  (created_at) are whole microseconds, integers Redis packs in half the
+  bytes of a float; ``made`` is left out when it equals ``seq`` (the
+  wall clock's case).
 - Ready jobs (``lua/_shared.lua`` tells the whole rule): ``P:{Q}:waiting``, a
   LIST of the ids of new priority-0 jobs in enqueue order (a few bytes a job:
   most jobs), and ``P:{Q}:prioritized``, a ZSET scored ``-priority`` whose
@@ -84,7 +86,7 @@ from conveyor.brokers.base import (
     Recovered,
 )
 from conveyor.brokers.redis_connection import SentPipeline, Waker, connect, parse_url
-from conveyor.clock import Clock
+from conveyor.clock import Clock, SystemClock
 from conveyor.errors import StoreUnavailable
 
 NAMES = ["enqueue", "claim", "extend", "complete", "fail", "release", "recover", "cancel",
@@ -138,10 +140,10 @@ def _float(text: str | None) -> float | None:
 
 
 def _record(job_id: str, queue: str, h: dict[str, str]) -> JobRecord:
-    g = h.get
+    g, seq = h.get, h["seq"]
     return JobRecord(
-        job_id, int(h["seq"]), h["task"], queue, h["state"], int(g("prio", 0)), h["data"],
-        g("opts"), int(g("tries", 0)), int(g("stalls", 0)), int(h["made"]) / 1e6, _float(g("run")),
+        job_id, int(seq), h["task"], queue, h["state"], int(g("prio", 0)), h["data"], g("opts"),
+        int(g("tries", 0)), int(g("stalls", 0)), int(g("made", seq)) / 1e6, _float(g("run")),
         _float(g("start")), _float(g("end")), g("token"), _float(g("lease")), g("worker"),
         g("result"), g("errors", "[]"),
     )  # fmt: skip
@@ -354,8 +356,11 @@ class RedisBroker(Broker):
 
     def enqueue(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
         now = self.clock.now()
-        made = round(now * 1e6)  # created_at in whole microseconds: 10 bytes less a job
         seqs = _next_seqs(len(jobs))
+        # created_at: whole microseconds (an integer packs in half the bytes of
+        # the float). On the wall clock each job's seq is that already, so it
+        # is not stored twice ('' tells the script); another clock's time is.
+        made: int | str = "" if type(self.clock) is SystemClock else round(now * 1e6)
         states = ["waiting" if j.run_at is None or j.run_at <= now else "delayed" for j in jobs]
         first: dict[str, int] = {}  # id -> its first job here; later ones repeat that one
         by_queue: dict[str, list[int]] = {}
@@ -386,7 +391,7 @@ class RedisBroker(Broker):
         try:  # while the server stores them: the records, as if every job were new
             records = [
                 JobRecord(j.id, seqs[i], j.task, j.queue, states[i], int(j.priority), j.payload,
-                          j.options or None, 0, 0, made / 1e6, j.run_at)
+                          j.options or None, 0, 0, (made or seqs[i]) / 1e6, j.run_at)
                 for i, j in enumerate(jobs)
             ]  # fmt: skip
         finally:

@@ -11,7 +11,8 @@
 -- KEYS[5] (optional) queues  SET of every queue name: this queue is added to it
 -- ARGV[1] store prefix ('P:'; a queue's keys start with 'P:{queue}:', a job is
 --         the HASH 'P:{queue}:job:' .. id)   ARGV[2] queue
--- ARGV[3] created_at in whole microseconds (an integer: half the bytes of the float)
+-- ARGV[3] created_at in whole microseconds (an integer: half the bytes of the
+--         float); '' = each job's seq is its created_at (not stored twice)
 -- ARGV[4] channel to PUBLISH on when work appears ('' = none)
 -- ARGV[5] the jobs as one JSON array (one argument, not nine a job: cheaper to
 --         send) of 9 strings per job: id, seq, task, payload, priority,
@@ -20,7 +21,7 @@
 --         A single job comes as those 9 strings in ARGV[5..13] instead (no
 --         JSON to encode and decode).
 -- Returns one item per job: 1 when stored, else {queue, HGETALL} of the job holding the id.
-local store, queue, now = ARGV[1], ARGV[2], ARGV[3]
+local store, queue, made = ARGV[1], ARGV[2], ARGV[3]
 local here = store .. '{' .. queue .. '}:'
 if KEYS[5] then redis.call('SADD', KEYS[5], queue) end
 local places -- where a chosen id may be held, this queue first; built when first needed
@@ -59,7 +60,8 @@ for i = 1, #rows, 9 do
     end
     ord = ord + 1
     local fields = {'task', rows[i + 2], 'data', rows[i + 3], 'state', state,
-                    'seq', rows[i + 1], 'ord', ord, 'made', now}
+                    'seq', rows[i + 1], 'ord', ord}
+    if made ~= '' then fields[#fields + 1] = 'made'; fields[#fields + 1] = made end
     if prio ~= '0' then fields[#fields + 1] = 'prio'; fields[#fields + 1] = prio end
     if opts ~= '' then fields[#fields + 1] = 'opts'; fields[#fields + 1] = opts end
     if run_at ~= '' then fields[#fields + 1] = 'run'; fields[#fields + 1] = run_at end
