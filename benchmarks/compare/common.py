@@ -13,9 +13,15 @@ variables:
 - ``CMP_CONCURRENCY``: jobs at once in the one worker process, for peers where it is set.
 
 Every job, in every system, does the same work: one ``RPUSH`` of
-``"<number> <start time>"`` onto ``cmp:done`` in the record database. The
-driver then counts the numbers (missing, run twice) and reads start times for
-latency and drain rate.
+``"<number> <start time>"`` onto ``cmp:done`` in the record database, with
+the client natural to how the system runs its jobs: redis-py's asyncio
+client (``record_async``) in the systems whose jobs are coroutines on an
+event loop (conveyor, arq, SAQ, taskiq, BullMQ for Python), as Node's BullMQ
+uses async ioredis; the blocking client (``record``) in the others (Celery,
+RQ, Dramatiq, Huey), whose jobs run on threads or processes. A blocking
+call inside a coroutine would stall the loop for a round trip a job, which
+no async user would write. The driver then counts the numbers (missing, run
+twice) and reads start times for latency and drain rate.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 import redis
 
@@ -48,6 +55,22 @@ def _client() -> redis.Redis:
 def record(n: int) -> None:
     """The job body of every system: note that job ``n`` started, and when."""
     _client().rpush(DONE_KEY, f"{n} {time.time():.6f}")
+
+
+_async: dict[int, Any] = {}  # event loop id -> its asyncio client
+
+
+async def record_async(n: int) -> None:
+    """``record`` for coroutine jobs: the same RPUSH, awaited on the job's loop."""
+    import asyncio
+
+    import redis.asyncio
+
+    loop = id(asyncio.get_running_loop())
+    client = _async.get(loop)
+    if client is None:
+        client = _async[loop] = redis.asyncio.Redis.from_url(RECORD_URL)
+    await client.rpush(DONE_KEY, f"{n} {time.time():.6f}")
 
 
 def started(n: int) -> bool:

@@ -14,7 +14,8 @@ Prints one JSON object on stdout (``worker`` runs until killed). A peer is
   three are coroutines run on one event loop;
 - ``worker()``: an argv list to exec (the system's own worker command), or a
   function that runs the worker in this process until killed;
-- the job function, whose body is ``common.record(n)``.
+- the job function, whose body is ``common.record(n)`` (``await
+  common.record_async(n)`` when it is a coroutine).
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ by default, never database 0). conveyor itself runs from the project's
   whole process group) once a third of the jobs have run, started again,
   and the lost and duplicated jobs are counted.
 
-Every job body is the same (``common.record``: one RPUSH of "number start-time"
-into the record database) and every run is verified (no job missing, none run
+Every job body is the same (one RPUSH of "number start-time" into the record
+database: ``common.record_async`` in coroutine jobs, ``common.record`` in the
+others) and every run is verified (no job missing, none run
 twice) before its time is used. Figures are medians of ``--runs`` runs. The
 raw limits (redis-benchmark, a minimal LMOVE/LREM reliable queue in redis-py,
 a raw sqlite3 claim/complete loop) are measured alongside. The report goes to
@@ -931,9 +932,13 @@ def write_report(
         "recovery can be seen in bounded time; the time in brackets is from restart to "
         "the last missing job.",
         "- **the job body** is the same everywhere: one `RPUSH` of the job's number and "
-        "start time into a separate Redis database, through redis-py (synchronously, also "
-        "inside async jobs) in the Python systems and through ioredis in Node. Every Python "
-        "system's venv gets redis-py with hiredis, as conveyor's own `.venv` has.",
+        "start time into a separate Redis database, with the client natural to how the "
+        "system runs jobs: ioredis in Node's BullMQ; redis-py's asyncio client in the Python "
+        "systems whose jobs are coroutines on an event loop (conveyor, arq, SAQ, taskiq, "
+        "BullMQ for Python), where a blocking call would stall the loop for a round trip "
+        "a job; blocking redis-py in the others (Celery, RQ, Dramatiq, Huey), whose jobs "
+        "run on threads or processes. Every Python system's venv gets redis-py with "
+        "hiredis, as conveyor's own `.venv` has.",
         "- Queue data lives in Redis database "
         f"{args.queue_db}, completion records in {args.record_db}; both are emptied between "
         "phases. Worker processes are always killed (process group) at the end of a phase.",

@@ -21,7 +21,7 @@ pool = None
 
 
 async def job(ctx: dict, n: int) -> None:
-    common.record(n)
+    await common.record_async(n)
 
 
 class WorkerSettings:

@@ -18,7 +18,7 @@ queue = None
 
 
 async def job(job, token) -> None:
-    common.record(job.data["n"])
+    await common.record_async(job.data["n"])
 
 
 async def setup() -> None:

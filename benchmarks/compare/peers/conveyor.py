@@ -20,7 +20,7 @@ app = Conveyor(URL)
 
 @app.task(name="job")
 async def job(n: int) -> None:
-    common.record(n)
+    await common.record_async(n)
 
 
 def enqueue_one(n: int) -> None:

@@ -20,7 +20,7 @@ JOB_OPTIONS = {"timeout": int(common.LEASE), "retries": 3} if common.RELIABLE el
 
 
 async def job(ctx: dict, *, n: int) -> None:
-    common.record(n)
+    await common.record_async(n)
 
 
 settings = {

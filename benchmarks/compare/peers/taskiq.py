@@ -24,7 +24,7 @@ broker = RedisStreamBroker(
 
 @broker.task(task_name="job")
 async def job(n: int) -> None:
-    common.record(n)
+    await common.record_async(n)
 
 
 async def setup() -> None:
