@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conveyor import Conveyor, FakeClock
+from conveyor import ConfigurationError, Conveyor, FakeClock
 from conveyor.brokers.base import NewJob
 from conveyor.testing import drain
 from conveyor.worker import Worker
@@ -269,3 +269,19 @@ def test_an_idle_worker_takes_jobs_arriving_one_by_one(any_app, concurrency):
     reserved for it), including right after a job ended inside that path."""
     worker = jobs_reach_an_idle_worker(any_app, concurrency)
     assert (worker.processed, worker.failed) == (6, 2)
+
+
+@pytest.mark.parametrize(("loop", "module"), [("auto", "uvloop"), ("asyncio", "asyncio")])
+def test_the_worker_runs_on_uvloop_unless_told_otherwise(app, loop, module):
+    @app.task(name="which")
+    async def which():
+        return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+    job = which.enqueue()
+    Worker(app, concurrency=1, burst=True).run(install_signals=False, loop=loop)
+    assert job.result(timeout=1) == module
+
+
+def test_an_unknown_event_loop_is_a_clear_error(app):
+    with pytest.raises(ConfigurationError, match="loop must be one of auto, asyncio, uvloop"):
+        Worker(app, burst=True).run(install_signals=False, loop="trio")

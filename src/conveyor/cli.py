@@ -81,9 +81,11 @@ def main() -> None:
 @click.option("--grace", default=30.0, show_default=True, help="Seconds active jobs get to finish on SIGTERM.")
 @click.option("--max-stalled", type=int, default=None, help="Lease expiries a job survives before it goes dead.")
 @click.option("--poll", default=1.0, show_default=True, help="Longest idle wait between store checks (seconds).")
+@click.option("--loop", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto", show_default=True,
+              help="Event loop: uvloop when installed (auto), or asyncio's own.")
 @click.option("--log-level", default="INFO", show_default=True)
 def worker(app: str, queues: str | None, concurrency: int, burst: bool, lease: float, grace: float,
-           max_stalled: int | None, poll: float, log_level: str) -> None:
+           max_stalled: int | None, poll: float, loop: str, log_level: str) -> None:
     """Run jobs."""
     from conveyor.worker import Worker
 
@@ -91,7 +93,7 @@ def worker(app: str, queues: str | None, concurrency: int, burst: bool, lease: f
     conveyor_app = load_app(app)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     code = Worker(conveyor_app, names, concurrency=concurrency, lease=lease, grace=grace, burst=burst,
-                  max_stalled=max_stalled, poll_interval=poll).run()
+                  max_stalled=max_stalled, poll_interval=poll).run(loop=loop)
     sys.exit(code)
 
 

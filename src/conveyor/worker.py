@@ -26,12 +26,12 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from conveyor.brokers.base import JobRecord, Lease, PendingWait
-from conveyor.errors import StoreUnavailable
+from conveyor.errors import ConfigurationError, StoreUnavailable
 from conveyor.execution import Outcome, run_job
 from conveyor.threads import ThreadRunner
 
@@ -45,6 +45,26 @@ log = logging.getLogger("conveyor.worker")
 # costs one log line every few seconds, not a crash loop.
 STORE_RETRY_MIN = 0.1
 STORE_RETRY_MAX = 5.0
+
+
+LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def event_loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop ``Worker.run`` makes: uvloop's, or None for asyncio's own."""
+    if loop not in LOOPS:
+        raise ConfigurationError(f"loop must be one of {', '.join(LOOPS)}, not {loop!r}")
+    if loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if loop == "uvloop":
+            raise ConfigurationError(
+                "loop 'uvloop' needs the uvloop package (pip install uvloop)"
+            ) from None
+        return None
+    return uvloop.new_event_loop
 
 
 class Worker:
@@ -107,9 +127,16 @@ class Worker:
 
     # -- entry points ---------------------------------------------------
 
-    def run(self, install_signals: bool = True) -> int:
-        """Run until stopped (or, with ``burst``, until the queues are empty)."""
-        return asyncio.run(self.run_async(install_signals=install_signals))
+    def run(self, install_signals: bool = True, loop: str = "auto") -> int:
+        """Run until stopped (or, with ``burst``, until the queues are empty).
+
+        ``loop="auto"`` runs on uvloop when it is installed (it is, on Linux
+        and macOS): a faster event loop speeds the jobs' own awaits too, not
+        just the worker's. ``"asyncio"`` keeps the standard loop (for code
+        that needs it); ``"uvloop"`` insists on uvloop.
+        """
+        with asyncio.Runner(loop_factory=event_loop_factory(loop)) as runner:
+            return runner.run(self.run_async(install_signals=install_signals))
 
     async def run_async(self, install_signals: bool = False) -> int:
         loop = asyncio.get_running_loop()
