@@ -18,6 +18,7 @@ import pytest
 
 from conveyor import Conveyor
 from conveyor.worker import Worker
+from helpers import jobs_reach_an_idle_worker
 from servers import RedisCluster, RedisSentinel
 
 pytestmark = pytest.mark.slow
@@ -147,3 +148,14 @@ def test_workload_on_redis_behind_sentinel(sentinel: RedisSentinel) -> None:
         assert master.dbsize() > 0, "the jobs are on the master the sentinel names"
     finally:
         master.close()
+
+
+@pytest.mark.parametrize("topology", ["sentinel", "cluster"])
+def test_an_idle_worker_takes_each_job_as_it_arrives(topology: str, request) -> None:
+    """Behind Sentinel the worker's event loop reads its idle wait from a
+    connection to the master; on a Cluster a thread waits on pub/sub."""
+    server = request.getfixturevalue(topology)
+    app = Conveyor(server.url)
+    worker = jobs_reach_an_idle_worker(app, concurrency=2)
+    assert (worker.processed, worker.failed) == (6, 2)
+    app.close()
