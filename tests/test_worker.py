@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from conveyor import ConfigurationError, Conveyor, FakeClock
+from conveyor import ConfigurationError, Conveyor, FakeClock, StoreUnavailable
 from conveyor.brokers.base import NewJob
 from conveyor.testing import drain
 from conveyor.worker import Worker
-from helpers import jobs_reach_an_idle_worker
+from helpers import jobs_reach_an_idle_worker, wait_until
 from servers import isolated_redis_url
 
 
@@ -285,3 +285,36 @@ def test_the_worker_runs_on_uvloop_unless_told_otherwise(app, loop, module):
 def test_an_unknown_event_loop_is_a_clear_error(app):
     with pytest.raises(ConfigurationError, match="loop must be one of auto, asyncio, uvloop"):
         Worker(app, burst=True).run(install_signals=False, loop="trio")
+
+
+def test_an_idle_wait_that_could_not_start_holds_no_slot(app, monkeypatch):
+    """The store failing as the idle wait is sent (it went away between two
+    calls) must leave every slot free: the worker goes on once it is back."""
+    failures = []
+    send_wait = app.broker.send_wait
+
+    def flaky(*args):
+        if not failures:
+            failures.append(1)
+            raise StoreUnavailable("the store went away")
+        return send_wait(*args)
+
+    monkeypatch.setattr(app.broker, "send_wait", flaky)
+
+    @app.task(name="later")
+    async def later():
+        return "ran"
+
+    worker = Worker(app, concurrency=1, poll_interval=0.2)
+
+    async def main():
+        run = asyncio.create_task(worker.run_async())
+        try:
+            await asyncio.to_thread(wait_until, lambda: failures, 5, "the failed send")
+            job = later.enqueue()
+            return await asyncio.to_thread(job.result, 5)
+        finally:
+            worker.stop()
+            await run
+
+    assert asyncio.run(main()) == "ran"

@@ -272,13 +272,13 @@ class Worker:
             due = await self.call(self.broker.next_due, self.queues)
             if due is not None:
                 timeout = max(0.0, min(timeout, due - self.app.clock.now()))
-            self._reserved = free
             args = (self.queues, free, self.lease, self.name, timeout)
-            pending = await self.call(self.broker.send_wait, *args)
+            pending = await self.call(self.broker.send_wait, *args)  # may raise: nothing held
             if pending is not None:
                 self._wait = self._watch(pending)
             else:
                 self._wait, _ = self._waiter.submit(self.broker.wait_and_claim, *args)
+            self._reserved = free
             # Whatever the fetch loop awaits next, the jobs this wait claims
             # must wake it (with every slot reserved it waits on _wake alone).
             self._wait.add_done_callback(lambda _: wake.set())
