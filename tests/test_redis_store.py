@@ -7,6 +7,7 @@ import time
 import uuid
 
 import pytest
+import redis
 
 from conveyor.brokers import open_broker
 from conveyor.brokers.base import NewJob
@@ -144,3 +145,15 @@ def test_on_the_wall_clock_created_at_is_the_seq_stored_once(broker):
     record = broker.get("one")
     assert record.created_at == int(stored["seq"]) / 1e6 == result.record.created_at
     assert before - 0.001 <= record.created_at <= time.time() + 0.001
+
+
+def test_send_wait_on_a_damaged_marker_is_an_error_not_a_spin(broker):
+    """A marker key of the wrong type fails the BZPOPMIN at once: the wait
+    raises (the worker backs off and logs) instead of ending empty again
+    and again."""
+    broker._r.set(broker._keys("default").marker, "not a sorted set")
+    pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
+
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        _poll_until_done(pending)
+    assert broker._stamps == set()

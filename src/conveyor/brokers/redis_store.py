@@ -707,13 +707,15 @@ class RedisBroker(Broker):
 
         def finish(replies: list[Any]) -> Any:
             self._stamps.discard(stamp)
-            woken_by, jobs = None, []
-            if lost := [r for r in replies if isinstance(r, hiredis.ReplyError)]:
-                if not str(lost[0]).startswith("NOSCRIPT"):
-                    raise redis.ResponseError(str(lost[0]))
-                self._scripts_lost = True  # a restarted server: the claim did nothing
-            else:
-                woken_by, jobs = replies[1] and replies[1][0], _records(queues[0], replies[2])
+            _, popped, claim = replies
+            errors = [r for r in replies if isinstance(r, hiredis.ReplyError)]
+            if any(str(e).startswith("NOSCRIPT") for e in errors):
+                self._scripts_lost = True  # a restarted server: the claim took nothing
+            jobs = [] if isinstance(claim, hiredis.ReplyError) else _records(queues[0], claim)
+            other = [e for e in errors if not str(e).startswith("NOSCRIPT")]
+            if other and not jobs:  # jobs it claimed are the caller's all the same
+                raise redis.ResponseError(str(other[0]))  # the worker backs off, loudly
+            woken_by = popped[0] if isinstance(popped, list) and popped else None
             return jobs if jobs_only else (woken_by, jobs)
 
         def failed(exc: Exception) -> Exception:
