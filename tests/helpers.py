@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import select
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,19 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+def poll_until_done(pending: Any, seconds: float = 3.0) -> Any:
+    """What an event loop does with a ``Broker.send_wait``: poll whenever its
+    socket is readable, until the wait is over; fail after ``seconds``."""
+    poller = select.poll()
+    poller.register(pending.fileno(), select.POLLIN)
+    deadline = time.monotonic() + seconds
+    while (claimed := pending.poll()) is None:
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"the wait did not end within {seconds:g}s")
+        poller.poll(100)
+    return claimed
 
 
 def jobs_reach_an_idle_worker(app: Conveyor, concurrency: int) -> Worker:

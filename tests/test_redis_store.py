@@ -13,6 +13,7 @@ from conveyor.brokers import open_broker
 from conveyor.brokers.base import NewJob
 from conveyor.clock import SystemClock
 from conveyor.errors import StoreUnavailable
+from helpers import poll_until_done
 
 
 @pytest.fixture
@@ -72,26 +73,13 @@ def test_a_stamped_claim_moves_the_callers_clock_on_by_the_wait(broker):
     assert abs(claimed[0].lease_expires - claimed[0].started_at - 30.0) < 0.01
 
 
-def _poll_until_done(pending, seconds: float = 3.0):
-    """What an event loop does: poll whenever the socket is readable."""
-    import select
-
-    poller = select.poll()
-    poller.register(pending.fileno(), select.POLLIN)
-    deadline = time.monotonic() + seconds
-    while (claimed := pending.poll()) is None:
-        assert time.monotonic() < deadline, "the wait did not end"
-        poller.poll(100)
-    return claimed
-
-
 def test_send_wait_is_read_without_blocking_and_claims_what_arrives(broker):
     pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
     time.sleep(0.1)
     assert pending.poll() is None  # nothing yet, and poll returned at once
     broker.enqueue([NewJob("new", "t", "default", "[[],{}]")])
 
-    claimed = _poll_until_done(pending)
+    claimed = poll_until_done(pending)
 
     assert [job.id for job in claimed] == ["new"]
     assert broker.get("new").state == "active"
@@ -104,7 +92,7 @@ def test_send_wait_ends_empty_when_interrupted(broker):
     broker.interrupt()
     broker.enqueue([NewJob("later", "t", "default", "[[],{}]")])
 
-    assert _poll_until_done(pending) == []
+    assert poll_until_done(pending) == []
     assert broker.get("later").state == "waiting"
 
 
@@ -114,12 +102,12 @@ def test_send_wait_after_the_server_lost_its_scripts(broker):
     broker._r.script_flush()
     pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
     broker.enqueue([NewJob("a", "t", "default", "[[],{}]")])  # loads them, sets the marker
-    assert _poll_until_done(pending) == []
+    assert poll_until_done(pending) == []
     assert broker.get("a").state == "waiting"
 
     broker._r.script_flush()  # the wait below times out, then claims: with its scripts
     pending = broker.send_wait(["default"], 5, 30.0, "w", 0.2)
-    assert [job.id for job in _poll_until_done(pending)] == ["a"]
+    assert [job.id for job in poll_until_done(pending)] == ["a"]
 
 
 def test_send_wait_on_a_connection_the_server_dropped_is_a_clear_error(broker):
@@ -130,7 +118,7 @@ def test_send_wait_on_a_connection_the_server_dropped_is_a_clear_error(broker):
     broker._r.client_kill_filter(_type="normal", skipme=True)
 
     with pytest.raises(StoreUnavailable, match=r"redis://127\.0\.0\.1:6379"):
-        _poll_until_done(pending)
+        poll_until_done(pending)
     assert broker._stamps == set()
     assert broker.get("kept").state == "active"
     assert broker.send_wait(["default"], 5, 30.0, "w", 0.05) is not None  # a new connection
@@ -155,5 +143,5 @@ def test_send_wait_on_a_damaged_marker_is_an_error_not_a_spin(broker):
     pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
 
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-        _poll_until_done(pending)
+        poll_until_done(pending)
     assert broker._stamps == set()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from conveyor.brokers.base import Broker, JobRecord
+from helpers import poll_until_done
 
 from .conftest import LEASE, START, add, add_one, boom, claim_one, lease_of, make_state, new_job
 
@@ -243,3 +244,47 @@ def test_wait_and_claim_watches_every_queue_in_order(broker):
     add(broker, new_job("b1", queue="second"), new_job("a1", queue="first"))
     claimed = broker.wait_and_claim(["first", "second"], 5, LEASE, "w1", 3.0)
     assert [job.id for job in claimed] == ["a1", "b1"]
+
+
+# -- send_wait: the same wait, read by an event loop instead of a thread -------
+
+
+def sent_wait(broker: Broker, limit: int, timeout: float, queues=("default",)) -> Any:
+    """``send_wait`` after a claim that found nothing (as the worker calls it)."""
+    assert broker.claim(list(queues), limit, LEASE, "waiter") == []
+    pending = broker.send_wait(list(queues), limit, LEASE, "waiter", timeout)
+    if pending is None:
+        pytest.skip("this store's idle wait blocks a thread: wait_and_claim covers it")
+    return pending
+
+
+@pytest.mark.parametrize("wake", WORK_ARRIVES, ids=lambda f: f.__name__[1:])
+def test_send_wait_claims_the_job_that_woke_it(broker, clock, wake):
+    nothing_ready(broker, clock)
+    pending = sent_wait(broker, limit=5, timeout=3.0)
+    assert pending.poll() is None  # nothing yet, and polling did not block
+
+    t0 = time.monotonic()
+    wake(broker, clock)
+    claimed = poll_until_done(pending, 3.0)
+
+    assert time.monotonic() - t0 < 1.75
+    assert len(claimed) == 1
+    stored = broker.get(claimed[0].id)
+    assert (stored.state, stored.worker) == ("active", "waiter")
+    assert stored == claimed[0]
+
+
+def test_send_wait_times_out_empty(broker):
+    pending = sent_wait(broker, limit=5, timeout=0.2)
+
+    t0 = time.monotonic()
+    assert poll_until_done(pending, 3.0) == []
+    assert time.monotonic() - t0 < 1.2
+
+
+def test_send_wait_ends_when_interrupted(broker):
+    pending = sent_wait(broker, limit=5, timeout=5.0)
+    broker.interrupt()
+
+    assert poll_until_done(pending, 2.5) == []
