@@ -129,9 +129,9 @@ def test_on_the_wall_clock_created_at_is_the_seq_stored_once(broker):
     [result] = broker.enqueue([NewJob("one", "t", "default", "[[],{}]")])
     stored = broker._r.hgetall(f"{broker.target.prefix}:{{default}}:job:one")
 
-    assert "made" not in stored
+    assert set(stored) == {"t", "d", "s", "q", "n"}  # task, data, state, seq, ord: no created_at
     record = broker.get("one")
-    assert record.created_at == int(stored["seq"]) / 1e6 == result.record.created_at
+    assert record.created_at == int(stored["q"]) / 1e6 == result.record.created_at
     assert before - 0.001 <= record.created_at <= time.time() + 0.001
 
 

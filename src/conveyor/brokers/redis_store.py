@@ -9,11 +9,16 @@ Keys (``P`` is ``?prefix=``, default ``conveyor``). Every key of queue ``Q``
 carries the hash tag ``{Q}``, so a script touches one Cluster slot and queues
 spread over the shards:
 
-- ``P:{Q}:job:<id>``: one HASH per job, holding only the fields that are set
-  (task, data, state, seq, ord, made, prio, opts, run, tries, stalls, start,
-  end, token, lease, worker, result, errors). ``seq`` and ``made``
-  (created_at) are whole microseconds, integers Redis packs in half the
-  bytes of a float; ``made`` is left out when it equals ``seq`` (the
+- ``P:{Q}:job:<id>``: one HASH per job, holding only the fields that are set.
+  Field names are one letter, because every job pays for them (16 of the
+  239 bytes of a small waiting job): ``t`` task, ``d`` data (payload),
+  ``s`` state, ``q`` seq, ``n`` ord, ``c`` created_at, ``p`` priority,
+  ``o`` options, ``r`` run_at, ``a`` attempts (tries), ``k`` stalls,
+  ``b`` started_at, ``e`` finished_at, ``f`` lease token (the fence),
+  ``l`` lease expiry, ``w`` worker, ``v`` result (value), ``x`` errors.
+  The scripts name them through constants (``lua/_shared.lua``). ``seq`` and
+  ``created_at`` are whole microseconds, integers Redis packs in half the
+  bytes of a float; ``created_at`` is left out when it equals ``seq`` (the
   wall clock's case).
 - Ready jobs (``lua/_shared.lua`` tells the whole rule): ``P:{Q}:waiting``, a
   LIST of the ids of new priority-0 jobs in enqueue order (a few bytes a job:
@@ -140,12 +145,13 @@ def _float(text: str | None) -> float | None:
 
 
 def _record(job_id: str, queue: str, h: dict[str, str]) -> JobRecord:
-    g, seq = h.get, h["seq"]
+    """A job from its HASH (field letters: the module docstring)."""
+    g, seq = h.get, h["q"]
     return JobRecord(
-        job_id, int(seq), h["task"], queue, h["state"], int(g("prio", 0)), h["data"], g("opts"),
-        int(g("tries", 0)), int(g("stalls", 0)), int(g("made", seq)) / 1e6, _float(g("run")),
-        _float(g("start")), _float(g("end")), g("token"), _float(g("lease")), g("worker"),
-        g("result"), g("errors", "[]"),
+        job_id, int(seq), h["t"], queue, h["s"], int(g("p", 0)), h["d"], g("o"),
+        int(g("a", 0)), int(g("k", 0)), int(g("c", seq)) / 1e6, _float(g("r")),
+        _float(g("b")), _float(g("e")), g("f"), _float(g("l")), g("w"),
+        g("v"), g("x", "[]"),
     )  # fmt: skip
 
 
@@ -588,14 +594,14 @@ class RedisBroker(Broker):
             for m in members
         })  # fmt: skip
         keys = [f"{self._keys(q).prefix}job:{job_id}" for q, job_id in found]
-        seqs = self._run([lambda c, key=key: c.hget(key, "seq") for key in keys])
+        seqs = self._run([lambda c, key=key: c.hget(key, "q") for key in keys])
         floor = -1 if after is None else after
         ranked = sorted((int(s), n) for n, s in enumerate(seqs) if s and int(s) > floor)[:limit]
         records = self._run([lambda c, key=keys[n]: c.hgetall(key) for _, n in ranked])
         return [
             _record(found[n][1], found[n][0], h)
             for (_, n), h in zip(ranked, records, strict=True)
-            if h and state in (None, h["state"])
+            if h and state in (None, h["s"])
         ]
 
     @staticmethod

@@ -16,6 +16,13 @@
 --                slots, the scripts also PUBLISH on the queue's channel when
 --                they set it.
 
+-- The fields of a job's HASH have one-letter names: every stored job pays
+-- for its field names, and on a small waiting job the full words were a
+-- tenth of its memory (redis_store.py's docstring has the same table).
+local TASK, DATA, STATE, SEQ, ORD, MADE = 't', 'd', 's', 'q', 'n', 'c'
+local PRIO, OPTS, RUN, TRIES, STALLS = 'p', 'o', 'r', 'a', 'k'
+local START, END, TOKEN, LEASE, WORKER, RESULT, ERRORS = 'b', 'e', 'f', 'l', 'w', 'v', 'x'
+
 local function ready_member(ord, id)
   return string.format('%012x', ord) .. id
 end

@@ -6,7 +6,7 @@
 -- Returns 1, or 0 when the job is not here or has started.
 local prefix, id, now = ARGV[1], ARGV[2], ARGV[3]
 local key = prefix .. 'job:' .. id
-local job = redis.call('HMGET', key, 'state', 'ord')
+local job = redis.call('HMGET', key, STATE, ORD)
 if job[1] == 'waiting' then
   if redis.call('ZREM', KEYS[2], ready_member(job[2], id)) == 0 then
     redis.call('LREM', KEYS[1], 1, id)
@@ -17,6 +17,6 @@ elseif job[1] == 'delayed' then
 else
   return 0
 end
-redis.call('HSET', key, 'state', 'cancelled', 'end', now)
+redis.call('HSET', key, STATE, 'cancelled', END, now)
 redis.call('ZADD', KEYS[4], now, id)
 return 1

@@ -22,8 +22,8 @@ end
 local due = redis.call('ZRANGE', KEYS[3], '-inf', now, 'BYSCORE')
 for _, id in ipairs(due) do
   local key = prefix .. 'job:' .. id
-  local job = redis.call('HMGET', key, 'prio', 'ord')
-  redis.call('HSET', key, 'state', 'waiting')
+  local job = redis.call('HMGET', key, PRIO, ORD)
+  redis.call('HSET', key, STATE, 'waiting')
   requeue(prefix, id, job[1], job[2])
 end
 if #due > 0 then
@@ -45,7 +45,7 @@ while #ids < limit do
     break
   end
   local head = redis.call('LINDEX', KEYS[1], 0)
-  if head and tonumber(redis.call('HGET', prefix .. 'job:' .. head, 'ord'))
+  if head and tonumber(redis.call('HGET', prefix .. 'job:' .. head, ORD))
       < tonumber(string.sub(again, 1, 12), 16) then
     redis.call('LPOP', KEYS[1])
     ids[#ids + 1] = head
@@ -62,9 +62,9 @@ end
 local out, leased = {}, {}
 for _, id in ipairs(ids) do
   local key = prefix .. 'job:' .. id
-  redis.call('HSET', key, 'state', 'active', 'start', now, 'token', ARGV[5],
-             'lease', expiry, 'worker', ARGV[4])
-  redis.call('HINCRBY', key, 'tries', 1)
+  redis.call('HSET', key, STATE, 'active', START, now, TOKEN, ARGV[5],
+             LEASE, expiry, WORKER, ARGV[4])
+  redis.call('HINCRBY', key, TRIES, 1)
   out[#out + 1] = id
   out[#out + 1] = redis.call('HGETALL', key)
   leased[#leased + 1] = expiry

@@ -9,9 +9,9 @@ local out, ended, finished = {}, {}, {}
 for i = 3, #ARGV, 3 do
   local id = ARGV[i]
   local key = ARGV[1] .. 'job:' .. id
-  if redis.call('HGET', key, 'token') == ARGV[i + 1] then
-    redis.call('HSET', key, 'state', 'completed', 'end', now, 'result', ARGV[i + 2])
-    redis.call('HDEL', key, 'token', 'lease')
+  if redis.call('HGET', key, TOKEN) == ARGV[i + 1] then
+    redis.call('HSET', key, STATE, 'completed', END, now, RESULT, ARGV[i + 2])
+    redis.call('HDEL', key, TOKEN, LEASE)
     ended[#ended + 1] = id
     finished[#finished + 1] = now
     finished[#finished + 1] = id

@@ -45,7 +45,7 @@ for i = 1, #rows, 9 do
       end
     end
     for _, place in ipairs(places) do
-      old = redis.call('HGET', place[2] .. 'job:' .. id, 'state')
+      old = redis.call('HGET', place[2] .. 'job:' .. id, STATE)
       if old then holder = place; break end
     end
   end
@@ -59,12 +59,12 @@ for i = 1, #rows, 9 do
       redis.call('DEL', holder[2] .. 'job:' .. id)
     end
     ord = ord + 1
-    local fields = {'task', rows[i + 2], 'data', rows[i + 3], 'state', state,
-                    'seq', rows[i + 1], 'ord', ord}
-    if made ~= '' then fields[#fields + 1] = 'made'; fields[#fields + 1] = made end
-    if prio ~= '0' then fields[#fields + 1] = 'prio'; fields[#fields + 1] = prio end
-    if opts ~= '' then fields[#fields + 1] = 'opts'; fields[#fields + 1] = opts end
-    if run_at ~= '' then fields[#fields + 1] = 'run'; fields[#fields + 1] = run_at end
+    local fields = {TASK, rows[i + 2], DATA, rows[i + 3], STATE, state,
+                    SEQ, rows[i + 1], ORD, ord}
+    if made ~= '' then fields[#fields + 1] = MADE; fields[#fields + 1] = made end
+    if prio ~= '0' then fields[#fields + 1] = PRIO; fields[#fields + 1] = prio end
+    if opts ~= '' then fields[#fields + 1] = OPTS; fields[#fields + 1] = opts end
+    if run_at ~= '' then fields[#fields + 1] = RUN; fields[#fields + 1] = run_at end
     redis.call('HSET', here .. 'job:' .. id, unpack(fields))
     if state == 'delayed' then
       if head == nil then head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2] or false end

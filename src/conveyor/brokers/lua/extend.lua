@@ -6,8 +6,8 @@ local out = {}
 for i = 3, #ARGV, 2 do
   local id = ARGV[i]
   local key = ARGV[1] .. 'job:' .. id
-  if redis.call('HGET', key, 'token') == ARGV[i + 1] then
-    redis.call('HSET', key, 'lease', ARGV[2])
+  if redis.call('HGET', key, TOKEN) == ARGV[i + 1] then
+    redis.call('HSET', key, LEASE, ARGV[2])
     redis.call('ZADD', KEYS[1], ARGV[2], id)
   else
     out[#out + 1] = id

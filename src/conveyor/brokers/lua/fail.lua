@@ -8,21 +8,21 @@
 -- Returns 1, or 0 when the lease was lost (nothing changed).
 local prefix, now, id, state = ARGV[1], ARGV[2], ARGV[3], ARGV[6]
 local key = prefix .. 'job:' .. id
-local job = redis.call('HMGET', key, 'token', 'tries', 'errors', 'prio', 'ord')
+local job = redis.call('HMGET', key, TOKEN, TRIES, ERRORS, PRIO, ORD)
 if job[1] ~= ARGV[4] then
   return 0
 end
 local entry = '{"attempt":' .. (job[2] or '0') .. ARGV[5]
 local errors = job[3] and (string.sub(job[3], 1, -2) .. ',' .. entry .. ']') or ('[' .. entry .. ']')
-redis.call('HSET', key, 'state', state, 'errors', errors)
-redis.call('HDEL', key, 'token', 'lease')
+redis.call('HSET', key, STATE, state, ERRORS, errors)
+redis.call('HDEL', key, TOKEN, LEASE)
 redis.call('ZREM', KEYS[3], id)
 if state == 'dead' then
-  redis.call('HSET', key, 'end', now)
+  redis.call('HSET', key, END, now)
   redis.call('ZADD', KEYS[4], now, id)
   return 1
 end
-redis.call('HSET', key, 'run', ARGV[7])
+redis.call('HSET', key, RUN, ARGV[7])
 if state == 'delayed' then
   local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2]
   redis.call('ZADD', KEYS[2], ARGV[7], id)

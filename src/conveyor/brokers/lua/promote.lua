@@ -16,10 +16,10 @@ end
 local moved = 0
 for _, id in ipairs(ids) do
   local key = prefix .. 'job:' .. id
-  local job = redis.call('HMGET', key, 'state', 'prio', 'ord')
+  local job = redis.call('HMGET', key, STATE, PRIO, ORD)
   if job[1] == 'delayed' then
     redis.call('ZREM', KEYS[2], id)
-    redis.call('HSET', key, 'state', 'waiting')
+    redis.call('HSET', key, STATE, 'waiting')
     requeue(prefix, id, job[2], job[3])
     moved = moved + 1
   end

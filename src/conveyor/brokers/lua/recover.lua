@@ -12,20 +12,20 @@ local woke = false
 local out = {}
 for _, id in ipairs(expired) do
   local key = prefix .. 'job:' .. id
-  local stalls = redis.call('HINCRBY', key, 'stalls', 1)
-  local job = redis.call('HMGET', key, 'tries', 'errors', 'prio', 'ord', 'seq')
-  redis.call('HDEL', key, 'token', 'lease')
+  local stalls = redis.call('HINCRBY', key, STALLS, 1)
+  local job = redis.call('HMGET', key, TRIES, ERRORS, PRIO, ORD, SEQ)
+  redis.call('HDEL', key, TOKEN, LEASE)
   local state = 'waiting'
   if stalls > max_stalled then
     state = 'dead'
     local entry = '{"attempt":' .. (job[1] or '0') .. ',"type":"Stalled","message":"lease expired '
       .. stalls .. ' times, more than max_stalled=' .. ARGV[3] .. '","traceback":"","at":' .. now .. '}'
     local errors = job[2] and (string.sub(job[2], 1, -2) .. ',' .. entry .. ']') or ('[' .. entry .. ']')
-    redis.call('HSET', key, 'state', 'dead', 'end', now, 'errors', errors)
+    redis.call('HSET', key, STATE, 'dead', END, now, ERRORS, errors)
     redis.call('ZADD', KEYS[3], now, id)
   else
-    redis.call('HINCRBY', key, 'tries', -1)
-    redis.call('HSET', key, 'state', 'waiting')
+    redis.call('HINCRBY', key, TRIES, -1)
+    redis.call('HSET', key, STATE, 'waiting')
     requeue(prefix, id, job[3], job[4])
     woke = true
   end

@@ -9,11 +9,11 @@ local released = 0
 for i = 3, #ARGV, 2 do
   local id = ARGV[i]
   local key = prefix .. 'job:' .. id
-  local job = redis.call('HMGET', key, 'token', 'prio', 'ord')
+  local job = redis.call('HMGET', key, TOKEN, PRIO, ORD)
   if job[1] == ARGV[i + 1] then
-    redis.call('HINCRBY', key, 'tries', -1)
-    redis.call('HSET', key, 'state', 'waiting')
-    redis.call('HDEL', key, 'token', 'lease')
+    redis.call('HINCRBY', key, TRIES, -1)
+    redis.call('HSET', key, STATE, 'waiting')
+    redis.call('HDEL', key, TOKEN, LEASE)
     redis.call('ZREM', KEYS[2], id)
     requeue(prefix, id, job[2], job[3])
     released = released + 1

@@ -13,11 +13,11 @@ local from = {dead = KEYS[2], cancelled = KEYS[3]}
 local moved = 0
 for _, id in ipairs(ids) do
   local key = prefix .. 'job:' .. id
-  local job = redis.call('HMGET', key, 'state', 'prio', 'ord')
+  local job = redis.call('HMGET', key, STATE, PRIO, ORD)
   if from[job[1]] then
     redis.call('ZREM', from[job[1]], id)
-    redis.call('HDEL', key, 'tries', 'stalls', 'end')
-    redis.call('HSET', key, 'state', 'waiting')
+    redis.call('HDEL', key, TRIES, STALLS, END)
+    redis.call('HSET', key, STATE, 'waiting')
     requeue(prefix, id, job[2], job[3])
     moved = moved + 1
   end
