@@ -107,7 +107,8 @@ def one_run(args: argparse.Namespace, url: str, setup: str, folder: Path, run: i
                 continue
             pipe = client.pipeline(transaction=False)
             for job_id in ids:
-                pipe.hmget(f"{prefix}:{{default}}:job:{job_id}", "state", "tries", "end")
+                # the job hash's state, tries and finished_at (field letters: redis_store.py)
+                pipe.hmget(f"{prefix}:{{default}}:job:{job_id}", "s", "a", "e")
             rows = pipe.execute()
             if all(state == "completed" for state, _, _ in rows):
                 break
