@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from conveyor.brokers.base import JobRecord, Lease, PendingWait
+from conveyor.brokers.base import JobRecord, Lease, PendingCall
 from conveyor.errors import ConfigurationError, StoreUnavailable
 from conveyor.execution import Outcome, run_job
 from conveyor.threads import ThreadRunner
@@ -284,7 +284,7 @@ class Worker:
             self._wait.add_done_callback(lambda _: wake.set())
         await wake.wait()
 
-    def _watch(self, pending: PendingWait) -> asyncio.Future:
+    def _watch(self, pending: PendingCall) -> asyncio.Future:
         """The future of a wait this loop reads itself (``Broker.send_wait``):
         no thread blocks on it, and its jobs need no hop to reach the loop.
         Cancelling the future abandons the wait."""
@@ -382,10 +382,15 @@ class Worker:
     async def _complete_and_claim(self, limit: int) -> list[JobRecord]:
         """Write buffered results and claim up to ``limit`` jobs, in one store call."""
         done, self._completions = self._completions, []
+        args = (done, self.queues, limit, self.lease, self.name)
         try:
-            accepted, claimed = await self.call(
-                self.broker.complete_and_claim, done, self.queues, limit, self.lease, self.name
-            )
+            # Read by this loop where the store can: no thread hop each way.
+            # Not while the store is down: connecting again could block the loop.
+            sent = None if self._down_since else self.broker.send_complete_and_claim(*args)
+            if sent is None:
+                accepted, claimed = await self.call(self.broker.complete_and_claim, *args)
+            else:
+                accepted, claimed = await self._watch(sent)
         except Exception:
             self._completions = done + self._completions  # written when the store is back
             raise

@@ -28,7 +28,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from conveyor.clock import Clock
 
@@ -133,19 +133,26 @@ class Recovered:
     state: str
 
 
-class PendingWait(Protocol):
-    """An idle wait in progress (``Broker.send_wait``)."""
+Result = TypeVar("Result", covariant=True)
+
+
+class PendingCall(Protocol[Result]):
+    """A store call already sent, whose reply an event loop reads when it
+    arrives (``Broker.send_wait``, ``Broker.send_complete_and_claim``): no
+    thread blocks on it, and its result reaches the loop with no hop between
+    threads."""
 
     def fileno(self) -> int: ...
 
-    def poll(self) -> list[JobRecord] | None:
-        """Never blocks: None until the wait is over, then the jobs it claimed."""
+    def poll(self) -> Result | None:
+        """Never blocks: None until the reply is in, then the call's result
+        (or its error, raised)."""
 
     def seconds_left(self) -> float:
         """When to poll at the latest, even if ``fileno()`` never became readable."""
 
     def close(self) -> None:
-        """Abandon the wait (its connection is dropped)."""
+        """Abandon the call (its connection is dropped)."""
 
 
 class Broker(abc.ABC):
@@ -201,6 +208,20 @@ class Broker(abc.ABC):
         accepted = self.complete(done) if done else []
         claimed = self.claim(queues, limit, lease_seconds, worker) if limit > 0 else []
         return accepted, claimed
+
+    def send_complete_and_claim(
+        self,
+        done: Sequence[tuple[Lease, str]],
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        worker: str,
+    ) -> PendingCall[tuple[list[bool], list[JobRecord]]] | None:
+        """``complete_and_claim`` sent without waiting for its reply, where
+        the store can: the busy worker's event loop reads the reply itself,
+        so the call costs no thread hop each way. None: not here (or not for
+        these arguments); call ``complete_and_claim`` on a thread instead."""
+        return None
 
     @abc.abstractmethod
     def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
@@ -339,9 +360,9 @@ class Broker(abc.ABC):
         lease_seconds: float,
         worker: str,
         timeout: float,
-    ) -> PendingWait | None:
+    ) -> PendingCall[list[JobRecord]] | None:
         """``wait_and_claim`` started without a blocked thread, where the store
-        can: an event loop watches the returned ``PendingWait``'s ``fileno()``
+        can: an event loop watches the returned call's ``fileno()``
         and calls its ``poll()`` when it is readable (and once
         ``seconds_left()`` have passed) until that returns the jobs claimed.
         It may end with none before ``timeout`` (a wake whose job went

@@ -165,9 +165,17 @@ def _queue_of(token: str) -> str | None:
     return token[17:] if len(token) > 17 and token[16] == ":" else None
 
 
+def _evalsha(name: str, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, ...]:
+    return ("EVALSHA", SHAS[name], len(keys), *keys, *args)
+
+
+def _call(command: tuple[Any, ...]) -> Call:
+    # execute_command: redis-py refuses .evalsha() in Cluster pipelines
+    return lambda client: client.execute_command(*command)
+
+
 def _script(name: str, keys: Sequence[str], args: Sequence[Any]) -> Call:
-    sha = SHAS[name]  # execute_command: redis-py refuses .evalsha() in Cluster pipelines
-    return lambda client: client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+    return _call(_evalsha(name, keys, args))
 
 
 class RedisBroker(Broker):
@@ -342,21 +350,21 @@ class RedisBroker(Broker):
 
     def _per_lease(
         self, name: str, leases: Sequence[Lease], keys: Callable, head: Callable, extra: Callable
-    ) -> tuple[list[list[int]], list[Call]]:
-        """One call of script ``name`` per queue the leases' tokens name, with
+    ) -> tuple[list[list[int]], list[tuple[Any, ...]]]:
+        """One command of script ``name`` per queue the leases' tokens name, with
         ``keys(k)``, then ``k.prefix``, ``head(k)`` and (id, token, *extra(i)) per lease."""
         groups: dict[str, list[int]] = {}
         for i, lease in enumerate(leases):
             if (queue := _queue_of(lease.token)) is not None:
                 groups.setdefault(queue, []).append(i)
-        calls = []
+        commands = []
         for queue, idx in groups.items():
             k = self._keys(queue)
             args = [k.prefix, *head(k)]
             for i in idx:
                 args += (leases[i].job_id, leases[i].token, *extra(i))
-            calls.append(_script(name, keys(k), args))
-        return list(groups.values()), calls
+            commands.append(_evalsha(name, keys(k), args))
+        return list(groups.values()), commands
 
     # -- producing -------------------------------------------------------
 
@@ -432,9 +440,46 @@ class RedisBroker(Broker):
         lease_seconds: float,
         worker: str,
     ) -> tuple[list[bool], list[JobRecord]]:
-        groups, calls = self._complete_calls(done)
-        replies, claimed = self._claim(calls, queues, limit, lease_seconds, worker)
+        groups, commands = self._complete_commands(done)
+        replies, claimed = self._claim(list(map(_call, commands)), queues, limit, lease_seconds, worker)
         return self._outcome(len(done), groups, replies), claimed
+
+    def send_complete_and_claim(
+        self,
+        done: Sequence[tuple[Lease, str]],
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        worker: str,
+    ) -> SentPipeline | None:
+        """One server or Sentinel, one queue: the complete and claim scripts
+        as one pipeline whose replies the worker's event loop reads. Not when
+        several queues must be claimed from in turn, nor when the due jobs of
+        other queues are to be promoted (once a second): ``complete_and_claim``
+        does those, on a thread."""
+        if self.target.cluster or len(queues) != 1 or self._scripts_lost:
+            return None
+        if limit > 0 and time.monotonic() - self._promoted_at > QUEUES_TTL:
+            return None
+        groups, commands = self._complete_commands(done)
+        if limit > 0:
+            commands.append(self._claim_command(queues[0], limit, lease_seconds, worker))
+
+        def finish(replies: list[Any]) -> tuple[list[bool], list[JobRecord]]:
+            errors = [r for r in replies if isinstance(r, hiredis.ReplyError)]
+            if any(str(e).startswith("NOSCRIPT") for e in errors):
+                # A restarted server ran none of them (it lost every script at
+                # once): load them and do it all again, blocking, this once.
+                self._load_scripts()
+                return self.complete_and_claim(done, queues, limit, lease_seconds, worker)
+            if errors:
+                raise redis.ResponseError(str(errors[0]))
+            claimed = _records(queues[0], replies[-1]) if limit > 0 else []
+            return self._outcome(len(done), groups, replies[: len(groups)]), claimed
+
+        return SentPipeline(
+            self._r.connection_pool, commands, REPLY_MARGIN, finish, self._unavailable
+        )
 
     def _claim_command(
         self, queue: str, limit: int, lease: float, worker: str, stamp: str | None = None
@@ -472,14 +517,14 @@ class RedisBroker(Broker):
 
     def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
         expires = repr(self.clock.now() + lease_seconds)
-        groups, calls = self._per_lease(
+        groups, commands = self._per_lease(
             "extend", leases, lambda k: (k.active,), lambda k: (expires,), lambda i: ()
         )
-        lost = {job_id for reply in self._run(calls) for job_id in reply}
+        lost = {job_id for reply in self._run(list(map(_call, commands))) for job_id in reply}
         held = {i for idx in groups for i in idx}
         return [x.job_id for i, x in enumerate(leases) if i not in held or x.job_id in lost]
 
-    def _complete_calls(self, done: Sequence[tuple[Lease, str]]) -> tuple[list, list[Call]]:
+    def _complete_commands(self, done: Sequence[tuple[Lease, str]]) -> tuple[list, list]:
         now, leases = repr(self.clock.now()), [lease for lease, _ in done]
         keys = lambda k: (k.active, k.completed)  # noqa: E731
         return self._per_lease("complete", leases, keys, lambda k: (now,), lambda i: done[i][1:])
@@ -493,8 +538,8 @@ class RedisBroker(Broker):
         return outcome
 
     def complete(self, done: Sequence[tuple[Lease, str]]) -> list[bool]:
-        groups, calls = self._complete_calls(done)
-        return self._outcome(len(done), groups, self._run(calls))
+        groups, commands = self._complete_commands(done)
+        return self._outcome(len(done), groups, self._run(list(map(_call, commands))))
 
     def fail(self, lease: Lease, error: AttemptError, retry_at: float | None) -> bool:
         if (queue := _queue_of(lease.token)) is None:
@@ -510,7 +555,8 @@ class RedisBroker(Broker):
 
     def release(self, leases: Sequence[Lease]) -> int:
         keys, head = (lambda k: (k.prioritized, k.active)), (lambda k: (k.channel,))
-        return sum(self._run(self._per_lease("release", leases, keys, head, lambda i: ())[1]))
+        commands = self._per_lease("release", leases, keys, head, lambda i: ())[1]
+        return sum(self._run(list(map(_call, commands))))
 
     def recover(self, max_stalled: int) -> list[Recovered]:
         now = repr(self.clock.now())
