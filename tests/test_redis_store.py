@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from conveyor.brokers import open_broker
-from conveyor.brokers.base import NewJob
+from conveyor.brokers.base import Lease, NewJob
 from conveyor.clock import SystemClock
 from conveyor.errors import StoreUnavailable
 from helpers import poll_until_done
@@ -145,3 +145,64 @@ def test_send_wait_on_a_damaged_marker_is_an_error_not_a_spin(broker):
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         poll_until_done(pending)
     assert broker._stamps == set()
+
+
+# -- send_complete_and_claim: the busy worker's call, read by its event loop --
+
+
+def test_send_complete_and_claim_is_for_one_queue_on_one_server(broker):
+    assert broker.send_complete_and_claim([], ["a", "b"], 5, 30.0, "w") is None  # a thread's
+    pending = broker.send_complete_and_claim([], ["a"], 5, 30.0, "w")
+    assert pending is not None and poll_until_done(pending) == ([], [])
+
+
+def test_send_complete_and_claim_promotes_other_queues_once_a_second(broker):
+    """As a claim on a thread does: the due jobs of queues nobody claims from
+    become waiting, and the list of queues is looked at again meanwhile."""
+    broker.enqueue([NewJob("due", "t", "elsewhere", "[[],{}]", run_at=time.time() + 0.05)])
+    assert broker.get("due").state == "delayed"
+    time.sleep(0.1)
+    broker._known_at = broker._promoted_at = -1e9  # both due now
+
+    pending = broker.send_complete_and_claim([], ["default"], 5, 30.0, "w")
+    assert poll_until_done(pending) == ([], [])
+    assert broker.get("due").state == "waiting"
+    assert "elsewhere" in broker._known
+
+
+def test_send_complete_and_claim_after_the_server_lost_its_scripts(broker):
+    broker.enqueue([NewJob(f"j{i}", "t", "default", "[[],{}]") for i in range(3)])
+    [held] = broker.claim(["default"], 1, 30.0, "w")
+    lease = Lease(held.id, held.lease_token or "")
+    broker._r.script_flush()
+
+    pending = broker.send_complete_and_claim([(lease, "1")], ["default"], 2, 30.0, "w")
+    accepted, claimed = poll_until_done(pending)
+    assert accepted == [True] and [job.id for job in claimed] == ["j1", "j2"]
+    assert broker.get("j0").state == "completed"
+
+
+def test_send_complete_and_claim_on_a_damaged_key_raises_and_keeps_the_jobs(broker):
+    broker.enqueue([NewJob("kept", "t", "default", "[[],{}]")])
+    broker._r.set(broker._keys("default").waiting, "not a list")
+
+    pending = broker.send_complete_and_claim([], ["default"], 5, 30.0, "w")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        poll_until_done(pending)
+    assert broker._r.hget(f"{broker.target.prefix}:{{default}}:job:kept", "s") == "waiting"
+
+
+def test_send_complete_and_claim_on_a_dropped_connection_is_a_clear_error(broker):
+    broker.enqueue([NewJob("kept", "t", "default", "[[],{}]")])
+    [held] = broker.claim(["default"], 1, 30.0, "w")
+    broker._r.client_pause(2000, all=False)  # hold the write back: the kill lands first
+    try:
+        pending = broker.send_complete_and_claim(
+            [(Lease(held.id, held.lease_token or ""), "1")], ["default"], 0, 30.0, "w"
+        )
+        broker._r.client_kill_filter(_type="normal", skipme=True)
+        with pytest.raises(StoreUnavailable, match=r"redis://127\.0\.0\.1:6379"):
+            poll_until_done(pending)
+    finally:
+        broker._r.client_unpause()
+    assert broker.get("kept").state == "active"  # not written: the worker sends it again

@@ -3,6 +3,8 @@ that move jobs by hand: retry from dead, cancel."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from conveyor.brokers.base import (
@@ -13,8 +15,10 @@ from conveyor.brokers.base import (
     DELAYED,
     WAITING,
     AttemptError,
+    Broker,
     Lease,
 )
+from helpers import poll_until_done
 
 from .conftest import (
     LEASE,
@@ -234,21 +238,41 @@ def test_cancel_unknown_id(broker):
     assert broker.cancel("ghost") is False
 
 
-def test_complete_and_claim_finishes_a_batch_and_takes_the_next(broker, clock):
+def complete_and_claim(broker: Broker, how: str, done: list, limit: int) -> Any:
+    """``complete_and_claim`` as called (``call``), or sent and read the way an
+    event loop reads it (``sent``: ``send_complete_and_claim``), on ``default``."""
+    if how == "call":
+        return broker.complete_and_claim(done, ["default"], limit, LEASE, "w1")
+    pending = broker.send_complete_and_claim(done, ["default"], limit, LEASE, "w1")
+    if pending is None:
+        pytest.skip("this store has no send_complete_and_claim: complete_and_claim covers it")
+    return poll_until_done(pending)
+
+
+@pytest.mark.parametrize("how", ["call", "sent"])
+def test_complete_and_claim_finishes_a_batch_and_takes_the_next(broker, clock, how):
     add(broker, *(new_job(f"cc{i}") for i in range(5)))
     first = claim(broker, limit=2)
     stale = Lease(first[1].id, "not-the-token")
-    accepted, nxt = broker.complete_and_claim(
-        [(lease_of(first[0]), '"one"'), (stale, '"two"')], ["default"], 2, LEASE, "w1"
+    accepted, nxt = complete_and_claim(
+        broker, how, [(lease_of(first[0]), '"one"'), (stale, '"two"')], limit=2
     )
     assert accepted == [True, False]  # fenced per item
     assert ids(nxt) == ["cc2", "cc3"]
     assert all(j.state == "active" for j in nxt)
+    assert nxt == [broker.get("cc2"), broker.get("cc3")]  # the records as stored
     assert broker.get("cc0").result == '"one"' and broker.get("cc0").state == "completed"
     assert broker.get("cc1").state == "active" and broker.get("cc1").result is None
     # limit 0 only completes; nothing done only claims
-    assert broker.complete_and_claim([(lease_of(nxt[0]), "1")], ["default"], 0, LEASE, "w1") == (
-        [True],
-        [],
-    )
-    assert ids(broker.complete_and_claim([], ["default"], 5, LEASE, "w1")[1]) == ["cc4"]
+    assert complete_and_claim(broker, how, [(lease_of(nxt[0]), "1")], limit=0) == ([True], [])
+    assert ids(complete_and_claim(broker, how, [], limit=5)[1]) == ["cc4"]
+    assert complete_and_claim(broker, how, [], limit=5) == ([], [])
+
+
+@pytest.mark.parametrize("how", ["call", "sent"])
+def test_complete_and_claim_takes_due_delayed_jobs_by_priority(broker, clock, how):
+    add(broker, new_job("low"), new_job("later", run_at=START + 5), new_job("high", priority=5))
+    clock.advance(6)
+
+    accepted, claimed = complete_and_claim(broker, how, [], limit=5)
+    assert accepted == [] and ids(claimed) == ["high", "low", "later"]

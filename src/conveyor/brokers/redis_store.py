@@ -453,29 +453,34 @@ class RedisBroker(Broker):
         worker: str,
     ) -> SentPipeline | None:
         """One server or Sentinel, one queue: the complete and claim scripts
-        as one pipeline whose replies the worker's event loop reads. Not when
-        several queues must be claimed from in turn, nor when the due jobs of
-        other queues are to be promoted (once a second): ``complete_and_claim``
-        does those, on a thread."""
+        (and, once a second, the promotion of other queues' due jobs and a
+        look at the list of queues) as one pipeline whose replies the
+        worker's event loop reads. A worker of several queues claims from
+        them in turn, a round trip each: ``complete_and_claim``, on a thread."""
         if self.target.cluster or len(queues) != 1 or self._scripts_lost:
             return None
-        if limit > 0 and time.monotonic() - self._promoted_at > QUEUES_TTL:
-            return None
         groups, commands = self._complete_commands(done)
+        completes, learn = len(commands), False
         if limit > 0:
+            if self._promotion_due():
+                commands += self._promotions(queues)
+                learn = time.monotonic() - self._known_at > QUEUES_TTL
+                if learn:  # for the next promotion: this one goes by what it knew
+                    commands.append(("SMEMBERS", self._queues_key))
             commands.append(self._claim_command(queues[0], limit, lease_seconds, worker))
 
         def finish(replies: list[Any]) -> tuple[list[bool], list[JobRecord]]:
-            errors = [r for r in replies if isinstance(r, hiredis.ReplyError)]
-            if any(str(e).startswith("NOSCRIPT") for e in errors):
-                # A restarted server ran none of them (it lost every script at
-                # once): load them and do it all again, blocking, this once.
-                self._load_scripts()
-                return self.complete_and_claim(done, queues, limit, lease_seconds, worker)
-            if errors:
-                raise redis.ResponseError(str(errors[0]))
+            for i, reply in enumerate(replies):
+                if isinstance(reply, hiredis.ReplyError):
+                    if not str(reply).startswith("NOSCRIPT"):
+                        raise redis.ResponseError(str(reply))
+                    # A restarted server lost the scripts (that one did
+                    # nothing): load them and run it again, blocking, this once.
+                    replies[i] = self._noscript(_call(commands[i]))
+            if learn:
+                self._learn(set(replies[-2]))
             claimed = _records(queues[0], replies[-1]) if limit > 0 else []
-            return self._outcome(len(done), groups, replies[: len(groups)]), claimed
+            return self._outcome(len(done), groups, replies[:completes]), claimed
 
         return SentPipeline(
             self._r.connection_pool, commands, REPLY_MARGIN, finish, self._unavailable
@@ -497,15 +502,11 @@ class RedisBroker(Broker):
     ) -> tuple[list[Any], list[JobRecord]]:
         """Run ``before``, then claim: the first queue in the same round trip, a
         later one only when the earlier ones did not fill ``limit``."""
-        now = self.clock.now()
         calls, head, claimed = list(before), None, []
-        if limit > 0 and time.monotonic() - self._promoted_at > QUEUES_TTL:
-            self._promoted_at = time.monotonic()
+        if limit > 0 and self._promotion_due():
             if time.monotonic() - self._known_at > QUEUES_TTL:
                 self._learn(self._run([lambda c: c.smembers(self._queues_key)])[0])
-            for k in map(self._keys, sorted(self._known - set(queues))):
-                keys = (k.prioritized, k.delayed)
-                calls.append(_script("promote", keys, (k.prefix, k.channel, "due", repr(now))))
+            calls += map(_call, self._promotions(queues))
         for queue in dict.fromkeys(queues) if limit > 0 else ():
             if len(claimed) >= limit:
                 break
@@ -514,6 +515,23 @@ class RedisBroker(Broker):
             head, calls = head or replies[: len(before)], []
             claimed += _records(queue, replies[-1])
         return (self._run(calls)[: len(before)] if head is None else head), claimed
+
+    def _promotion_due(self) -> bool:
+        """Whether a claim should promote the due jobs of other queues too:
+        once a second per process, so delayed jobs of queues no worker claims
+        from still become waiting."""
+        if time.monotonic() - self._promoted_at <= QUEUES_TTL:
+            return False
+        self._promoted_at = time.monotonic()
+        return True
+
+    def _promotions(self, queues: Sequence[str]) -> list[tuple[Any, ...]]:
+        """promote.lua for the due jobs of every known queue but ``queues``."""
+        now = repr(self.clock.now())
+        return [
+            _evalsha("promote", (k.prioritized, k.delayed), (k.prefix, k.channel, "due", now))
+            for k in map(self._keys, sorted(self._known - set(queues)))
+        ]
 
     def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
         expires = repr(self.clock.now() + lease_seconds)
