@@ -9,7 +9,12 @@ written one by one; both are kept until the store takes them. ``_renew_loop``
 extends every held lease in one call; ``_maintain_loop`` recovers jobs whose
 worker died and trims ended jobs by the queues' retention settings. Store
 calls run on one store thread and the idle wait on another, so the loop
-never blocks on I/O.
+never blocks on I/O. Where the store can send a call and let the loop read
+its reply (``Broker.send_complete_and_claim`` and ``Broker.send_wait``: one
+Redis server or Sentinel), the busy worker's complete-and-claim and the idle
+wait skip those threads: the reply wakes the loop itself, with no hop
+between threads (a drain whose jobs each await one Redis command runs
+about a quarter faster than through the store thread).
 
 Shutdown (SIGTERM/SIGINT): stop claiming, let active jobs finish for up to
 ``grace`` seconds, then put the rest back to waiting without spending an
