@@ -223,6 +223,10 @@ class RedisBroker(Broker):
         except DOWN as exc:
             raise self._unavailable(exc) from exc
 
+    def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``_run`` for commands given as tuples."""
+        return self._run(list(map(_call, commands)))
+
     def _send(self, commands: Sequence[tuple[Any, ...]]) -> Callable[[], list[Any]]:
         """Send ``commands`` now; the returned function reads their replies.
         One round trip, as a pipeline, but the server runs them while this
@@ -441,7 +445,8 @@ class RedisBroker(Broker):
         worker: str,
     ) -> tuple[list[bool], list[JobRecord]]:
         groups, commands = self._complete_commands(done)
-        replies, claimed = self._claim(list(map(_call, commands)), queues, limit, lease_seconds, worker)
+        before = list(map(_call, commands))
+        replies, claimed = self._claim(before, queues, limit, lease_seconds, worker)
         return self._outcome(len(done), groups, replies), claimed
 
     def send_complete_and_claim(
@@ -538,7 +543,7 @@ class RedisBroker(Broker):
         groups, commands = self._per_lease(
             "extend", leases, lambda k: (k.active,), lambda k: (expires,), lambda i: ()
         )
-        lost = {job_id for reply in self._run(list(map(_call, commands))) for job_id in reply}
+        lost = {job_id for reply in self._execute(commands) for job_id in reply}
         held = {i for idx in groups for i in idx}
         return [x.job_id for i, x in enumerate(leases) if i not in held or x.job_id in lost]
 
@@ -557,7 +562,7 @@ class RedisBroker(Broker):
 
     def complete(self, done: Sequence[tuple[Lease, str]]) -> list[bool]:
         groups, commands = self._complete_commands(done)
-        return self._outcome(len(done), groups, self._run(list(map(_call, commands))))
+        return self._outcome(len(done), groups, self._execute(commands))
 
     def fail(self, lease: Lease, error: AttemptError, retry_at: float | None) -> bool:
         if (queue := _queue_of(lease.token)) is None:
@@ -574,7 +579,7 @@ class RedisBroker(Broker):
     def release(self, leases: Sequence[Lease]) -> int:
         keys, head = (lambda k: (k.prioritized, k.active)), (lambda k: (k.channel,))
         commands = self._per_lease("release", leases, keys, head, lambda i: ())[1]
-        return sum(self._run(list(map(_call, commands))))
+        return sum(self._execute(commands))
 
     def recover(self, max_stalled: int) -> list[Recovered]:
         now = repr(self.clock.now())
