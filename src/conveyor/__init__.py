@@ -18,6 +18,7 @@ from conveyor.errors import (
     JobFailed,
     JobTimeout,
     PayloadError,
+    StoreMisconfigured,
     StoreUnavailable,
     UnknownTask,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "JobFailed",
     "JobTimeout",
     "PayloadError",
+    "StoreMisconfigured",
     "StoreUnavailable",
     "SystemClock",
     "Task",

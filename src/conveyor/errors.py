@@ -12,8 +12,17 @@ class ConfigurationError(ConveyorError):
 
 
 class StoreUnavailable(ConveyorError):
-    """The store cannot be opened or reached (missing folder, locked or corrupt
-    database, server down). The message names the URL."""
+    """The store cannot be reached for now (server down, connection lost,
+    database locked by another writer): worth retrying, and workers do, with
+    back-off. The message names the URL."""
+
+
+class StoreMisconfigured(ConfigurationError):
+    """The store answered, but refuses us for good: a wrong password, a
+    database number the server does not have, a file that is not a conveyor
+    database, a database file deleted under a running worker. Retrying
+    cannot help, so a worker stops (non-zero exit) instead of retrying, and
+    the CLI prints one line. The message names the URL."""
 
 
 class PayloadError(ConveyorError, TypeError):

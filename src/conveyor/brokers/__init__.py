@@ -47,8 +47,13 @@ def _redis_store() -> ModuleType:
     return redis_store
 
 
-def open_broker(url: str, clock: Clock | None = None) -> Broker:
+def open_broker(url: str, clock: Clock | None = None, *, create: bool = True) -> Broker:
     """Open the store a URL names.
+
+    ``create=False`` is for commands that only read or change existing jobs
+    (``conveyor stats``, ``jobs``, ``retry``, ``cancel``): they must never
+    create a store, so a mistyped SQLite path is an error, not a new empty
+    database.
 
     >>> open_broker("memory://").url
     'memory://'
@@ -62,7 +67,7 @@ def open_broker(url: str, clock: Clock | None = None) -> Broker:
     if scheme == "sqlite":
         from conveyor.brokers.sqlite import SQLiteBroker
 
-        return SQLiteBroker(url, clock)
+        return SQLiteBroker(url, clock, create=create)
     if scheme in REDIS_SCHEMES:
         return _redis_store().RedisBroker(url, clock)
     raise _unknown_scheme(url, scheme)

@@ -165,6 +165,12 @@ class Broker(abc.ABC):
     #: queues live on different shards, and no single atomic step sees them all.
     ids_unique_across_queues: bool = True
 
+    @property
+    def location(self) -> str:
+        """Where this store's jobs live, for people to read: the URL with any
+        password masked, or a SQLite file's absolute path."""
+        return self.url
+
     # -- producing -------------------------------------------------------
 
     @abc.abstractmethod

@@ -173,9 +173,10 @@ class _Transaction:
 class SQLiteBroker(Broker):
     """The broker contract as SQL transactions on one SQLite file."""
 
-    def __init__(self, url: str, clock: Clock) -> None:
+    def __init__(self, url: str, clock: Clock, *, create: bool = True) -> None:
         self.url = url
         self.clock = clock
+        self.create = create
         self.path, self.synchronous, self.timeout = parse_url(url)
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise StoreUnavailable(
