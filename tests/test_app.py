@@ -125,13 +125,13 @@ def test_dedup_returns_the_existing_job_until_it_ends(app):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"delay": -1}, "delay must be >= 0"),
+        ({"delay": -1}, "delay must be a number of seconds from 0, up to 100 years, not -1"),
         ({"delay": 1, "run_at": 5.0}, "not both"),
         ({"run_at": datetime.datetime(2030, 1, 1)}, "timezone-aware"),
-        ({"attempts": 0}, "attempts must be a whole number >= 1"),
-        ({"timeout": 0}, "timeout must be > 0"),
-        ({"backoff": "sometimes"}, "unknown backoff"),
-        ({"job_id": ""}, "job_id must be a non-empty string"),
+        ({"attempts": 0}, "attempts must be a whole number from 1 to 1,000, not 0"),
+        ({"timeout": 0}, "timeout must be a number of seconds above 0, up to 100 years, not 0"),
+        ({"backoff": "sometimes"}, "backoff must be one of fixed, linear, exponential, fibonacci"),
+        ({"job_id": ""}, "job_id must be a job id: 1 to 255 printable characters"),
     ],
 )
 def test_bad_options_are_refused_and_nothing_is_stored(app, kwargs, message):

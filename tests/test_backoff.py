@@ -40,10 +40,10 @@ def test_jitter_only_ever_shortens_within_its_share():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"kind": "quadratic"}, "unknown backoff 'quadratic'"),
-        ({"delay": -1}, "backoff_delay must be >= 0"),
-        ({"max": -1}, "backoff_max must be >= 0"),
-        ({"jitter": 2}, "jitter must be between 0 and 1"),
+        ({"kind": "quadratic"}, "backoff must be one of .* not 'quadratic'"),
+        ({"delay": -1}, "backoff_delay must be a number of seconds from 0, up to 100 years, not -1"),
+        ({"max": -1}, "backoff_max must be a number of seconds from 0, up to 100 years, not -1"),
+        ({"jitter": 2}, "jitter must be a share from 0 to 1"),
     ],
 )
 def test_bad_policies_are_refused(kwargs, message):

@@ -2,32 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
-from collections.abc import Callable, Iterable
-from datetime import datetime
-from typing import Any, overload
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Unpack, overload
 
-from conveyor.backoff import BackoffFunction
+from conveyor import validate
 from conveyor.brokers import check_url, open_broker
-from conveyor.brokers.base import STATES, Broker, NewJob
+from conveyor.brokers.base import STATES, Broker, EnqueueResult, NewJob
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import ConfigurationError
 from conveyor.job import Job, new_job_id
 from conveyor.options import (
     DEFAULT_QUEUE,
+    ENQUEUE_OPTIONS,
+    QUEUE_OPTIONS,
+    STORED_OPTIONS,
+    TASK_OPTIONS,
+    EnqueueOptions,
     JobDefaults,
     QueueConfig,
+    QueueOptions,
     RunOptions,
+    TaskOptions,
+    check_names,
     resolve,
     run_at_from,
 )
 from conveyor.serialization import DEFAULT_MAX_PAYLOAD, dumps, encode_payload, loads
-from conveyor.task import Signature, Task
+from conveyor.task import P, R, Signature, Task
 
 DEFAULT_URL = "sqlite:///conveyor.db"
-#: options stored with a job when given (the worker resolves the rest)
-STORED_OPTIONS = ("attempts", "timeout", "backoff", "backoff_delay", "backoff_max", "jitter")
+MAX_STALLED_LIMIT = 1_000
 
 
 class Conveyor:
@@ -51,21 +58,26 @@ class Conveyor:
         *,
         clock: Clock | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        max_result: int = DEFAULT_MAX_PAYLOAD,
         max_stalled: int = 3,
     ) -> None:
         self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
+        if type(self.url) is not str:
+            validate.refuse("url", "a store URL", self.url)
         check_url(self.url)  # a malformed URL fails here; the store opens on first use
         self.clock = clock or SystemClock()
-        self.max_payload = max_payload
-        self.max_stalled = max_stalled
+        self.max_payload = validate.whole_number("max_payload", max_payload, 64, 2**31)
+        self.max_result = validate.whole_number("max_result", max_result, 64, 2**31)
+        self.max_stalled = validate.whole_number("max_stalled", max_stalled, 0, MAX_STALLED_LIMIT)
         self.tasks: dict[str, Task] = {}
         self.queues: dict[str, QueueConfig] = {}
         self._undeclared: dict[str, QueueConfig] = {}
         self._broker: Broker | None = None
         self._open_lock = threading.Lock()
-        self._run_options: dict[tuple[str, str | None], RunOptions] = {}
-        # set by conveyor.testing: run jobs as they are enqueued
+        self._run_options: dict[tuple[str, str, str | None], RunOptions] = {}
+        # set by conveyor.testing.inline: run jobs as they are enqueued
         self._after_enqueue: Callable[[str], None] | None = None
+        self._after_enqueue_async: Callable[[str], Awaitable[None]] | None = None
         self._draining = False
 
     def __repr__(self) -> str:
@@ -80,6 +92,16 @@ class Conveyor:
                     self._broker = open_broker(self.url, self.clock)
         return self._broker
 
+    def open(self, *, create: bool = True) -> Broker:
+        """Open the store now (it opens on first use otherwise). With
+        ``create=False`` a store that does not exist yet is an error instead
+        of being created: what read-only commands use, so a mistyped path
+        never leaves an empty database behind."""
+        with self._open_lock:
+            if self._broker is None:
+                self._broker = open_broker(self.url, self.clock, create=create)
+        return self._broker
+
     def close(self) -> None:
         if self._broker is not None:
             self._broker.close()
@@ -88,22 +110,12 @@ class Conveyor:
     # -- defining -------------------------------------------------------
 
     @overload
-    def task(self, fn: Callable[..., Any], /) -> Task: ...
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
     def task(
-        self,
-        *,
-        name: str | None = None,
-        queue: str | None = None,
-        attempts: int | None = None,
-        timeout: float | None = None,
-        priority: int | None = None,
-        backoff: str | BackoffFunction | None = None,
-        backoff_delay: float | None = None,
-        backoff_max: float | None = None,
-        jitter: float | None = None,
-    ) -> Callable[[Callable[..., Any]], Task]: ...
+        self, *, name: str | None = None, queue: str | None = None, **defaults: Unpack[TaskOptions]
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
         self,
@@ -112,7 +124,7 @@ class Conveyor:
         *,
         name: str | None = None,
         queue: str | None = None,
-        **defaults: Any,
+        **defaults: Unpack[TaskOptions],
     ) -> Any:
         """Register a function (sync or ``async def``) as a task.
 
@@ -121,35 +133,31 @@ class Conveyor:
 
         ``name`` defaults to ``module.qualname``. Options not given fall back
         to the queue's, then to 3 attempts with exponential backoff from 1 s.
+        Every option is checked here, so a typo fails at import, not at run.
         """
+        check_names("@app.task", defaults, TASK_OPTIONS)
+        if name is not None:
+            validate.task_name("name", name)
+        if queue is not None:
+            validate.queue_name("queue", queue)
+        job_defaults = JobDefaults(**defaults)
 
         def register(function: Callable[..., Any]) -> Task:
-            task_name = name or f"{function.__module__}.{function.__qualname__}"
+            if not callable(function):
+                validate.refuse("@app.task", "used on a function", function)
+            task_name = name or validate.task_name(
+                "task name", f"{function.__module__}.{function.__qualname__}"
+            )
             if task_name in self.tasks and self.tasks[task_name].fn is not function:
                 raise ConfigurationError(f"a task named {task_name!r} is already registered")
-            task = Task(self, function, task_name, queue, JobDefaults(**defaults))
+            task = Task(self, function, task_name, queue, job_defaults)
             self.tasks[task_name] = task
             self._run_options.clear()
             return task
 
         return register(fn) if fn is not None else register
 
-    def queue(
-        self,
-        name: str,
-        *,
-        attempts: int | None = None,
-        timeout: float | None = None,
-        priority: int | None = None,
-        backoff: str | BackoffFunction | None = None,
-        backoff_delay: float | None = None,
-        backoff_max: float | None = None,
-        jitter: float | None = None,
-        keep_completed: int | None = 10_000,
-        keep_completed_for: float | None = None,
-        keep_dead: int | None = None,
-        keep_dead_for: float | None = None,
-    ) -> QueueConfig:
+    def queue(self, name: str, **options: Unpack[QueueOptions]) -> QueueConfig:
         """Declare a queue with defaults for its jobs and its retention.
 
         The seed's production set-up::
@@ -157,15 +165,18 @@ class Conveyor:
             app.queue("critical", priority=10, attempts=5)
             app.queue("default", priority=5, attempts=3)
             app.queue("bulk", priority=1, attempts=1, timeout=300, keep_completed=100)
+
+        Job defaults: ``attempts``, ``timeout``, ``priority``, ``backoff``,
+        ``backoff_delay``, ``backoff_max``, ``jitter``. Retention (the seed's
+        removeOnComplete / removeOnFail): ``keep_completed`` (default 10,000),
+        ``keep_completed_for`` (seconds), ``keep_dead``, ``keep_dead_for``.
         """
-        config = QueueConfig(
-            name,
-            JobDefaults(attempts, timeout, priority, backoff, backoff_delay, backoff_max, jitter),
-            keep_completed,
-            keep_completed_for,
-            keep_dead,
-            keep_dead_for,
-        )
+        check_names("app.queue", options, QUEUE_OPTIONS)
+        given: dict[str, Any] = dict(options)
+        retention = {
+            key: given.pop(key) for key in QUEUE_OPTIONS if key not in TASK_OPTIONS and key in given
+        }
+        config = QueueConfig(name, JobDefaults(**given), **retention)
         self.queues[name] = config
         self._run_options.clear()
         return config
@@ -192,38 +203,48 @@ class Conveyor:
     def enqueue(
         self,
         task: str | Task,
-        args: Iterable[Any] = (),
+        args: tuple[Any, ...] | list[Any] = (),
         kwargs: dict[str, Any] | None = None,
-        *,
-        queue: str | None = None,
-        delay: float | None = None,
-        run_at: datetime | float | None = None,
-        priority: int | None = None,
-        job_id: str | None = None,
-        attempts: int | None = None,
-        timeout: float | None = None,
-        backoff: str | None = None,
-        backoff_delay: float | None = None,
-        backoff_max: float | None = None,
-        jitter: float | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> Job:
         """Store a job for the task named ``task``; no import of the task needed.
 
         >>> app.enqueue("send-email", kwargs={"to": "a@b.c"}, queue="critical", delay=5)  # doctest: +SKIP
 
-        A ``job_id`` naming a job that has not ended returns that job instead
-        of storing a second one.
+        Options: ``queue``, ``delay`` (seconds) or ``run_at`` (an aware
+        datetime or epoch seconds), ``priority``, ``job_id``, and the run
+        options ``attempts``, ``timeout``, ``backoff``, ``backoff_delay``,
+        ``backoff_max``, ``jitter``. A ``job_id`` naming a job that has not
+        ended returns that job instead of storing a second one.
+
+        A job for a task this app does not know goes to ``queue`` or to
+        ``default``: the producer cannot know the queue a task declares in
+        code it does not import.
         """
-        options = {
-            "queue": queue, "delay": delay, "run_at": run_at, "priority": priority,
-            "job_id": job_id, "attempts": attempts, "timeout": timeout, "backoff": backoff,
-            "backoff_delay": backoff_delay, "backoff_max": backoff_max, "jitter": jitter,
-        }  # fmt: skip
         new = self._new_job(task, args, kwargs, options)
         result = self.broker.enqueue([new])[0]
         if self._after_enqueue is not None and result.created:
             self._after_enqueue(new.queue)
             return Job(self, self.broker.get(new.id) or result.record)
+        return Job(self, result.record)
+
+    async def enqueue_async(
+        self,
+        task: str | Task,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Unpack[EnqueueOptions],
+    ) -> Job:
+        """``enqueue`` for async code: the store call runs on a thread, so the
+        event loop (a FastAPI handler's, an async task's) never blocks.
+
+        >>> job = await app.enqueue_async("send-email", kwargs={"to": "a@b.c"})  # doctest: +SKIP
+        """
+        new = self._new_job(task, args, kwargs, options)
+        result = (await asyncio.to_thread(self._store, [new]))[0]
+        if self._after_enqueue_async is not None and result.created:
+            await self._after_enqueue_async(new.queue)
+            return Job(self, await asyncio.to_thread(self.broker.get, new.id) or result.record)
         return Job(self, result.record)
 
     def enqueue_many(self, calls: Iterable[Signature]) -> list[Job]:
@@ -236,48 +257,75 @@ class Conveyor:
         Every argument is checked before anything is stored: one bad call
         stores none of them.
         """
-        new = [self._new_job(c.task, c.args, c.kwargs, c.options) for c in calls]
-        results = self.broker.enqueue(new) if new else []
+        new = self._new_jobs(calls)
+        results = self._store(new)
         if self._after_enqueue is not None and any(r.created for r in results):
             for queue in dict.fromkeys(job.queue for job in new):
                 self._after_enqueue(queue)
             return [Job(self, self.broker.get(r.record.id) or r.record) for r in results]
         return [Job(self, r.record) for r in results]
 
+    async def enqueue_many_async(self, calls: Iterable[Signature]) -> list[Job]:
+        """``enqueue_many`` without blocking the event loop."""
+        new = self._new_jobs(calls)
+        results = await asyncio.to_thread(self._store, new)
+        if self._after_enqueue_async is not None and any(r.created for r in results):
+            for queue in dict.fromkeys(job.queue for job in new):
+                await self._after_enqueue_async(queue)
+            records = [await asyncio.to_thread(self.broker.get, r.record.id) for r in results]
+            return [Job(self, rec or r.record) for rec, r in zip(records, results, strict=True)]
+        return [Job(self, r.record) for r in results]
+
+    def _store(self, jobs: list[NewJob]) -> list[EnqueueResult]:
+        return self.broker.enqueue(jobs) if jobs else []
+
+    def _new_jobs(self, calls: Iterable[Signature]) -> list[NewJob]:
+        if isinstance(calls, Signature):
+            validate.refuse("enqueue_many()", "given an iterable of signatures", calls)
+        new = []
+        for call in calls:
+            if not isinstance(call, Signature):
+                validate.refuse("each call", "a signature such as task.s(1, 2)", call)
+            new.append(self._new_job(call.task, call.args, call.kwargs, call.options))
+        return new
+
     def _new_job(
-        self,
-        task: str | Task,
-        args: Iterable[Any],
-        kwargs: dict[str, Any] | None,
-        opts: dict[str, Any],
+        self, task: Any, args: Any, kwargs: Any, options: EnqueueOptions | dict[str, Any]
     ) -> NewJob:
-        """Validate one call and its options into the record to store."""
-        job_id = opts.get("job_id")
-        if job_id is not None and (not isinstance(job_id, str) or not job_id):
-            raise ConfigurationError(f"job_id must be a non-empty string, not {job_id!r}")
-        name = task.name if isinstance(task, Task) else task
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"a task name must be a non-empty string, not {name!r}")
+        """Check one call and its options, and build the record to store.
+
+        The common call (``task.enqueue(...)``, no options) costs a couple of
+        type checks here; options are checked only when given."""
+        name = task.name if isinstance(task, Task) else validate.task_name("task", task)
+        args, kwargs = validate.arguments(args, kwargs)
         known = self.tasks.get(name)
-        queue = opts.get("queue") or (known.queue if known else None) or DEFAULT_QUEUE
-        priority = opts.get("priority")
+        queue = (known.queue if known else None) or DEFAULT_QUEUE
+        priority = None
+        job_id = stored = run_at = None
+        if options:
+            check_names("enqueue", options, ENQUEUE_OPTIONS)
+            given = {key: value for key, value in options.items() if value is not None}
+            if "queue" in given:
+                queue = validate.queue_name("queue", given["queue"])
+            if "priority" in given:
+                priority = validate.priority("priority", given["priority"])
+            if "job_id" in given:
+                job_id = validate.job_id("job_id", given["job_id"])
+            overrides = {key: given[key] for key in STORED_OPTIONS if key in given}
+            if overrides:
+                stored = JobDefaults(**overrides).stored()
+            run_at = run_at_from(given.get("delay"), given.get("run_at"), self.clock.now())
         if priority is None:
             priority = known.defaults.priority if known else None
-        if priority is None:
-            priority = self.queue_config(queue).defaults.priority or 0
-        elif type(priority) is not int:
-            raise ConfigurationError(f"priority must be a whole number, not {priority!r}")
-        stored = None  # most jobs carry no overrides: skip building and validating them
-        overrides = {k: opts.get(k) for k in STORED_OPTIONS} if opts else {}
-        if any(v is not None for v in overrides.values()):
-            stored = JobDefaults(priority=priority, **overrides).stored()
+            if priority is None:
+                priority = self.queue_config(queue).defaults.priority or 0
         return NewJob(
             id=job_id if job_id is not None else new_job_id(),
             task=name,
             queue=queue,
-            payload=encode_payload(name, tuple(args), kwargs or {}, self.max_payload),
+            payload=encode_payload(name, args, kwargs, self.max_payload),
             priority=priority,
-            run_at=run_at_from(opts.get("delay"), opts.get("run_at"), self.clock.now()),
+            run_at=run_at,
             options=dumps(stored) if stored else None,
             generated_id=job_id is None,
         )
@@ -295,6 +343,8 @@ class Conveyor:
         """Stored jobs, oldest first, optionally of one queue and state."""
         if state is not None and state not in STATES:
             raise ConfigurationError(f"unknown state {state!r}: use one of {', '.join(STATES)}")
+        validate.optional(validate.queue_name, "queue", queue)
+        limit = validate.whole_number("limit", limit, 0, 10**9)
         return [Job(self, r) for r in self.broker.list(queue=queue, state=state, limit=limit)]
 
     def stats(self) -> dict[str, dict[str, int]]:
@@ -303,13 +353,14 @@ class Conveyor:
 
     def retry_dead(self, queue: str | None = None) -> int:
         """Send every dead job (of ``queue``) back to waiting with fresh attempts."""
+        validate.optional(validate.queue_name, "queue", queue)
         return self.broker.retry(None, queue=queue)
 
     # -- used by the worker ---------------------------------------------
 
     def run_options(self, task: str, queue: str, options_json: str | None) -> RunOptions:
         """Resolved options for running a job: job, task, queue, then defaults."""
-        key = (f"{queue}\0{task}", options_json)
+        key = (queue, task, options_json)
         cached = self._run_options.get(key)
         if cached is None:
             job_layer = JobDefaults(**loads(options_json)) if options_json else None

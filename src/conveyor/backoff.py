@@ -17,10 +17,12 @@ many jobs failing together do not retry together.
 
 from __future__ import annotations
 
+import numbers
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from conveyor import validate
 from conveyor.errors import ConfigurationError
 
 BackoffFunction = Callable[[int], float]
@@ -48,24 +50,28 @@ class Backoff:
     jitter: float = 0.0
 
     def __post_init__(self) -> None:
-        if not callable(self.kind) and self.kind not in KINDS:
-            raise ConfigurationError(
-                f"unknown backoff {self.kind!r}: use one of {', '.join(KINDS)} or a callable"
-            )
-        if self.delay < 0:
-            raise ConfigurationError(f"backoff_delay must be >= 0, not {self.delay}")
-        if self.max is not None and self.max < 0:
-            raise ConfigurationError(f"backoff_max must be >= 0, not {self.max}")
-        jitter = 1.0 if self.jitter is True else float(self.jitter)
-        if not 0.0 <= jitter <= 1.0:
-            raise ConfigurationError(f"jitter must be between 0 and 1, not {self.jitter}")
-        object.__setattr__(self, "jitter", jitter)
+        validate.backoff("backoff", self.kind, KINDS, allow_callable=True)
+        object.__setattr__(self, "delay", validate.seconds("backoff_delay", self.delay))
+        if self.max is not None:
+            object.__setattr__(self, "max", validate.seconds("backoff_max", self.max))
+        object.__setattr__(self, "jitter", validate.jitter("jitter", self.jitter))
 
     def seconds(self, failed_run: int) -> float:
         """Seconds to wait after run number ``failed_run`` (1-based) failed."""
         n = max(1, failed_run)
         if callable(self.kind):
-            wait = float(self.kind(n))
+            wait = self.kind(n)
+            if (
+                not isinstance(wait, numbers.Real)
+                or isinstance(wait, bool)
+                or not (0 <= wait <= validate.MAX_SECONDS)
+            ):
+                raise ConfigurationError(
+                    f"the backoff {getattr(self.kind, '__qualname__', self.kind)!r} returned "
+                    f"{validate.shown(wait)} for run {n}: it must return a number of seconds "
+                    "from 0 up to 100 years"
+                )
+            wait = float(wait)
         elif self.kind == "fixed":
             wait = self.delay
         elif self.kind == "linear":

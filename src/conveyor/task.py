@@ -5,10 +5,9 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
 
-from conveyor.options import JobDefaults
+from conveyor.options import ENQUEUE_OPTIONS, EnqueueOptions, JobDefaults, check_names
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -52,42 +51,41 @@ class Task(Generic[P, R]):
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Store a job that calls this task with these arguments; returns at once."""
-        return self.app.enqueue(self.name, args=args, kwargs=kwargs)
+        return self.app.enqueue(self.name, args, kwargs)
+
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """``enqueue`` for async code: the event loop never blocks on the store.
+
+        >>> job = await add.enqueue_async(2, 3)  # doctest: +SKIP
+        """
+        return await self.app.enqueue_async(self.name, args, kwargs)
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
         """This call, to enqueue later: ``app.enqueue_many([add.s(1, 2), ...])``."""
         return Signature(self.name, args, kwargs, {})
 
-    def options(
-        self,
-        *,
-        queue: str | None = None,
-        delay: float | None = None,
-        run_at: datetime | float | None = None,
-        priority: int | None = None,
-        job_id: str | None = None,
-        attempts: int | None = None,
-        timeout: float | None = None,
-        backoff: str | None = None,
-        backoff_delay: float | None = None,
-        backoff_max: float | None = None,
-        jitter: float | None = None,
-    ) -> BoundOptions[P]:
-        """The same task with options for the next enqueue (same names as
-        ``app.enqueue``)."""
-        return BoundOptions(self, dict(locals(), self=None))
+    def options(self, **options: Unpack[EnqueueOptions]) -> BoundOptions[P]:
+        """The same task with options for the next enqueue (the options of
+        ``app.enqueue``), checked now:
+
+        >>> add.options(delay=10, priority=9, job_id="add-2-3").enqueue(2, 3)  # doctest: +SKIP
+        """
+        check_names("task.options", options, ENQUEUE_OPTIONS)
+        return BoundOptions(self, {k: v for k, v in options.items() if v is not None})
 
 
 class BoundOptions(Generic[P]):
     """``task.options(...)``: holds the options until ``enqueue`` is called."""
 
     def __init__(self, task: Task[P, Any], options: dict[str, Any]) -> None:
-        options.pop("self", None)
         self.task = task
-        self.opts = {k: v for k, v in options.items() if v is not None}
+        self.opts = options
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
-        return self.task.app.enqueue(self.task.name, args=args, kwargs=kwargs, **self.opts)
+        return self.task.app.enqueue(self.task.name, args, kwargs, **self.opts)
+
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        return await self.task.app.enqueue_async(self.task.name, args, kwargs, **self.opts)
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
         return Signature(self.task.name, args, kwargs, self.opts)

@@ -1,0 +1,189 @@
+"""Every value a user hands conveyor is checked here, once, the same way for
+every store and for the command line.
+
+Each check takes the option's name (as the caller spelled it: ``delay`` in
+Python, ``--delay`` on the command line) and the value, and either returns
+the value in its normal form or raises ``ConfigurationError`` with one line
+that names the option and the value. Nothing is stored before these pass.
+
+Names. A **queue name** is 1 to 128 ASCII letters, digits, ``_``, ``-``, ``.``
+or ``:``: it becomes part of store keys (on Redis, the ``{queue}`` hash tag),
+URLs and command lines, so braces, slashes, spaces and control characters are
+out. A **job id** and a **task name** are 1 to 255 printable characters
+(``str.isprintable``: any language's letters, digits, punctuation, symbols and
+the plain space; no control, format, surrogate or other whitespace
+characters, so an id is always one line in a log and valid UTF-8 in a store).
+
+>>> queue_name("queue", "emails.high")
+'emails.high'
+>>> seconds("delay", 2)
+2.0
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+import reprlib
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from conveyor.errors import ConfigurationError
+
+MAX_QUEUE_NAME = 128
+MAX_NAME = 255  # job ids and task names
+#: The longest span of seconds conveyor takes anywhere (a delay, a timeout,
+#: a backoff, a retention period): 100 years. Longer is a mistake (a
+#: timestamp in milliseconds, say), and it keeps every time a finite float.
+MAX_SECONDS = 100 * 365 * 24 * 3600.0
+#: Priorities fit in 32 bits: exact as a SQLite integer and as a Redis score.
+MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1
+MAX_ATTEMPTS = 1_000  # each failed run keeps its error and traceback
+
+_QUEUE_NAME = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_QUEUE_NAME}}}")
+_short = reprlib.Repr()
+_short.maxstring = 60
+_short.maxother = 60
+_short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 4
+
+
+def shown(value: Any) -> str:
+    """A value as it appears in an error: its repr, kept to one short line."""
+    try:
+        return _short.repr(value)
+    except Exception:  # a value whose repr fails still gets a readable error
+        return f"<{type(value).__name__} object>"
+
+
+def refuse(option: str, wanted: str, value: Any) -> NoReturn:
+    raise ConfigurationError(f"{option} must be {wanted}, not {shown(value)}")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+# -- names --------------------------------------------------------------
+
+
+def queue_name(option: str, value: Any) -> str:
+    if type(value) is not str or not _QUEUE_NAME.fullmatch(value):
+        refuse(
+            option,
+            f"a queue name: 1 to {MAX_QUEUE_NAME} letters, digits, '_', '-', '.' or ':'",
+            value,
+        )
+    return value
+
+
+def _printable_name(option: str, value: Any, what: str) -> str:
+    if type(value) is not str or not 0 < len(value) <= MAX_NAME or not value.isprintable():
+        refuse(
+            option,
+            f"{what}: 1 to {MAX_NAME} printable characters (no newline, tab or control characters)",
+            value,
+        )
+    return value
+
+
+def job_id(option: str, value: Any) -> str:
+    return _printable_name(option, value, "a job id")
+
+
+def task_name(option: str, value: Any) -> str:
+    return _printable_name(option, value, "a task name")
+
+
+# -- numbers ------------------------------------------------------------
+
+
+def whole_number(option: str, value: Any, low: int, high: int) -> int:
+    """An integer from ``low`` to ``high`` (bool is not a number here)."""
+    if (
+        not isinstance(value, numbers.Integral)
+        or isinstance(value, bool)
+        or not (low <= value <= high)
+    ):
+        refuse(option, f"a whole number from {low:,} to {high:,}", value)
+    return int(value)
+
+
+def seconds(option: str, value: Any, *, positive: bool = False, at_least: float = 0.0) -> float:
+    """A finite number of seconds from ``at_least`` (or above 0 with
+    ``positive``) to ``MAX_SECONDS``. NaN and infinities are refused: a
+    NaN delay would run at once, an infinite one never."""
+    if (
+        not _is_real(value)
+        or not math.isfinite(value)
+        or not ((value > 0 if positive else True) and at_least <= value <= MAX_SECONDS)
+    ):
+        low = "above 0" if positive and not at_least else f"from {at_least:g}"
+        refuse(option, f"a number of seconds {low}, up to 100 years", value)
+    return float(value)
+
+
+def optional(check: Callable[..., Any], option: str, value: Any, **limits: Any) -> Any:
+    """``check`` unless the value is None (not set)."""
+    return None if value is None else check(option, value, **limits)
+
+
+# -- job options --------------------------------------------------------
+
+
+def priority(option: str, value: Any) -> int:
+    return whole_number(option, value, MIN_PRIORITY, MAX_PRIORITY)
+
+
+def attempts(option: str, value: Any) -> int:
+    return whole_number(option, value, 1, MAX_ATTEMPTS)
+
+
+def timeout(option: str, value: Any) -> float:
+    return seconds(option, value, positive=True)
+
+
+def jitter(option: str, value: Any) -> float:
+    if value is True:
+        return 1.0
+    if not _is_real(value) or not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+        refuse(option, "a share from 0 to 1 (or True for 1)", value)
+    return float(value)
+
+
+def backoff(option: str, value: Any, kinds: tuple[str, ...], allow_callable: bool) -> Any:
+    if callable(value) and allow_callable:
+        return value
+    if value not in kinds or type(value) is not str:
+        also = " or a callable f(n) -> seconds" if allow_callable else ""
+        refuse(option, f"one of {', '.join(kinds)}{also}", value)
+    return value
+
+
+def retention_count(option: str, value: Any) -> int:
+    return whole_number(option, value, 0, 2**62)
+
+
+def arguments(args: Any, kwargs: Any) -> tuple[tuple[Any, ...] | list[Any], dict[str, Any]]:
+    """A call's arguments: ``args`` a list or tuple (a string is not a list of
+    arguments: ``enqueue("add", "ab")`` would call ``add("a", "b")``), and
+    ``kwargs`` a dict whose keys are strings."""
+    if type(args) is not tuple and type(args) is not list:
+        refuse("args", "a list or tuple of positional arguments", args)
+    if kwargs is None:
+        return args, {}
+    if type(kwargs) is not dict:
+        refuse("kwargs", "a dict of keyword arguments", kwargs)
+    for key in kwargs:
+        if type(key) is not str:
+            refuse("kwargs", "a dict whose keys are argument names (strings)", kwargs)
+    return args, kwargs
+
+
+def unknown_option(where: str, name: str, known: tuple[str, ...] | list[str]) -> NoReturn:
+    """The error for a keyword nobody defined, with the nearest known one."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+    raise ConfigurationError(f"{where} got an unknown option {name!r}{hint}")
