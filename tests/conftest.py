@@ -8,6 +8,7 @@
 - ``redis_cluster``, ``redis_sentinel``: one three-node Cluster and one
   Sentinel-watched master for the whole session; ``.url`` opens the Redis
   store on them, ``.flushall()`` empties them between tests.
+- ``store_app``: a fresh ``Conveyor`` on memory, SQLite and Redis in turn.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conveyor import Conveyor
 from servers import (
     DEFAULT_URL,
     RedisCluster,
@@ -24,6 +26,7 @@ from servers import (
     RedisServer,
     check_default_redis,
     free_port,
+    isolated_redis_url,
 )
 
 
@@ -78,3 +81,19 @@ def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSe
         yield sentinel
     finally:
         sentinel.stop()
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Conveyor]:
+    """A fresh app on each store one worker process can use: memory, a SQLite
+    file, and the shared Redis under a key prefix of its own."""
+    if request.param == "redis":
+        request.getfixturevalue("default_redis")
+        with isolated_redis_url() as url:
+            app = Conveyor(url)
+            yield app
+            app.close()
+        return
+    app = Conveyor("memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/jobs.db")
+    yield app
+    app.close()

@@ -318,3 +318,43 @@ def test_unknown_task_goes_dead_at_once_and_the_worker_goes_on(e2e: E2E) -> None
     assert e2e.jobs_json()["ghost"]["error"] == ghost.error
     assert e2e.events("done", "known") == [worker.pid]
     assert worker.poll() is None
+
+
+@pytest.mark.parametrize("task", ["crash", "crash-async"])
+def test_a_task_that_kills_its_process_takes_no_other_job_with_it(e2e: E2E, task: str) -> None:
+    """os._exit in a sync or an async task, beside four healthy jobs claimed in
+    the same batch, under a supervisor that restarts the worker each time it
+    dies. With --max-stalled 1 a second stall would kill a healthy job: a job
+    that stalled before runs alone, so only the crashing job stalls again."""
+    e2e.app.enqueue(task, ["bad"], job_id="bad")
+    for i in range(4):
+        e2e.app.enqueue("sleepy", [f"good-{i}", 0.6], job_id=f"good-{i}")
+    good = [f"good-{i}" for i in range(4)]
+    options = ("-c", "5", "--lease", "1", "--max-stalled", "1")
+
+    def ended() -> bool:
+        states = e2e.jobs_json()
+        return states["bad"]["state"] == "dead" and all(
+            states[job]["state"] == "completed" for job in good
+        )
+
+    def supervise() -> bool:  # restart the worker whenever it died, as systemd would
+        if not any(w.poll() is None for w in e2e.workers):
+            e2e.start_worker(*options)
+        return ended()
+
+    e2e.wait(supervise, 60, "the crashing job to go dead and the healthy ones to complete")
+
+    bad = e2e.job("bad")
+    assert [e["type"] for e in bad.errors] == ["Stalled"]
+    for job_id in good:
+        job = e2e.job(job_id)
+        assert job.result(timeout=0) == job_id
+        assert job.record.stalls == 1, f"{job_id} stalled {job.record.stalls} times"
+    crashes = [w for w in e2e.workers if w.poll() is not None]
+    assert [w.returncode for w in crashes] == [1, 1], e2e.worker_logs()
+    assert "running it alone" in e2e.worker_logs()
+    live = [w for w in e2e.workers if w.poll() is None]
+    for worker in live:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=15) == 0

@@ -1,10 +1,13 @@
 """Running one claimed job and deciding what happens to it.
 
 The decisions live here, once, for every store: unknown task names and
-corrupt payloads go dead at once; an error or a timeout spends an attempt and
-is retried after the backoff while attempts remain, else the job goes dead
-with every attempt's error kept. Nothing here writes to the store: the
-worker writes outcomes in batches (``worker.Worker._acknowledge``).
+corrupt payloads go dead at once; anything a run raises (an ``Exception``,
+``SystemExit``, ``KeyboardInterrupt``, any ``BaseException``) or a timeout
+spends an attempt and is retried after the backoff while attempts remain,
+else the job goes dead with every attempt's error kept. Recording an error
+never fails: a message that cannot be printed, a traceback that cannot be
+formatted or a backoff that raises still leave the job with an outcome.
+Nothing here writes to the store: the worker writes outcomes in batches.
 """
 
 from __future__ import annotations
@@ -12,14 +15,22 @@ from __future__ import annotations
 import asyncio
 import traceback
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from conveyor.brokers.base import AttemptError, JobRecord
 from conveyor.errors import JobTimeout, PayloadError
-from conveyor.serialization import decode_payload, encode_result
+from conveyor.options import RunOptions, resolve
+from conveyor.serialization import ResultTooLarge, decode_payload, encode_result
 
 if TYPE_CHECKING:
-    from conveyor.worker import Worker
+    from conveyor.app import Conveyor
+    from conveyor.task import Task
+    from conveyor.threads import ThreadRunner
+
+# What one failed run may keep: a store holds every attempt's error, so a
+# task that raises a 50 MB message must not grow its job by 50 MB a run.
+MAX_MESSAGE = 4_000  # characters
+MAX_TRACEBACK = 32_000  # characters, the end kept (where the error is)
 
 
 @dataclass(slots=True)
@@ -36,8 +47,68 @@ def _dead(kind: str, message: str) -> Outcome:
     return Outcome(error=AttemptError(kind, message))
 
 
-async def run_job(worker: Worker, record: JobRecord) -> Outcome:
-    app = worker.app
+def _storable(text: str, limit: int, keep_end: bool = False) -> str:
+    """``text`` as a store can hold it: valid UTF-8 (an unpaired surrogate is
+    escaped) and at most about ``limit`` characters."""
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) <= limit:
+        return text
+    cut = f"[... {len(text) - limit:,} characters cut ...]"
+    return cut + text[-limit:] if keep_end else text[:limit] + cut
+
+
+def describe(exc: BaseException, kind: str | None = None) -> AttemptError:
+    """A failed run's error as it is stored. Never raises, whatever the
+    exception does: ``str()`` that raises gives ``<unprintable ValueError>``."""
+    name = type(exc).__name__
+    try:
+        message = str(exc)
+    except BaseException:
+        message = f"<unprintable {name}>"
+    try:
+        trace = "".join(traceback.format_exception(exc))
+    except BaseException:
+        trace = f"{name}: <the traceback could not be formatted>"
+    return AttemptError(
+        kind or name,
+        _storable(message, MAX_MESSAGE),
+        _storable(trace, MAX_TRACEBACK, keep_end=True),
+    )
+
+
+def decide(record: JobRecord, options: RunOptions, error: AttemptError) -> Outcome:
+    """A failed run: retried after the backoff while attempts remain, else dead.
+
+    A backoff that raises, or returns something other than a number of
+    seconds, cannot say when to run again: the job goes dead with its own
+    error, and the message says why it was not retried."""
+    if record.attempts >= options.attempts:
+        return Outcome(error=error)
+    try:
+        return Outcome(error=error, retry_in=options.backoff.seconds(record.attempts))
+    except BaseException as exc:
+        broken = describe(exc)
+        why = f" [not retried: the backoff failed: {broken.type}: {broken.message}]"
+        note = f"\nThe backoff failed, so the job was not retried:\n{broken.traceback}"
+        return Outcome(
+            error=AttemptError(
+                error.type,
+                _storable(error.message + why, MAX_MESSAGE),
+                _storable(error.traceback + note, MAX_TRACEBACK, keep_end=True),
+            )
+        )
+
+
+def internal_error(record: JobRecord, exc: BaseException) -> Outcome:
+    """The outcome of a run whose handling failed in conveyor itself (a bug of
+    ours): one attempt spent, the traceback kept, retried by the default policy."""
+    return decide(record, resolve(), describe(exc, "InternalError"))
+
+
+async def run_job(app: Conveyor, threads: ThreadRunner, record: JobRecord) -> Outcome:
+    """Run one claimed job to its outcome. Raises only ``CancelledError``,
+    when the worker itself cancels the run (a forced shutdown)."""
     task = app.tasks.get(record.task)
     if task is None:
         known = ", ".join(sorted(app.tasks)) or "none"
@@ -49,48 +120,61 @@ async def run_job(worker: Worker, record: JobRecord) -> Outcome:
         args, kwargs = decode_payload(record.payload)
         options = app.run_options(record.task, record.queue, record.options)
     except Exception as exc:
-        return _dead("CorruptJob", str(exc))
+        return Outcome(error=describe(exc, "CorruptJob"))
 
-    timeout = options.timeout
     try:
-        if task.is_async and timeout is None:  # the common case: no timer to arm
-            value = await task.fn(*args, **kwargs)
-        elif task.is_async:
-            scope = asyncio.timeout(timeout)
-            try:
-                async with scope:
-                    value = await task.fn(*args, **kwargs)
-            except TimeoutError:
-                if scope.expired():  # our deadline, not a TimeoutError of the task's own
-                    raise JobTimeout(f"timed out after {timeout:g} s") from None
-                raise
-        else:
-            future, thread = worker._jobs.submit(_call, task.fn, args, kwargs)
-            if timeout is None:
-                return Outcome(result_json=encode_result(await future))
-            try:
-                value = await asyncio.wait_for(asyncio.shield(future), timeout)
-            except TimeoutError:
-                if future.done():
-                    raise
-                # The slot is freed now; the thread is asked to stop and, if it
-                # is stuck in C code, simply abandoned (it is a daemon thread).
-                thread.interrupt(future, JobTimeout)
-                raise JobTimeout(
-                    f"timed out after {timeout:g} s (its thread could not be stopped at once)"
-                ) from None
-        return Outcome(result_json=encode_result(value))
-    except asyncio.CancelledError:
-        raise
+        ok, value = await _call(task, args, kwargs, options.timeout, threads)
+    except asyncio.CancelledError as exc:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # the worker is stopping this run
+        ok, value = False, exc  # the task's own code raised it
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the job, not the worker
+        ok, value = False, exc
+    if not ok:
+        return decide(record, options, describe(value))
+    try:
+        return Outcome(result_json=encode_result(value, app.max_result))
+    except ResultTooLarge as exc:
+        error = describe(exc, "ResultTooLarge")
     except PayloadError as exc:
-        error = AttemptError("ResultNotSerializable", str(exc), traceback.format_exc())
-    except Exception as exc:
-        error = AttemptError(type(exc).__name__, str(exc), traceback.format_exc())
-
-    if record.attempts < options.attempts:
-        return Outcome(error=error, retry_in=options.backoff.seconds(record.attempts))
-    return Outcome(error=error)
+        error = describe(exc, "ResultNotSerializable")
+    return decide(record, options, error)
 
 
-def _call(fn, args, kwargs):  # type: ignore[no-untyped-def]
+async def _call(
+    task: Task, args: list[Any], kwargs: dict[str, Any], timeout: float | None,
+    threads: ThreadRunner,
+) -> tuple[bool, Any]:  # fmt: skip
+    """``(True, the task's value)``, or ``(False, what it raised)`` where
+    raising it again here would change it (a coroutine turns StopIteration
+    into RuntimeError); an async task's error is simply raised."""
+    if task.is_async:
+        if timeout is None:  # the common case: no timer to arm
+            return True, await task.fn(*args, **kwargs)
+        scope = asyncio.timeout(timeout)
+        try:
+            async with scope:
+                return True, await task.fn(*args, **kwargs)
+        except TimeoutError:
+            if scope.expired():  # our deadline, not a TimeoutError of the task's own
+                raise JobTimeout(f"timed out after {timeout:g} s") from None
+            raise
+    future, thread = threads.submit(_call_sync, task.fn, args, kwargs)
+    if timeout is None:
+        return await future
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), timeout)
+    except TimeoutError:
+        if future.done():  # it ended just as the deadline came
+            return future.result()
+        # The slot is freed now; the thread is asked to stop and, if it is
+        # stuck in C code, abandoned (the worker caps how many there may be).
+        thread.abandon(future, JobTimeout)
+        raise JobTimeout(
+            f"timed out after {timeout:g} s (its thread could not be stopped at once)"
+        ) from None
+
+
+def _call_sync(fn: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
     return fn(*args, **kwargs)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import os
 import time
 from typing import TYPE_CHECKING, Any
 
 from conveyor.brokers.base import CANCELLED, COMPLETED, DEAD, JobRecord
-from conveyor.errors import JobCancelled, JobFailed
+from conveyor.errors import ConfigurationError, JobCancelled, JobFailed
 from conveyor.serialization import decode_payload, loads
 
 if TYPE_CHECKING:
@@ -32,7 +33,20 @@ def new_job_id() -> str:
     >>> len(new_job_id())
     16
     """
-    return binascii.b2a_base64(os.urandom(12), newline=False).translate(_LETTERS_AND_DIGITS).decode()
+    return (
+        binascii.b2a_base64(os.urandom(12), newline=False).translate(_LETTERS_AND_DIGITS).decode()
+    )
+
+
+def _refuse_in_event_loop() -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no loop in this thread: blocking is fine
+    raise ConfigurationError(
+        "job.result() would block this thread's running event loop until the job ends "
+        "(an async task doing so stops its own worker): use `await job.result_async()`"
+    )
 
 
 class Job:
@@ -121,25 +135,64 @@ class Job:
 
         Raises ``JobFailed`` if it went dead, ``JobCancelled`` if it was
         cancelled, ``TimeoutError`` if it has not ended within ``timeout``
-        seconds (None waits for ever).
+        seconds (None waits for ever). In async code use ``await
+        job.result_async()``: waiting here would freeze the event loop (an
+        async task waiting so for a child job would stop its own worker), so
+        it is refused with a ``ConfigurationError`` unless the job has
+        already ended.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.002
         while True:
-            self.refresh()
-            state = self.record.state
-            if state == COMPLETED:
-                return loads(self.record.result)
-            if state == DEAD:
-                last = (self.errors or [{"type": "Error", "message": "unknown error"}])[-1]
-                raise JobFailed(self.id, last["type"], last["message"], last.get("traceback", ""))
-            if state == CANCELLED:
-                raise JobCancelled(self.id)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {self.id} is still {state} after {timeout} s")
-            wait = pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic()))
-            time.sleep(wait)
+            ended, value = self._ended()
+            if ended:
+                return value
+            if deadline is None or time.monotonic() < deadline:
+                _refuse_in_event_loop()
+            else:
+                raise TimeoutError(f"job {self.id} is still {self.state} after {timeout} s")
+            time.sleep(
+                pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic()))
+            )
             pause = min(pause * 1.5, 0.1)
+
+    async def result_async(self, timeout: float | None = None) -> Any:
+        """``result`` for async code: the store is read on a thread and the
+        waits are ``asyncio.sleep``, so the event loop goes on meanwhile.
+
+        >>> value = await job.result_async(timeout=5)  # doctest: +SKIP
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        pause = 0.002
+        while True:
+            ended, value = await asyncio.to_thread(self._ended)
+            if ended:
+                return value
+            if deadline is not None and loop.time() >= deadline:
+                raise TimeoutError(f"job {self.id} is still {self.state} after {timeout} s")
+            await asyncio.sleep(
+                pause if deadline is None else min(pause, max(0.0, deadline - loop.time()))
+            )
+            pause = min(pause * 1.5, 0.1)
+
+    async def refresh_async(self) -> Job:
+        """``refresh`` without blocking the event loop."""
+        return await asyncio.to_thread(self.refresh)
+
+    def _ended(self) -> tuple[bool, Any]:
+        """Read the job again: (True, its result) once completed; raises
+        ``JobFailed`` or ``JobCancelled`` for the other ended states."""
+        self.refresh()
+        state = self.record.state
+        if state == COMPLETED:
+            return True, loads(self.record.result)
+        if state == DEAD:
+            last = (self.errors or [{"type": "Error", "message": "unknown error"}])[-1]
+            raise JobFailed(self.id, last["type"], last["message"], last.get("traceback", ""))
+        if state == CANCELLED:
+            raise JobCancelled(self.id)
+        return False, None
 
     def cancel(self) -> bool:
         """Cancel the job if it is waiting or delayed; False if it already started or ended."""

@@ -4,7 +4,8 @@ Anything JSON cannot carry faithfully is refused before it is stored, with a
 message naming the argument, so a job never fails later because its arguments
 could not be read back. Tuples travel as lists (as in every JSON job queue);
 dict keys must be strings; NaN and infinities are refused (JSON has no
-spelling for them); integers must fit in 64 bits.
+spelling for them); integers must fit in 64 bits; strings must have a UTF-8
+form (no unpaired surrogates). Sizes are counted in bytes of UTF-8.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ _SCALARS = (str, bool, type(None))
 def _find_problem(value: Any, path: str) -> str | None:
     """The first place in ``value`` JSON cannot carry, described, or None."""
     kind = type(value)
+    if kind is str:
+        # A lone surrogate (from a bad decode) has no UTF-8 form: no store takes it.
+        return (
+            None
+            if value.isascii() or _encodable(value)
+            else f"{path} is a string with an unpaired surrogate"
+        )
     if kind in _SCALARS:
         return None
     if kind is int:
@@ -43,11 +51,32 @@ def _find_problem(value: Any, path: str) -> str | None:
                 return (
                     f"{path} has a key {key!r} of type {type(key).__name__} (JSON keys are strings)"
                 )
-            problem = _find_problem(item, f"{path}[{key!r}]")
+            problem = _find_problem(key, f"{path} key {key!r}") or _find_problem(
+                item, f"{path}[{key!r}]"
+            )
             if problem:
                 return problem
         return None
     return f"{path} has type {kind.__module__}.{kind.__qualname__}".replace("builtins.", "")
+
+
+class ResultTooLarge(PayloadError):
+    """A task's return value over ``Conveyor(max_result=...)``."""
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _too_large(what: str, size: int, limit: int, setting: str) -> str:
+    return (
+        f"{what} {size:,} bytes as JSON, more than the {limit:,}-byte limit "
+        f"({setting}); store large data elsewhere and pass a reference"
+    )
 
 
 def encode_payload(
@@ -66,13 +95,13 @@ def encode_payload(
         problem = _find_problem(arg, f"argument {name!r}")
         if problem:
             raise PayloadError(f"cannot enqueue {task!r}: {problem}, which JSON cannot carry")
-    text = orjson.dumps([args, kwargs]).decode()
-    if len(text) > max_bytes:
+    data = orjson.dumps([args, kwargs])
+    if len(data) > max_bytes:  # bytes, not characters: the store holds UTF-8
         raise PayloadError(
-            f"cannot enqueue {task!r}: its arguments take {len(text):,} bytes as JSON, more than "
-            f"the {max_bytes:,}-byte limit; store large data elsewhere and pass a reference"
+            f"cannot enqueue {task!r}: "
+            + _too_large("its arguments take", len(data), max_bytes, "Conveyor(max_payload=...)")
         )
-    return text
+    return data.decode()
 
 
 def decode_payload(text: str) -> tuple[list, dict]:
@@ -86,12 +115,18 @@ def decode_payload(text: str) -> tuple[list, dict]:
     return args, kwargs
 
 
-def encode_result(value: Any) -> str:
-    """A task's return value as JSON text; PayloadError when JSON cannot carry it."""
+def encode_result(value: Any, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> str:
+    """A task's return value as JSON text; PayloadError when JSON cannot carry
+    it or it is larger than ``max_bytes``."""
     problem = _find_problem(value, "the return value")
     if problem:
         raise PayloadError(f"{problem}, which JSON cannot carry")
-    return orjson.dumps(value).decode()
+    data = orjson.dumps(value)
+    if len(data) > max_bytes:
+        raise ResultTooLarge(
+            _too_large("the return value takes", len(data), max_bytes, "Conveyor(max_result=...)")
+        )
+    return data.decode()
 
 
 def dumps(value: Any) -> str:

@@ -17,6 +17,12 @@ Celery's eager mode, so ``job.result()`` is there at once::
     with inline(app):
         job = add.enqueue(2, 3)
     assert job.result() == 5
+
+and in async tests::
+
+    with inline(app):
+        job = await add.enqueue_async(2, 3)
+    assert await job.result_async() == 5
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -62,24 +69,54 @@ def drain(app: Conveyor, queues: Sequence[str] | None = None, *, skip_delays: bo
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(drain_async(app, queues, skip_delays=skip_delays))
-    raise ConfigurationError("drain() was called inside a running event loop: use `await drain_async(app)`")
+    raise ConfigurationError(
+        "drain() was called inside a running event loop: use `await drain_async(app)`"
+    )
 
 
 @contextlib.contextmanager
 def inline(app: Conveyor) -> Iterator[Conveyor]:
     """Within the block, every enqueue runs its job (and any job it enqueues)
-    before returning; retries run at once."""
-    previous = app._after_enqueue
+    before returning; retries run at once. Works in sync and async tests:
+    ``await task.enqueue_async(...)`` drains on the caller's loop, and a
+    plain ``enqueue`` called inside a running loop drains on a thread of its
+    own (the loop cannot be re-entered)."""
+    previous = app._after_enqueue, app._after_enqueue_async
+
+    def queues_with(queue: str) -> list[str]:
+        names = app.queue_names()
+        return names if queue in names else [*names, queue]
 
     def run_now(queue: str) -> None:
-        if not app._draining:  # a job enqueued by a running job joins the running drain
-            names = app.queue_names()
-            drain(app, [*names, queue] if queue not in names else names, skip_delays=True)
+        if app._draining:  # a job enqueued by a running job joins the running drain
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            drain(app, queues_with(queue), skip_delays=True)
+            return
+        failure: list[BaseException] = []
 
-    app._after_enqueue = run_now
+        def drain_here() -> None:
+            try:
+                drain(app, queues_with(queue), skip_delays=True)
+            except BaseException as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=drain_here, name="conveyor-inline")
+        thread.start()
+        thread.join()
+        if failure:
+            raise failure[0]
+
+    async def run_now_async(queue: str) -> None:
+        if not app._draining:
+            await drain_async(app, queues_with(queue), skip_delays=True)
+
+    app._after_enqueue, app._after_enqueue_async = run_now, run_now_async
     logging.getLogger("conveyor.worker").disabled = True
     try:
         yield app
     finally:
-        app._after_enqueue = previous
+        app._after_enqueue, app._after_enqueue_async = previous
         logging.getLogger("conveyor.worker").disabled = False

@@ -20,13 +20,16 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
-    if future.done():  # timed out and abandoned already
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+Outcome = tuple[bool, Any]  # (True, the call's value) or (False, what it raised)
+
+
+def _settle(future: asyncio.Future, outcome: Outcome) -> None:
+    # Always a result, never set_exception: a task may raise anything
+    # (SystemExit, KeyboardInterrupt, StopIteration...), and some of those
+    # must not travel through asyncio's machinery, which lets SystemExit and
+    # KeyboardInterrupt stop the whole loop and refuses StopIteration.
+    if not future.done():  # not abandoned at its timeout
+        future.set_result(outcome)
 
 
 class _Thread:
@@ -35,6 +38,7 @@ class _Thread:
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.lock = threading.Lock()
         self.current: asyncio.Future | None = None
+        self.abandoned = False  # its call passed its timeout and still runs
         self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self.thread.start()
 
@@ -46,25 +50,40 @@ class _Thread:
                     return
                 fn, args, future, loop = item
                 try:
-                    outcome = (True, fn(*args))
+                    outcome: Outcome = (True, fn(*args))
                 except BaseException as exc:  # the task's own error, reported to the loop
                     outcome = (False, exc)
-                with self.lock:
-                    self.current = None
-                loop.call_soon_threadsafe(_settle, future, *outcome)
+                self._call_ended()
+                loop.call_soon_threadsafe(_settle, future, outcome)
                 if not self.runner._park(self):
                     return
             except BaseException:
-                continue
+                # An interrupt meant for a call that has just returned landed
+                # here instead: this thread is free all the same.
+                self._call_ended()
+                if not self.runner._park(self):
+                    return
 
-    def interrupt(self, future: asyncio.Future, exc_type: type[BaseException]) -> None:
-        """Raise ``exc_type`` inside this thread if it still runs ``future``'s call.
+    def _call_ended(self) -> None:
+        with self.lock:
+            self.current = None
+            if self.abandoned:
+                self.abandoned = False
+                self.runner._rejoined()
 
-        Works for Python code; a call blocked in C (a socket read, a sleep)
-        only sees it when it returns to Python.
+    def abandon(self, future: asyncio.Future, exc_type: type[BaseException]) -> None:
+        """Give up on ``future``'s call, which passed its timeout: raise
+        ``exc_type`` inside this thread if it still runs it, and count the
+        thread as abandoned until the call returns.
+
+        The exception stops Python code; a call blocked in C (a socket read,
+        a sleep) only sees it when it returns to Python, and may never.
         """
         with self.lock:
             if self.current is future and self.thread.ident is not None:
+                if not self.abandoned:
+                    self.abandoned = True
+                    self.runner._abandoned_one()
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(
                     ctypes.c_ulong(self.thread.ident), ctypes.py_object(exc_type)
                 )
@@ -83,18 +102,36 @@ class ThreadRunner:
         self._idle: list[_Thread] = []
         self._lock = threading.Lock()
         self._count = 0
+        self._abandoned = 0
         self._closed = False
+
+    @property
+    def abandoned(self) -> int:
+        """Threads still running a call that passed its timeout."""
+        return self._abandoned
+
+    def _abandoned_one(self) -> None:
+        with self._lock:
+            self._abandoned += 1
+
+    def _rejoined(self) -> None:
+        with self._lock:
+            self._abandoned -= 1
 
     def _park(self, thread: _Thread) -> bool:
         """Back to the idle set; False tells a surplus thread to end."""
         with self._lock:
+            if thread in self._idle:
+                return True
             if self._closed or len(self._idle) >= self.max_idle:
                 return False
             self._idle.append(thread)
             return True
 
     def submit(self, fn: Callable[..., T], *args: Any) -> tuple[asyncio.Future, _Thread]:
-        """Start ``fn(*args)`` on an idle thread (or a new one)."""
+        """Start ``fn(*args)`` on an idle thread (or a new one). The future's
+        result is ``(True, value)`` or ``(False, exception)``, never an
+        exception of its own."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._lock:
@@ -108,8 +145,12 @@ class ThreadRunner:
         return future, thread
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on a thread; its value, or what it raised, raised here."""
         future, _ = self.submit(fn, *args)
-        return await future
+        ok, value = await future
+        if not ok:
+            raise value
+        return value
 
     def close(self) -> None:
         """Let idle threads end; busy ones end when their call returns."""

@@ -160,6 +160,46 @@ def backoff(option: str, value: Any, kinds: tuple[str, ...], allow_callable: boo
     return value
 
 
+# -- worker settings ----------------------------------------------------
+
+MAX_CONCURRENCY = 10_000
+MIN_LEASE = 0.1  # seconds: a lease renewed every lease / 3 must outlast a round trip
+MIN_POLL = 0.01  # seconds: an idle worker polling faster than this only burns CPU
+
+
+def concurrency(option: str, value: Any) -> int:
+    return whole_number(option, value, 1, MAX_CONCURRENCY)
+
+
+def lease(option: str, value: Any) -> float:
+    return seconds(option, value, at_least=MIN_LEASE)
+
+
+def poll(option: str, value: Any) -> float:
+    return seconds(option, value, at_least=MIN_POLL)
+
+
+def grace(option: str, value: Any) -> float:
+    return seconds(option, value)
+
+
+def max_stalled(option: str, value: Any) -> int:
+    return whole_number(option, value, 0, MAX_ATTEMPTS)
+
+
+def max_abandoned_threads(option: str, value: Any) -> int:
+    return whole_number(option, value, 1, MAX_CONCURRENCY)
+
+
+def queue_list(option: str, names: Any) -> list[str]:
+    """A worker's queues: at least one, each a queue name, each once, in order."""
+    if isinstance(names, str) or not isinstance(names, list | tuple):
+        refuse(option, "a list of queue names", names)
+    if not names:
+        refuse(option, "at least one queue name", names)
+    return list(dict.fromkeys(queue_name(option, name) for name in names))
+
+
 def retention_count(option: str, value: Any) -> int:
     return whole_number(option, value, 0, 2**62)
 

@@ -35,9 +35,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from conveyor import validate
 from conveyor.brokers.base import JobRecord, Lease, PendingCall
-from conveyor.errors import ConfigurationError, StoreUnavailable
-from conveyor.execution import Outcome, run_job
+from conveyor.errors import ConfigurationError, StoreMisconfigured, StoreUnavailable
+from conveyor.execution import Outcome, internal_error, run_job
 from conveyor.threads import ThreadRunner
 
 if TYPE_CHECKING:
@@ -50,6 +51,11 @@ log = logging.getLogger("conveyor.worker")
 # costs one log line every few seconds, not a crash loop.
 STORE_RETRY_MIN = 0.1
 STORE_RETRY_MAX = 5.0
+
+# What ``Worker.run`` returns (the ``conveyor worker`` exit status).
+EXIT_OK = 0
+EXIT_STORE_REFUSED = 2  # the store refuses us for good (StoreMisconfigured): fix the set-up
+EXIT_STUCK_THREADS = 3  # too many sync jobs stuck past their timeout: restart the worker
 
 
 LOOPS = ("auto", "asyncio", "uvloop")
@@ -95,27 +101,43 @@ class Worker:
         poll_interval: float = 1.0,
         maintenance_interval: float | None = None,
         name: str | None = None,
+        max_abandoned_threads: int | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, not {concurrency}")
-        if lease <= 0:
-            raise ValueError(f"lease must be > 0 seconds, not {lease}")
+        # Every setting is checked before the store is opened (validate: the
+        # same rules the command line applies, with its flag names).
+        self.queues = validate.queue_list("queues", queues) if queues else app.queue_names()
+        self.concurrency = validate.concurrency("concurrency", concurrency)
+        self.lease = validate.lease("lease", lease)
+        self.grace = validate.grace("grace", grace)
+        self.burst = burst
+        self.max_stalled = validate.max_stalled(
+            "max_stalled", app.max_stalled if max_stalled is None else max_stalled
+        )
+        self.poll_interval = validate.poll("poll_interval", poll_interval)
+        self.maintenance_interval = validate.poll(
+            "maintenance_interval", maintenance_interval or min(max(lease / 4, 0.1), 5.0)
+        )
+        self.max_abandoned_threads = validate.max_abandoned_threads(
+            "max_abandoned_threads",
+            self.concurrency if max_abandoned_threads is None else max_abandoned_threads,
+        )
         self.app = app
         self.broker = app.broker
-        self.queues = list(queues) if queues else app.queue_names()
-        self.concurrency = concurrency
-        self.lease = lease
-        self.grace = grace
-        self.burst = burst
-        self.max_stalled = app.max_stalled if max_stalled is None else max_stalled
-        self.poll_interval = poll_interval
-        self.maintenance_interval = maintenance_interval or min(max(lease / 4, 0.1), 5.0)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.processed = 0
         self.failed = 0
+        self.exit_code = EXIT_OK
         self._active: dict[str, tuple[Lease, asyncio.Task]] = {}
         self._completions: list[tuple[Lease, str]] = []
         self._failures: list[tuple[JobRecord, Lease, Outcome]] = []
+        # Jobs that stalled before (their worker died while they ran) run
+        # alone, so a job that kills its process takes no other job with it:
+        # _alone is the one running so, _give_back the suspects claimed beside
+        # other jobs (released unstarted), _isolating says to claim one job
+        # at a time, once idle, until a claim brings no suspect.
+        self._alone: str | None = None
+        self._give_back: list[Lease] = []
+        self._isolating = False
         self._down_since: float | None = None  # monotonic time the store became unreachable
         self._backoff = STORE_RETRY_MIN
         # Store calls go one at a time through one thread (a store serialises
@@ -123,7 +145,7 @@ class Worker:
         # wait for new work blocks, so it gets a thread of its own.
         self._store: ThreadPoolExecutor | None = None
         self._waiter = ThreadRunner("wait", max_idle=1)
-        self._jobs = ThreadRunner("jobs", max_idle=concurrency)
+        self._jobs = ThreadRunner("jobs", max_idle=self.concurrency)
         self._wait: asyncio.Future | None = None  # the idle wait_and_claim, while it runs
         self._reserved = 0  # slots promised to that wait: it may claim this many
         self._wake: asyncio.Event | None = None
@@ -181,10 +203,12 @@ class Worker:
             self._waiter.close()
             self._jobs.close()
         log.info("worker %s stopped: %d done, %d failed", self.name, self.processed, self.failed)
-        return 0
+        return self.exit_code
 
     def stop(self) -> None:
-        """Begin a graceful shutdown; called again, skip the grace period."""
+        """Begin a graceful shutdown; called again, skip the grace period.
+        ``run`` then returns ``exit_code``: 0, unless the worker stopped
+        itself for a reason a supervisor should see (``EXIT_*``)."""
         assert self._stopping is not None and self._forced is not None and self._wake is not None
         if self._stopping.is_set():
             log.warning("second stop signal: releasing active jobs now")
@@ -213,19 +237,19 @@ class Worker:
             self._wake.clear()
             try:
                 await self._write_failures()
+                await self._give_back_suspects()
                 if self._take_waited():
                     # Let the new jobs start before the next store call: its
                     # thread would take the GIL from them (latency of a wake).
                     await asyncio.sleep(0)
-                free = self.concurrency - len(self._active) - self._reserved
+                free = self._free_slots()
                 if free <= 0 and not self._completions:
                     await self._wake.wait()
                     continue
                 claimed = await self._complete_and_claim(max(free, 0))
                 self._store_is_back()
                 if claimed:
-                    for record in claimed:
-                        self._start(record)
+                    self._start_claimed(claimed)
                     continue
                 if free <= 0:
                     continue
@@ -233,8 +257,30 @@ class Worker:
                     log.info("burst: queues %s are empty", ",".join(self.queues))
                     return
                 await self._idle(free)
+            except StoreMisconfigured as exc:
+                self._store_refused(exc)
+                return
             except Exception as exc:  # the store is unreachable: keep going, loudly
                 await self._store_is_down(exc)
+
+    def _free_slots(self) -> int:
+        """How many jobs to claim now: the free slots, but none while a
+        suspect runs alone, and one at a time, once idle, while isolating."""
+        if self._alone is not None:
+            return 0
+        if self._isolating:
+            return 0 if self._active or self._reserved else 1
+        return self.concurrency - len(self._active) - self._reserved
+
+    def _store_refused(self, exc: StoreMisconfigured) -> None:
+        """The store refuses us for good: no retry can help. Stop at once,
+        without writing (the store will not take it; the leases expire and
+        other workers run these jobs), and exit non-zero."""
+        assert self._stopping is not None and self._forced is not None
+        log.error("stopping: %s", exc)
+        self.exit_code = EXIT_STORE_REFUSED
+        self._stopping.set()
+        self._forced.set()
 
     async def _store_is_down(self, exc: Exception) -> None:
         """Back off (0.1 s doubling to 5 s) with one log line per retry, never a traceback."""
@@ -259,7 +305,7 @@ class Worker:
             self._down_since = None
 
     async def _queues_drained(self) -> bool:
-        if self._active or self._completions or self._failures:
+        if self._active or self._completions or self._failures or self._give_back:
             return False
         return await self.call(self.broker.pending, self.queues) == 0
 
@@ -282,7 +328,9 @@ class Worker:
             if pending is not None:
                 self._wait = self._watch(pending)
             else:
-                self._wait, _ = self._waiter.submit(self.broker.wait_and_claim, *args)
+                self._wait = asyncio.ensure_future(
+                    self._waiter.run(self.broker.wait_and_claim, *args)
+                )
             self._reserved = free
             # Whatever the fetch loop awaits next, the jobs this wait claims
             # must wake it (with every slot reserved it waits on _wake alone).
@@ -328,8 +376,7 @@ class Worker:
         if self._wait is None or not self._wait.done():
             return 0
         wait, self._wait, self._reserved = self._wait, None, 0
-        for record in wait.result():
-            self._start(record)
+        self._start_claimed(wait.result())
         return len(wait.result())
 
     async def _end_wait(self) -> None:
@@ -359,6 +406,45 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
+    def _start_claimed(self, records: list[JobRecord]) -> None:
+        """The one route by which claimed jobs start. A job that stalled
+        before (its worker died while it ran) is a suspect: it starts only
+        when nothing else runs here, and nothing starts beside it; claimed
+        beside other jobs, it is given back unstarted (no attempt spent)."""
+        suspects = [record for record in records if record.stalls]
+        if not suspects:
+            self._isolating = False
+            for record in records:
+                self._start(record)
+            return
+        if len(records) == 1 and not self._active:
+            self._isolating = False
+            self._alone = records[0].id
+            log.warning(
+                "job %s (%s) stalled %d time(s) before: running it alone",
+                records[0].id,
+                records[0].task,
+                records[0].stalls,
+            )
+            self._start(records[0])
+            return
+        self._isolating = True
+        self._give_back += [Lease(r.id, r.lease_token or "") for r in suspects]
+        for record in records:
+            if not record.stalls:
+                self._start(record)
+
+    async def _give_back_suspects(self) -> None:
+        if self._give_back:
+            leases, self._give_back = self._give_back, []
+            try:
+                await self.call(self.broker.release, leases)
+            except Exception:
+                self._give_back = (
+                    leases + self._give_back
+                )  # kept (and renewed) until the store is back
+                raise
+
     def _start(self, record: JobRecord) -> None:
         lease = Lease(record.id, record.lease_token or "")
         task = asyncio.create_task(self._run(record, lease))
@@ -367,20 +453,43 @@ class Worker:
     async def _run(self, record: JobRecord, lease: Lease) -> None:
         assert self._wake is not None
         try:
-            outcome = await run_job(self, record)
+            try:
+                outcome = await run_job(self.app, self._jobs, record)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug of ours: the job still gets an outcome
+                log.exception("internal error while running job %s", record.id)
+                outcome = internal_error(record, exc)
             if outcome.error is None:
                 self._completions.append((lease, outcome.result_json or "null"))
                 self.processed += 1
             else:
                 self._failures.append((record, lease, outcome))
                 self.failed += 1
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug of ours must not take the worker down
-            log.exception("internal error while handling job %s", record.id)
         finally:
             self._active.pop(record.id, None)
+            if self._alone == record.id:
+                self._alone = None
             self._wake.set()
+        if self._jobs.abandoned >= self.max_abandoned_threads:
+            self._too_many_stuck_threads()
+
+    def _too_many_stuck_threads(self) -> None:
+        """Threads of sync jobs that passed their timeout cannot be killed in
+        Python. Past the cap, stop claiming and shut down (exit status 3), so
+        a supervisor restarts the worker and the threads go with the process."""
+        assert self._stopping is not None
+        if self._stopping.is_set():
+            return
+        log.error(
+            "%d threads of sync jobs that passed their timeout are still running "
+            "(the cap is %d, --max-abandoned-threads): claiming no more jobs and "
+            "shutting down so that a restart frees them",
+            self._jobs.abandoned,
+            self.max_abandoned_threads,
+        )
+        self.exit_code = EXIT_STUCK_THREADS
+        self.stop()
 
     # -- acknowledge: outcomes are written in batches, kept until written --
 
@@ -443,10 +552,14 @@ class Worker:
             held = [lease for lease, _ in self._active.values()]
             held += [lease for lease, _ in self._completions]
             held += [lease for _, lease, _ in self._failures]
+            held += self._give_back
             if not held:
                 continue
             try:
                 lost = await self.call(self.broker.extend, held, self.lease)
+            except StoreMisconfigured as exc:
+                self._store_refused(exc)
+                continue
             except Exception as exc:
                 log.error("could not renew %d leases: %s", len(held), exc)
                 continue
@@ -457,6 +570,9 @@ class Worker:
         while True:
             try:
                 await self.maintain()
+            except StoreMisconfigured as exc:  # e.g. its SQLite file was deleted
+                self._store_refused(exc)
+                return
             except Exception as exc:
                 log.error("maintenance failed: %s", exc)
             await asyncio.sleep(self.maintenance_interval)
@@ -496,9 +612,14 @@ class Worker:
                 return_when=asyncio.FIRST_COMPLETED,
             )
         forced.cancel()
+        if self.exit_code == EXIT_STORE_REFUSED:  # the store takes nothing from us
+            for _, task in list(self._active.values()):
+                task.cancel()
+            return
         await self._flush_final()
-        if self._active:
-            leases = [lease for lease, _ in self._active.values()]
+        if self._active or self._give_back:
+            leases = [lease for lease, _ in self._active.values()] + self._give_back
+            self._give_back = []
             released = await self.call(self.broker.release, leases)
             log.warning("released %d unfinished jobs back to waiting", released)
             for _, task in list(self._active.values()):

@@ -8,6 +8,7 @@ appends its events to, one line each: ``start <tag> <pid>`` and
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -42,3 +43,18 @@ def quick(tag: str) -> str:
     record("start", tag)
     record("done", tag)
     return tag
+
+
+@app.task(name="crash")
+def crash(tag: str) -> None:
+    """Takes its whole process down, as a segfault in a C extension would."""
+    record("start", tag)
+    time.sleep(0.3)  # the jobs claimed beside it are running by now
+    os._exit(1)
+
+
+@app.task(name="crash-async")
+async def crash_async(tag: str) -> None:
+    record("start", tag)
+    await asyncio.sleep(0.3)
+    os._exit(1)
