@@ -1,12 +1,14 @@
 """The SQLite store and files that are not its own.
 
 Conveyor changes only a database it created, unless the URL says
-``?shared=1``; a read-only open (``create=False``) never creates a store.
+``?shared=1``; a read-only open (``create=False``) never creates a store; a
+file deleted or replaced under a running process is noticed by ``recover()``.
 Every test works on real files in ``tmp_path``.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -361,3 +363,91 @@ def test_a_read_only_open_of_a_conveyor_database_reads_and_writes_jobs(tmp_path)
     finally:
         store.close()
     assert pragma(path, "journal_mode") == "delete"
+
+
+# -- the file deleted or replaced under a running process --------------------
+
+
+@pytest.fixture
+def running(tmp_path):
+    """A store with a job, as a worker holds it."""
+    path = tmp_path / "jobs.db"
+    store = SQLiteBroker(url_of(path), SystemClock())
+    store.enqueue([job("a")])
+    yield store
+    store.close()
+
+
+def test_recover_works_while_the_file_is_untouched(running):
+    for _ in range(3):
+        assert running.recover(max_stalled=1) == []
+
+
+def test_recover_notices_the_file_was_deleted(running, tmp_path):
+    path = tmp_path / "jobs.db"
+    os.remove(path)
+    with pytest.raises(StoreMisconfigured) as info:
+        running.recover(max_stalled=1)
+    assert_one_line(
+        info,
+        running.url,
+        f"the database file {path} was deleted or moved away while this process had it open",
+        "restart the process",
+    )
+
+
+def test_recover_notices_the_file_was_moved_away(running, tmp_path):
+    os.rename(tmp_path / "jobs.db", tmp_path / "moved.db")
+    with pytest.raises(StoreMisconfigured) as info:
+        running.recover(max_stalled=1)
+    assert_one_line(info, "was deleted or moved away")
+
+
+def test_recover_notices_the_file_was_replaced(running, tmp_path):
+    path = tmp_path / "jobs.db"
+    make_conveyor_database(tmp_path / "other.db", "b")
+    os.replace(tmp_path / "other.db", path)
+    with pytest.raises(StoreMisconfigured) as info:
+        running.recover(max_stalled=1)
+    assert_one_line(
+        info,
+        running.url,
+        f"the database file {path} was replaced by another file while this process had it open",
+        "jobs enqueued from now on go to the new one, which it never sees",
+    )
+
+
+def test_a_new_thread_never_recreates_a_deleted_file(running, tmp_path):
+    path = tmp_path / "jobs.db"
+    os.remove(path)
+    seen: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            running.get("a")
+        except BaseException as exc:
+            seen.append(exc)
+
+    thread = threading.Thread(target=read)  # its connection opens now
+    thread.start()
+    thread.join()
+    assert isinstance(seen[0], StoreMisconfigured), seen
+    assert "was deleted or moved away" in str(seen[0])
+    assert not path.exists()
+
+
+def test_a_new_thread_never_works_on_a_replacing_file(running, tmp_path):
+    make_conveyor_database(tmp_path / "other.db", "b")
+    os.replace(tmp_path / "other.db", tmp_path / "jobs.db")
+    seen: list[object] = []
+
+    def read() -> None:
+        try:
+            seen.append(running.get("b"))
+        except BaseException as exc:
+            seen.append(exc)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join()
+    assert isinstance(seen[0], StoreMisconfigured), seen

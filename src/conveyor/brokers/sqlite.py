@@ -36,6 +36,11 @@ creates a file, a table or a journal mode: a missing file or one without
 conveyor's tables is an error, so a mistyped path does not leave an empty
 database behind.
 
+A file deleted or replaced under a running process: the process would keep
+using the old file while new jobs go to the new one. ``recover()``, which
+every worker calls every few seconds, checks that the path still names the
+file opened, and raises ``StoreMisconfigured`` when it does not.
+
 URL: ``sqlite:///relative/path.db`` (from the current folder) or
 ``sqlite:////absolute/path.db``, with the options ``?synchronous=normal|full``,
 ``?timeout=SECONDS`` (how long to wait for another writer, default 10) and
@@ -229,6 +234,9 @@ class SQLiteBroker(Broker):
         # (?, #, %, space...) escaped: only a URI can say ?mode=rw, which
         # forbids SQLite to create the file.
         self._uri = "file://" + quote(os.fsencode(self.path), safe="/")
+        # (st_dev, st_ino) of the file opened, set once it is open: the path
+        # must keep naming that file (see _check_file).
+        self._identity: tuple[int, int] | None = None
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
@@ -269,14 +277,29 @@ class SQLiteBroker(Broker):
         ``mode=rw``: after the file was deleted it must fail, not quietly
         start a new empty database of its own.
         """
-        conn = sqlite3.connect(
-            f"{self._uri}?mode={mode}",
-            uri=True,
-            timeout=self.timeout,
-            isolation_level=None,  # autocommit: we write BEGIN/COMMIT ourselves
-            check_same_thread=False,  # only so close() may close it from any thread
-            cached_statements=128,
-        )
+        try:
+            conn = sqlite3.connect(
+                f"{self._uri}?mode={mode}",
+                uri=True,
+                timeout=self.timeout,
+                isolation_level=None,  # autocommit: we write BEGIN/COMMIT ourselves
+                check_same_thread=False,  # only so close() may close it from any thread
+                cached_statements=128,
+            )
+        except sqlite3.Error as exc:
+            if self._identity is None:
+                raise  # still opening: _open_database explains it
+            self._check_file()  # the likeliest cause: the file is gone
+            raise self._unavailable(exc) from exc
+        if self._identity is not None:
+            # Once per thread, not per call: a thread connecting after the
+            # file was replaced would work on the new file while the others
+            # work on the old one.
+            try:
+                self._check_file()
+            except ConveyorError:
+                conn.close()
+                raise
         with self._connections_lock:
             self._connections.append(conn)
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
@@ -305,6 +328,39 @@ class SQLiteBroker(Broker):
         self._cond = threading.Condition()
         self._waiters = 0
 
+    def _identity_now(self) -> tuple[int, int] | None:
+        """``(st_dev, st_ino)`` of the file the path names now; None: no such file."""
+        try:
+            stat = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:  # permissions changed, a network file system...
+            raise StoreUnavailable(f"{self.url}: cannot look at {self.path}: {exc}") from exc
+        return stat.st_dev, stat.st_ino
+
+    def _check_file(self) -> None:
+        """Raise StoreMisconfigured when the path no longer names the file
+        this store opened: one ``os.stat``.
+
+        Deleted or replaced, the old file stays open and usable here, so
+        nothing else would ever fail: this process would work on it while
+        every process opening the path from now on works on another file.
+        """
+        now = self._identity_now()
+        if now == self._identity:
+            return
+        if now is None:
+            what = "was deleted or moved away"
+            new_file = "a new file"
+        else:
+            what = "was replaced by another file"
+            new_file = "the new one"
+        raise StoreMisconfigured(
+            f"{self.url}: the database file {self.path} {what} while this process had it "
+            f"open: it still uses the old file, and jobs enqueued from now on go to "
+            f"{new_file}, which it never sees; restart the process"
+        )
+
     # -- opening ---------------------------------------------------------
 
     def _open_database(self) -> None:
@@ -317,6 +373,9 @@ class SQLiteBroker(Broker):
         self._check_path()
         try:
             conn = self._connect("rwc" if self.create else "rw").conn
+            identity = self._identity_now()
+            if identity is None:  # without it, _check_file could never tell
+                raise StoreUnavailable(f"cannot open {self.url}: {self.path} vanished meanwhile")
             changeable = self._judge(self._contents(conn))
             if self.create:
                 self._set_up(conn, changeable)
@@ -326,6 +385,7 @@ class SQLiteBroker(Broker):
         except BaseException:
             self.close()
             raise
+        self._identity = identity
 
     def _check_path(self) -> None:
         """Refuse, before connecting, a path that cannot be this store."""
@@ -558,6 +618,9 @@ class SQLiteBroker(Broker):
         return self._make_ready(SQL.release_jobs, (_json(list(leases)),)) if leases else 0
 
     def recover(self, max_stalled: int) -> list[Recovered]:
+        # Every worker calls this every few seconds: the place to notice,
+        # for one os.stat, that the file was deleted or replaced under us.
+        self._check_file()
         now = self.clock.now()
         with self._tx() as conn:
             rows = conn.execute(SQL.recover_expired, (now, max_stalled, repr(now))).fetchall()
