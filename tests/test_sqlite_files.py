@@ -333,6 +333,9 @@ def test_odd_file_names_name_the_same_file_every_way(tmp_path, name):
     reader = open_broker(url_of(path), create=False)
     try:
         assert reader.get("a") is not None
+        again = open_broker(reader.location, create=False)  # location is a URL too
+        assert again.path == str(path)
+        again.close()
     finally:
         reader.close()
 
@@ -451,3 +454,16 @@ def test_a_new_thread_never_works_on_a_replacing_file(running, tmp_path):
     thread.start()
     thread.join()
     assert isinstance(seen[0], StoreMisconfigured), seen
+
+
+# -- location ----------------------------------------------------------------
+
+
+def test_location_is_the_absolute_url(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = open_broker("sqlite:///rel.db?timeout=3")
+    try:
+        assert store.location == f"sqlite:///{tmp_path / 'rel.db'}"
+        assert store.location.startswith("sqlite:////")
+    finally:
+        store.close()

@@ -249,6 +249,13 @@ class SQLiteBroker(Broker):
         self._open_database()
         _OPEN_BROKERS.add(self)
 
+    @property
+    def location(self) -> str:
+        """``sqlite:////absolute/path.db``: the file in use, whatever folder a
+        relative URL started from. ``%``, ``?`` and ``#`` are escaped, so the
+        text also works as a store URL (without the options)."""
+        return "sqlite:///" + re.sub(r"[%?#]", lambda m: f"%{ord(m[0]):02X}", self.path)
+
     # -- connections -----------------------------------------------------
 
     def _unavailable(self, exc: sqlite3.Error, opening: bool = False) -> StoreUnavailable:
