@@ -234,7 +234,7 @@ def test_a_newer_schema_is_refused(tmp_path, create):
     url = url_of(path)
     with pytest.raises(StoreMisconfigured) as info:
         SQLiteBroker(url, SystemClock(), create=create)
-    assert_one_line(info, url, "schema version 2 is newer than this conveyor's 1")
+    assert_one_line(info, url, f"schema version of {path}, 2, is newer than this conveyor's 1")
     assert folder_snapshot(tmp_path) == before
 
 

@@ -433,8 +433,8 @@ class SQLiteBroker(Broker):
             )
         elif version is not None and version > SCHEMA_VERSION:
             problem = (
-                f"its schema version {version} is newer than this conveyor's "
-                f"{SCHEMA_VERSION}: upgrade conveyor"
+                f"the schema version of {self.path}, {version}, is newer than this "
+                f"conveyor's {SCHEMA_VERSION}: upgrade conveyor"
             )
         elif found.has_jobs and found.columns != COLUMNS:
             problem = f"{self.path} is not a conveyor database (unexpected conveyor_jobs columns)"
