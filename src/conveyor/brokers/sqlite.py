@@ -20,9 +20,31 @@ last moves are lost (a completed job may be waiting again, an enqueued job
 may be missing). ``?synchronous=full`` syncs the WAL on every commit, so a
 commit survives a power cut too, at the cost of one fsync per transaction.
 
+Whose file it is. Conveyor changes only a database it created, unless
+asked. Before writing anything (even the persistent WAL switch) it looks at
+what the file holds: no file, an empty file or a database without tables is
+its own to set up; a database holding ``conveyor_jobs`` is used (its journal
+mode left alone if other tables sit beside it); a database holding other
+tables and no ``conveyor_jobs`` is refused (``StoreMisconfigured``) unless
+the URL says ``?shared=1``, and then conveyor adds its tables beside the
+others and switches the file to WAL. Its schema version lives in its own
+table, ``conveyor_meta``: ``PRAGMA user_version`` is many applications'
+migration marker and is never written.
+
+``create=False`` (commands that only read or change existing jobs) never
+creates a file, a table or a journal mode: a missing file or one without
+conveyor's tables is an error, so a mistyped path does not leave an empty
+database behind.
+
+A file deleted or replaced under a running process: the process would keep
+using the old file while new jobs go to the new one. ``recover()``, which
+every worker calls every few seconds, checks that the path still names the
+file opened, and raises ``StoreMisconfigured`` when it does not.
+
 URL: ``sqlite:///relative/path.db`` (from the current folder) or
-``sqlite:////absolute/path.db``, with the options ``?synchronous=normal|full``
-and ``?timeout=SECONDS`` (how long to wait for another writer, default 10).
+``sqlite:////absolute/path.db``, with the options ``?synchronous=normal|full``,
+``?timeout=SECONDS`` (how long to wait for another writer, default 10) and
+``?shared=1`` (conveyor may add its tables to a database it did not create).
 """
 
 from __future__ import annotations
@@ -37,10 +59,9 @@ import time
 import weakref
 from collections.abc import Sequence
 from importlib.resources import files
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import orjson
 
@@ -56,9 +77,16 @@ from conveyor.brokers.base import (
     Recovered,
 )
 from conveyor.clock import Clock
-from conveyor.errors import ConfigurationError, StoreUnavailable
+from conveyor.errors import (
+    ConfigurationError,
+    ConveyorError,
+    StoreMisconfigured,
+    StoreUnavailable,
+)
 
-SCHEMA_VERSION = 1  # PRAGMA user_version: where later migrations start from
+SCHEMA_VERSION = 1  # conveyor_meta's schema_version: where later migrations start from
+OUR_TABLES = frozenset({"conveyor_jobs", "conveyor_meta"})
+SHOWN_TABLES = 5  # how many of a foreign database's tables an error names
 # RETURNING (3.35), UPDATE ... FROM (3.33) and the ->> JSON operator (3.38).
 MIN_SQLITE = (3, 38)
 SYNCHRONOUS = ("normal", "full")
@@ -96,8 +124,8 @@ def _claim_order(row: tuple) -> tuple[int, int]:
     return -row[5], row[1]  # (-priority, seq): the order claim promises
 
 
-def parse_url(url: str) -> tuple[str, str, float]:
-    """``(absolute path, synchronous, busy timeout)`` from a ``sqlite:`` URL."""
+def parse_url(url: str) -> tuple[str, str, float, bool]:
+    """``(absolute path, synchronous, busy timeout, shared)`` from a ``sqlite:`` URL."""
     parts = urlsplit(url)
     path = unquote(parts.path)[1:]  # the SQLAlchemy convention: drop one slash
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -106,18 +134,37 @@ def parse_url(url: str) -> tuple[str, str, float]:
         timeout = float(options.pop("timeout", DEFAULT_TIMEOUT))
     except ValueError:
         timeout = math.nan
+    shared = options.pop("shared", "0")
     problem = None
     if parts.netloc or not path or path == ":memory:":
         problem = "write sqlite:///relative/path.db or sqlite:////absolute/path.db"
     elif options:
-        problem = f"unknown option {next(iter(options))!r} (known: synchronous, timeout)"
+        problem = f"unknown option {next(iter(options))!r} (known: synchronous, timeout, shared)"
     elif synchronous not in SYNCHRONOUS:
         problem = "synchronous must be normal or full"
     elif not 0 <= timeout < math.inf:
         problem = "timeout must be a number of seconds"
+    elif shared not in ("0", "1"):
+        problem = f"shared must be 1 or 0, not {shared!r}"
     if problem:
         raise ConfigurationError(f"bad store URL {url!r}: {problem}")
-    return os.path.abspath(path), synchronous, timeout
+    return os.path.abspath(path), synchronous, timeout, shared == "1"
+
+
+def _listed(names: Sequence[str]) -> str:
+    """A few names for a one-line message: ``a, b, c`` or ``a, b, ... (9 in all)``."""
+    shown = ", ".join(names[:SHOWN_TABLES])
+    return shown if len(names) <= SHOWN_TABLES else f"{shown}, ... ({len(names)} in all)"
+
+
+@dataclasses.dataclass(slots=True)
+class _Contents:
+    """What a database file holds, as far as conveyor cares (read, never written)."""
+
+    others: list[str]  # tables and views that are not conveyor's
+    has_jobs: bool  # conveyor_jobs exists
+    columns: tuple[str, ...]  # conveyor_jobs' columns, in table order
+    version: Any  # conveyor_meta's schema_version; None when not recorded
 
 
 # Brokers whose connections a forked child must forget (see _forget_connections).
@@ -177,12 +224,19 @@ class SQLiteBroker(Broker):
         self.url = url
         self.clock = clock
         self.create = create
-        self.path, self.synchronous, self.timeout = parse_url(url)
+        self.path, self.synchronous, self.timeout, self.shared = parse_url(url)
         if sqlite3.sqlite_version_info < MIN_SQLITE:
-            raise StoreUnavailable(
+            raise StoreMisconfigured(
                 f"cannot open {url}: the SQLite store needs SQLite 3.38 or newer, "
                 f"this Python has {sqlite3.sqlite_version}"
             )
+        # The path as a file: URI, every character a URI gives a meaning to
+        # (?, #, %, space...) escaped: only a URI can say ?mode=rw, which
+        # forbids SQLite to create the file.
+        self._uri = "file://" + quote(os.fsencode(self.path), safe="/")
+        # (st_dev, st_ino) of the file opened, set once it is open: the path
+        # must keep naming that file (see _check_file).
+        self._identity: tuple[int, int] | None = None
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
@@ -192,11 +246,15 @@ class SQLiteBroker(Broker):
         self._generation = 0
         self._waiters = 0
         self._closed = False
-        folder = Path(self.path).parent
-        if not folder.is_dir():
-            raise StoreUnavailable(f"cannot open {url}: folder {folder} does not exist")
         self._open_database()
         _OPEN_BROKERS.add(self)
+
+    @property
+    def location(self) -> str:
+        """``sqlite:////absolute/path.db``: the file in use, whatever folder a
+        relative URL started from. ``%``, ``?`` and ``#`` are escaped, so the
+        text also works as a store URL (without the options)."""
+        return "sqlite:///" + re.sub(r"[%?#]", lambda m: f"%{ord(m[0]):02X}", self.path)
 
     # -- connections -----------------------------------------------------
 
@@ -207,19 +265,48 @@ class SQLiteBroker(Broker):
             return StoreUnavailable(
                 f"{where}: the database is locked by another connection (waited {self.timeout:g}s)"
             )
-        if not isinstance(exc, sqlite3.OperationalError):  # "file is not a database"...
-            return StoreUnavailable(f"{where}: {self.path} is not a conveyor database ({exc})")
         return StoreUnavailable(f"{where}: {exc}")
 
-    def _connect(self) -> _Transaction:
-        """Open this thread's connection (and its transaction helper)."""
-        conn = sqlite3.connect(
-            self.path,
-            timeout=self.timeout,
-            isolation_level=None,  # autocommit: we write BEGIN/COMMIT ourselves
-            check_same_thread=False,  # only so close() may close it from any thread
-            cached_statements=128,
+    def _open_error(self, exc: sqlite3.DatabaseError) -> ConveyorError:
+        """The one-line error for a failed SQLite call while opening."""
+        if isinstance(exc, sqlite3.OperationalError):  # locked, I/O trouble: may pass
+            return self._unavailable(exc, opening=True)
+        # "file is not a database", "database disk image is malformed": for good.
+        return StoreMisconfigured(
+            f"cannot open {self.url}: {self.path} is not a conveyor database ({exc})"
         )
+
+    def _connect(self, mode: str = "rw") -> _Transaction:
+        """Open this thread's connection (and its transaction helper).
+
+        Only the first connection of a store that may create its file asks
+        for ``mode=rwc``. Any later one (a new thread, a forked child) uses
+        ``mode=rw``: after the file was deleted it must fail, not quietly
+        start a new empty database of its own.
+        """
+        try:
+            conn = sqlite3.connect(
+                f"{self._uri}?mode={mode}",
+                uri=True,
+                timeout=self.timeout,
+                isolation_level=None,  # autocommit: we write BEGIN/COMMIT ourselves
+                check_same_thread=False,  # only so close() may close it from any thread
+                cached_statements=128,
+            )
+        except sqlite3.Error as exc:
+            if self._identity is None:
+                raise  # still opening: _open_database explains it
+            self._check_file()  # the likeliest cause: the file is gone
+            raise self._unavailable(exc) from exc
+        if self._identity is not None:
+            # Once per thread, not per call: a thread connecting after the
+            # file was replaced would work on the new file while the others
+            # work on the old one.
+            try:
+                self._check_file()
+            except ConveyorError:
+                conn.close()
+                raise
         with self._connections_lock:
             self._connections.append(conn)
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
@@ -248,37 +335,162 @@ class SQLiteBroker(Broker):
         self._cond = threading.Condition()
         self._waiters = 0
 
-    def _open_database(self) -> None:
-        """Check the file, switch it to WAL and create the schema, failing fast."""
+    def _identity_now(self) -> tuple[int, int] | None:
+        """``(st_dev, st_ino)`` of the file the path names now; None: no such file."""
         try:
-            conn = self._conn()
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            conn.execute("BEGIN IMMEDIATE")  # also proves we can get the write lock
-            try:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version < SCHEMA_VERSION:
-                    for statement in SQL.schema.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                conn.execute("COMMIT")
-            finally:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(conveyor_jobs)"))
+            stat = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:  # permissions changed, a network file system...
+            raise StoreUnavailable(f"{self.url}: cannot look at {self.path}: {exc}") from exc
+        return stat.st_dev, stat.st_ino
+
+    def _check_file(self) -> None:
+        """Raise StoreMisconfigured when the path no longer names the file
+        this store opened: one ``os.stat``.
+
+        Deleted or replaced, the old file stays open and usable here, so
+        nothing else would ever fail: this process would work on it while
+        every process opening the path from now on works on another file.
+        """
+        now = self._identity_now()
+        if now == self._identity:
+            return
+        if now is None:
+            what = "was deleted or moved away"
+            new_file = "a new file"
+        else:
+            what = "was replaced by another file"
+            new_file = "the new one"
+        raise StoreMisconfigured(
+            f"{self.url}: the database file {self.path} {what} while this process had it "
+            f"open: it still uses the old file, and jobs enqueued from now on go to "
+            f"{new_file}, which it never sees; restart the process"
+        )
+
+    # -- opening ---------------------------------------------------------
+
+    def _open_database(self) -> None:
+        """Look at what the file holds; then use it, set it up, or refuse it.
+
+        Nothing is written before the file is known to be conveyor's (or the
+        URL says ``shared=1``), so a refusal leaves it as it was, byte for
+        byte. With ``create=False`` nothing is written at all.
+        """
+        self._check_path()
+        try:
+            conn = self._connect("rwc" if self.create else "rw").conn
+            identity = self._identity_now()
+            if identity is None:  # without it, _check_file could never tell
+                raise StoreUnavailable(f"cannot open {self.url}: {self.path} vanished meanwhile")
+            changeable = self._judge(self._contents(conn))
+            if self.create:
+                self._set_up(conn, changeable)
         except sqlite3.DatabaseError as exc:
             self.close()
-            raise self._unavailable(exc, opening=True) from exc
-        problem = None
-        if mode.lower() != "wal":
-            problem = f"cannot use WAL mode here (journal_mode is {mode})"
-        elif version > SCHEMA_VERSION:
-            problem = f"its schema version {version} is newer than this conveyor's {SCHEMA_VERSION}"
-        elif columns != COLUMNS:
-            problem = f"{self.path} is not a conveyor database (unexpected conveyor_jobs columns)"
-        if problem:
+            raise self._open_error(exc) from exc
+        except BaseException:
             self.close()
-            raise StoreUnavailable(f"cannot open {self.url}: {problem}")
+            raise
+        self._identity = identity
+
+    def _check_path(self) -> None:
+        """Refuse, before connecting, a path that cannot be this store."""
+        folder = os.path.dirname(self.path)
+        if not self.create and not os.path.exists(self.path):
+            raise StoreMisconfigured(
+                f"{self.url}: no database at {self.path} (this command never creates one: "
+                "check the path or CONVEYOR_URL)"
+            )
+        if os.path.isdir(self.path):
+            problem = f"{self.path} is a folder, not a database file"
+        elif not os.path.isdir(folder):
+            problem = f"folder {folder} does not exist"
+        else:
+            return
+        raise StoreMisconfigured(f"cannot open {self.url}: {problem}")
+
+    @staticmethod
+    def _contents(conn: sqlite3.Connection) -> _Contents:
+        """What the database holds (reading only: the file is not ours yet)."""
+        names = [row[0] for row in conn.execute(SQL.named_objects)]
+        columns = tuple(row[0] for row in conn.execute(SQL.jobs_columns))
+        version = None
+        if "conveyor_meta" in names:
+            rows = conn.execute(SQL.schema_version).fetchall()
+            version = rows[0][0] if rows else None
+        others = [name for name in names if name not in OUR_TABLES]
+        return _Contents(others, "conveyor_jobs" in names, columns, version)
+
+    def _judge(self, found: _Contents) -> bool:
+        """Raise StoreMisconfigured for a database this store must not use.
+        Otherwise: may conveyor change the file as a whole (switch it to WAL)?"""
+        version = found.version
+        if version is not None and (not isinstance(version, int) or version < 1):
+            problem = (
+                f"{self.path} is not a conveyor database "
+                f"(conveyor_meta holds the schema_version {version!r})"
+            )
+        elif version is not None and version > SCHEMA_VERSION:
+            problem = (
+                f"the schema version of {self.path}, {version}, is newer than this "
+                f"conveyor's {SCHEMA_VERSION}: upgrade conveyor"
+            )
+        elif found.has_jobs and found.columns != COLUMNS:
+            problem = f"{self.path} is not a conveyor database (unexpected conveyor_jobs columns)"
+        elif found.has_jobs:
+            # Conveyor's tables: use them. Beside someone else's, the file
+            # as a whole is conveyor's to change only if shared=1 says so.
+            return not found.others or self.shared
+        elif not self.create:
+            holds = (
+                f"is not a conveyor database (it holds {_listed(found.others)} "
+                "and no conveyor_jobs)"
+                if found.others
+                else "holds no conveyor tables"
+            )
+            problem = (
+                f"{self.path} {holds} and this command never creates a store: "
+                "check the path or CONVEYOR_URL"
+            )
+        elif found.others and not self.shared:
+            shared_url = self.url + ("&" if "?" in self.url else "?") + "shared=1"
+            problem = (
+                f"{self.path} is not a conveyor database: it holds other tables "
+                f"({_listed(found.others)}) and no conveyor_jobs. Conveyor changes no "
+                "database it did not create unless asked: to let it add its tables "
+                f"beside these and switch the file to WAL mode, open {shared_url}"
+            )
+        else:
+            return True  # empty: conveyor's to set up (or shared=1 allows it)
+        raise StoreMisconfigured(f"cannot open {self.url}: {problem}")
+
+    def _set_up(self, conn: sqlite3.Connection, changeable: bool) -> None:
+        """Switch to WAL (only a file conveyor may change: the switch is
+        persistent), then create whatever is missing of the schema, failing
+        fast when the write lock cannot be had."""
+        if changeable:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreMisconfigured(
+                    f"cannot open {self.url}: cannot use WAL mode here (journal_mode is {mode})"
+                )
+        conn.execute("BEGIN IMMEDIATE")  # also proves we can get the write lock
+        try:
+            # Look again under the lock: another process may have set it up since.
+            found = self._contents(conn)
+            self._judge(found)
+            # A new database, or one from before conveyor_meta (its version
+            # is 1, marked then in PRAGMA user_version, which stays as it is).
+            if not found.has_jobs or found.version is None:
+                for statement in SQL.schema.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(SQL.set_schema_version, (SCHEMA_VERSION,))
+            conn.execute("COMMIT")
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
@@ -413,6 +625,9 @@ class SQLiteBroker(Broker):
         return self._make_ready(SQL.release_jobs, (_json(list(leases)),)) if leases else 0
 
     def recover(self, max_stalled: int) -> list[Recovered]:
+        # Every worker calls this every few seconds: the place to notice,
+        # for one os.stat, that the file was deleted or replaced under us.
+        self._check_file()
         now = self.clock.now()
         with self._tx() as conn:
             rows = conn.execute(SQL.recover_expired, (now, max_stalled, repr(now))).fetchall()

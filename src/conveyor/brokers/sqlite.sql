@@ -12,6 +12,13 @@
 
 -- name: schema
 -- Tables and indexes, created once under BEGIN IMMEDIATE (schema version 1).
+-- conveyor_meta holds conveyor's schema version. PRAGMA user_version is not
+-- ours to use: in a database shared with an application (?shared=1) it is
+-- often that application's migration marker.
+CREATE TABLE IF NOT EXISTS conveyor_meta (
+    key   TEXT PRIMARY KEY,
+    value NOT NULL
+);
 CREATE TABLE IF NOT EXISTS conveyor_jobs (
     id            TEXT    NOT NULL UNIQUE,
     -- AUTOINCREMENT: a replaced job must get a seq larger than any seen so
@@ -44,6 +51,28 @@ CREATE INDEX IF NOT EXISTS conveyor_jobs_leases
 CREATE INDEX IF NOT EXISTS conveyor_jobs_ended
     ON conveyor_jobs (queue, state, finished_at)
     WHERE state IN ('completed', 'dead', 'cancelled');
+
+-- name: named_objects
+-- The tables and views a database holds (SQLite's own sqlite_* tables left
+-- out), to tell an empty file, conveyor's database and someone else's apart.
+SELECT name FROM sqlite_schema
+WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\_%' ESCAPE '\'
+ORDER BY name
+
+-- name: jobs_columns
+-- The columns of conveyor_jobs in table order (none when there is no such table).
+SELECT name FROM pragma_table_info('conveyor_jobs') ORDER BY cid
+
+-- name: schema_version
+-- Conveyor's schema version, in a database that has conveyor_meta.
+SELECT value FROM conveyor_meta WHERE key = 'schema_version'
+
+-- name: set_schema_version
+-- Record the schema version ?1 where none is recorded yet: in a new database,
+-- and in one made before conveyor_meta existed (version 1, marked then by
+-- PRAGMA user_version, which is left as it is).
+INSERT INTO conveyor_meta (key, value) VALUES ('schema_version', ?1)
+ON CONFLICT (key) DO NOTHING
 
 -- name: insert_job
 -- Store one new job; a taken id inserts nothing (the caller deals with it).
