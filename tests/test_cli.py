@@ -197,6 +197,7 @@ def test_enqueue_arguments_json_cannot_carry_store_nothing(cli: Cli) -> None:
 
 
 def test_stats_json_of_an_empty_store(cli: Cli) -> None:
+    cli.store.open()  # a store with no jobs yet (stats never creates one)
     assert json.loads(cli.ok("stats", APP, "--json")) == {}
 
 
@@ -273,6 +274,7 @@ def test_jobs_json_is_one_array_of_jobs(cli: Cli) -> None:
 
 
 def test_jobs_json_of_an_empty_store_is_an_empty_array(cli: Cli) -> None:
+    cli.store.open()
     assert json.loads(cli.ok("jobs", APP, "--json")) == []
 
 

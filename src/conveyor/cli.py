@@ -3,17 +3,20 @@ current folder. Human output is tables; ``--json`` is for scripts."""
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from conveyor import validate
 from conveyor.app import Conveyor
 from conveyor.brokers.base import STATES
 from conveyor.errors import ConfigurationError, ConveyorError
@@ -43,15 +46,37 @@ def load_app(spec: str) -> Conveyor:
     return app
 
 
+def open_app(spec: str, *, create: bool) -> Conveyor:
+    """The app with its store open. ``create=False`` for commands that only
+    read or change existing jobs: a mistyped path is an error, never a new
+    empty store. With ``-v``, says on stderr which store it uses."""
+    app = load_app(spec)
+    broker = app.open(create=create)
+    if click.get_current_context().find_root().params.get("verbose"):
+        click.echo(f"conveyor: store {broker.location}", err=True)
+    return app
+
+
+def checked(check: Callable[[str, Any], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback running one of ``conveyor.validate``'s checks, so a bad
+    flag gets the same one-line error as the API, naming the flag."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        return None if value is None else check("/".join(param.opts), value)
+
+    return callback
+
+
 def _json_arg(text: str | None, name: str, kind: type) -> Any:
     if text is None:
         return kind()
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=name) from None
+        raise ConfigurationError(f"{name} is not valid JSON: {exc}") from None
     if not isinstance(value, kind):
-        raise click.BadParameter(f"must be a JSON {'array' if kind is list else 'object'}", param_hint=name)
+        wanted = "array" if kind is list else "object"
+        raise ConfigurationError(f"{name} must be a JSON {wanted}, not {validate.shown(value)}")
     return value
 
 
@@ -68,32 +93,59 @@ class ConveyorGroup(click.Group):
 
 @click.group(cls=ConveyorGroup)
 @click.version_option(package_name="conveyor-jobs")
-def main() -> None:
-    """conveyor: background jobs for Python."""
+@click.option("-v", "--verbose", is_flag=True, help="Say on stderr which store a command uses.")
+def main(verbose: bool) -> None:
+    """conveyor: background jobs for Python.
+
+    Errors are one line on stderr with exit status 2. The worker exits 0 when
+    stopped, 2 when the store refuses it for good (a wrong password, a
+    database file deleted under it), 3 when too many timed-out sync jobs are
+    stuck in their threads (a restart frees them).
+    """
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _queues(option: str, text: str) -> list[str]:
+    return validate.queue_list(option, [name.strip() for name in text.split(",")])
 
 
 @main.command()
 @click.argument("app")
-@click.option("-q", "--queues", help="Comma-separated queues, in strict priority order.")
-@click.option("-c", "--concurrency", default=10, show_default=True, help="Jobs run at once.")
-@click.option("--burst", is_flag=True, help="Exit 0 once no job is waiting or active in the queues.")
-@click.option("--lease", default=30.0, show_default=True, help="Seconds a claimed job stays claimed without renewal.")
-@click.option("--grace", default=30.0, show_default=True, help="Seconds active jobs get to finish on SIGTERM.")
-@click.option("--max-stalled", type=int, default=None, help="Lease expiries a job survives before it goes dead.")
-@click.option("--poll", default=1.0, show_default=True, help="Longest idle wait between store checks (seconds).")
+@click.option("-q", "--queues", callback=checked(_queues),
+              help="Comma-separated queues, in strict priority order (default: every queue the app names).")
+@click.option("-c", "--concurrency", type=int, default=10, show_default=True,
+              callback=checked(validate.concurrency), help="Jobs run at once.")
+@click.option("--burst", is_flag=True, help="Exit 0 once no job is waiting or active in the queues "
+              "(delayed jobs and retries not yet due are not waited for).")
+@click.option("--lease", type=float, default=30.0, show_default=True, callback=checked(validate.lease),
+              help="Seconds a claimed job stays claimed without renewal.")
+@click.option("--grace", type=float, default=30.0, show_default=True, callback=checked(validate.grace),
+              help="Seconds active jobs get to finish on SIGTERM.")
+@click.option("--max-stalled", type=int, default=None, callback=checked(validate.max_stalled),
+              help="Lease expiries a job survives before it goes dead (default: the app's, 3).")
+@click.option("--poll", type=float, default=1.0, show_default=True, callback=checked(validate.poll),
+              help="Longest idle wait between store checks (seconds).")
+@click.option("--max-abandoned-threads", type=int, default=None,
+              callback=checked(validate.max_abandoned_threads),
+              help="Sync jobs stuck past their timeout before the worker exits 3 for a restart "
+              "(default: the concurrency).")
 @click.option("--loop", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto", show_default=True,
               help="Event loop: uvloop when installed (auto), or asyncio's own.")
-@click.option("--log-level", default="INFO", show_default=True)
-def worker(app: str, queues: str | None, concurrency: int, burst: bool, lease: float, grace: float,
-           max_stalled: int | None, poll: float, loop: str, log_level: str) -> None:
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO",
+              show_default=True)
+def worker(app: str, queues: list[str] | None, concurrency: int, burst: bool, lease: float, grace: float,
+           max_stalled: int | None, poll: float, max_abandoned_threads: int | None, loop: str,
+           log_level: str) -> None:
     """Run jobs."""
     from conveyor.worker import Worker
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    conveyor_app = load_app(app)
-    names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-    code = Worker(conveyor_app, names, concurrency=concurrency, lease=lease, grace=grace, burst=burst,
-                  max_stalled=max_stalled, poll_interval=poll).run(loop=loop)
+    conveyor_app = open_app(app, create=True)
+    code = Worker(conveyor_app, queues, concurrency=concurrency, lease=lease, grace=grace, burst=burst,
+                  max_stalled=max_stalled, poll_interval=poll,
+                  max_abandoned_threads=max_abandoned_threads).run(loop=loop)
     sys.exit(code)
 
 
@@ -102,18 +154,33 @@ def worker(app: str, queues: str | None, concurrency: int, burst: bool, lease: f
 @click.argument("task")
 @click.option("--args", "args_json", help="Positional arguments as a JSON array.")
 @click.option("--kwargs", "kwargs_json", help="Keyword arguments as a JSON object.")
-@click.option("--queue")
-@click.option("--delay", type=float)
-@click.option("--priority", type=int)
-@click.option("--job-id")
+@click.option("--queue", callback=checked(validate.queue_name))
+@click.option("--delay", type=float, callback=checked(validate.seconds), help="Seconds from now.")
+@click.option("--priority", type=int, callback=checked(validate.priority))
+@click.option("--job-id", callback=checked(validate.job_id))
 def enqueue(app: str, task: str, args_json: str | None, kwargs_json: str | None, queue: str | None,
             delay: float | None, priority: int | None, job_id: str | None) -> None:
     """Enqueue TASK by name; prints the job id."""
-    job = load_app(app).enqueue(
-        task, _json_arg(args_json, "--args", list), _json_arg(kwargs_json, "--kwargs", dict),
-        queue=queue, delay=delay, priority=priority, job_id=job_id,
-    )
+    conveyor_app = open_app(app, create=True)
+    args, kwargs = _json_arg(args_json, "--args", list), _json_arg(kwargs_json, "--kwargs", dict)
+    if task not in conveyor_app.tasks:
+        _warn_unknown_task(app, conveyor_app, task, queue)
+    job = conveyor_app.enqueue(task, args, kwargs, queue=queue, delay=delay, priority=priority,
+                               job_id=job_id)
     click.echo(job.id)
+
+
+def _warn_unknown_task(spec: str, app: Conveyor, task: str, queue: str | None) -> None:
+    """Enqueueing by name works without the task's code, but then nothing
+    knows the queue the task declares: say so, and name a near miss."""
+    close = difflib.get_close_matches(task, list(app.tasks), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    where = f"queue {queue!r}" if queue else "queue 'default', not any queue the task declares elsewhere"
+    click.echo(
+        f"conveyor: warning: {spec} defines no task {task!r}{hint}: the job goes to {where}, "
+        "and a worker that does not know the task sends it to the dead-letter list",
+        err=True,
+    )
 
 
 @main.command()
@@ -121,7 +188,8 @@ def enqueue(app: str, task: str, args_json: str | None, kwargs_json: str | None,
 @click.option("--json", "as_json", is_flag=True)
 def stats(app: str, as_json: bool) -> None:
     """Jobs per queue and state."""
-    counts = load_app(app).stats()
+    conveyor_app = open_app(app, create=False)
+    counts = conveyor_app.stats()
     if as_json:
         click.echo(json.dumps(counts, indent=2, sort_keys=True))
         return
@@ -129,17 +197,20 @@ def stats(app: str, as_json: bool) -> None:
     for name in sorted(counts):
         table.add_row(name, *(str(counts[name][state]) for state in STATES))
     console.print(table)
+    click.echo(f"store: {conveyor_app.broker.location}")
 
 
 @main.command()
 @click.argument("app")
-@click.option("--queue")
+@click.option("--queue", callback=checked(validate.queue_name))
 @click.option("--state", type=click.Choice(STATES))
-@click.option("--limit", default=100, show_default=True)
+@click.option("--limit", type=int, default=100, show_default=True,
+              callback=checked(lambda option, value: validate.whole_number(option, value, 1, 10**9)))
 @click.option("--json", "as_json", is_flag=True)
 def jobs(app: str, queue: str | None, state: str | None, limit: int, as_json: bool) -> None:
     """List jobs, oldest first."""
-    found = [job.to_dict() for job in load_app(app).jobs(queue=queue, state=state, limit=limit)]
+    conveyor_app = open_app(app, create=False)
+    found = [job.to_dict() for job in conveyor_app.jobs(queue=queue, state=state, limit=limit)]
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
@@ -149,18 +220,19 @@ def jobs(app: str, queue: str | None, state: str | None, limit: int, as_json: bo
         table.add_row(job["id"], job["task"], job["queue"], job["state"], str(job["attempts"]),
                       error if len(error) <= 60 else error[:57] + "...")
     console.print(table)
+    click.echo(f"store: {conveyor_app.broker.location}")
 
 
 @main.command()
 @click.argument("app")
 @click.argument("job_ids", nargs=-1)
 @click.option("--all-dead", is_flag=True, help="Retry every dead job (of --queue).")
-@click.option("--queue")
+@click.option("--queue", callback=checked(validate.queue_name))
 def retry(app: str, job_ids: tuple[str, ...], all_dead: bool, queue: str | None) -> None:
     """Send dead jobs back to waiting with fresh attempts (same ids)."""
     if bool(job_ids) == all_dead:
         raise click.UsageError("give JOB_ID... or --all-dead, not both and not neither")
-    conveyor_app = load_app(app)
+    conveyor_app = open_app(app, create=False)
     moved = conveyor_app.retry_dead(queue) if all_dead else conveyor_app.broker.retry(list(job_ids))
     click.echo(f"{moved} job(s) back to waiting")
     if job_ids and moved < len(job_ids):
@@ -172,7 +244,7 @@ def retry(app: str, job_ids: tuple[str, ...], all_dead: bool, queue: str | None)
 @click.argument("job_ids", nargs=-1, required=True)
 def cancel(app: str, job_ids: tuple[str, ...]) -> None:
     """Cancel waiting or delayed jobs."""
-    conveyor_app = load_app(app)
+    conveyor_app = open_app(app, create=False)
     failures = 0
     for job_id in job_ids:
         if conveyor_app.broker.cancel(job_id):
