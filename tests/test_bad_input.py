@@ -35,15 +35,24 @@ BAD_OPTIONS = [
     ({"delay": True}, "delay must be a number of seconds"),
     ({"delay": 10**20}, "delay must be a number of seconds"),
     ({"delay": 1, "run_at": 5.0}, "give delay= or run_at=, not both"),
-    ({"run_at": "tomorrow"}, "run_at must be an aware datetime or seconds since the epoch, not 'tomorrow'"),
+    (
+        {"run_at": "tomorrow"},
+        "run_at must be an aware datetime or seconds since the epoch, not 'tomorrow'",
+    ),
     ({"run_at": datetime.datetime(2030, 1, 1)}, "run_at must be timezone-aware"),
-    ({"run_at": NOW.timestamp() * 1000}, "run_at must be a time within 100 years from now (seconds, not milliseconds)"),
+    (
+        {"run_at": NOW.timestamp() * 1000},
+        "run_at must be a time within 100 years from now (seconds, not milliseconds)",
+    ),
     ({"run_at": math.nan}, "run_at must be a time within 100 years"),
     ({"timeout": "5"}, "timeout must be a number of seconds above 0, up to 100 years, not '5'"),
     ({"timeout": 0}, "timeout must be a number of seconds above 0"),
     ({"timeout": -1}, "timeout must be a number of seconds above 0"),
     ({"timeout": math.inf}, "timeout must be a number of seconds above 0"),
-    ({"priority": 2**63}, "priority must be a whole number from -2,147,483,648 to 2,147,483,647, not 9223372036854775808"),
+    (
+        {"priority": 2**63},
+        "priority must be a whole number from -2,147,483,648 to 2,147,483,647, not 9223372036854775808",
+    ),
     ({"priority": 10**20}, "priority must be a whole number from -2,147,483,648"),
     ({"priority": -(2**53)}, "priority must be a whole number"),
     ({"priority": 1.5}, "priority must be a whole number"),
@@ -59,7 +68,10 @@ BAD_OPTIONS = [
     ({"backoff_max": -5}, "backoff_max must be a number of seconds from 0"),
     ({"jitter": 2}, "jitter must be a share from 0 to 1 (or True for 1), not 2"),
     ({"jitter": math.nan}, "jitter must be a share from 0 to 1"),
-    ({"queue": 5}, "queue must be a queue name: 1 to 128 letters, digits, '_', '-', '.' or ':', not 5"),
+    (
+        {"queue": 5},
+        "queue must be a queue name: 1 to 128 letters, digits, '_', '-', '.' or ':', not 5",
+    ),
     ({"queue": ""}, "queue must be a queue name"),
     ({"queue": "a}b"}, "queue must be a queue name"),
     ({"queue": "{a}"}, "queue must be a queue name"),
@@ -107,17 +119,35 @@ def test_a_bad_job_option_is_one_line_and_stores_nothing(store_app, options, mes
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda app: app.enqueue("add", "ab"), "args must be a list or tuple of positional arguments, not 'ab'"),
+        (
+            lambda app: app.enqueue("add", "ab"),
+            "args must be a list or tuple of positional arguments, not 'ab'",
+        ),
         (lambda app: app.enqueue("add", {"x": 1}), "args must be a list or tuple"),
         (lambda app: app.enqueue("add", 5), "args must be a list or tuple"),
-        (lambda app: app.enqueue("add", kwargs=[1]), "kwargs must be a dict of keyword arguments, not [1]"),
-        (lambda app: app.enqueue("add", kwargs={1: 2}), "kwargs must be a dict whose keys are argument names (strings), not {1: 2}"),
+        (
+            lambda app: app.enqueue("add", kwargs=[1]),
+            "kwargs must be a dict of keyword arguments, not [1]",
+        ),
+        (
+            lambda app: app.enqueue("add", kwargs={1: 2}),
+            "kwargs must be a dict whose keys are argument names (strings), not {1: 2}",
+        ),
         (lambda app: app.enqueue(5), "task must be a task name"),
         (lambda app: app.enqueue(""), "task must be a task name"),
         (lambda app: app.enqueue("two\nlines"), "task must be a task name"),
-        (lambda app: app.enqueue("add", attempt=3), "enqueue got an unknown option 'attempt' (did you mean 'attempts'?)"),
-        (lambda app: app.enqueue_many([Signature("add", (1,), {}, {"dealy": 5})]), "enqueue got an unknown option 'dealy' (did you mean 'delay'?)"),
-        (lambda app: app.enqueue_many(["add"]), "each call must be a signature such as task.s(1, 2), not 'add'"),
+        (
+            lambda app: app.enqueue("add", attempt=3),
+            "enqueue got an unknown option 'attempt' (did you mean 'attempts'?)",
+        ),
+        (
+            lambda app: app.enqueue_many([Signature("add", (1,), {}, {"dealy": 5})]),
+            "enqueue got an unknown option 'dealy' (did you mean 'delay'?)",
+        ),
+        (
+            lambda app: app.enqueue_many(["add"]),
+            "each call must be a signature such as task.s(1, 2), not 'add'",
+        ),
         (lambda app: app.jobs(queue="a}b"), "queue must be a queue name"),
         (lambda app: app.jobs(limit=-1), "limit must be a whole number from 0"),
         (lambda app: app.retry_dead(queue=5), "queue must be a queue name"),
@@ -136,7 +166,9 @@ def test_arguments_are_counted_in_bytes_and_must_have_a_utf8_form(store_app):
         app.enqueue("t", ["é" * 600])  # 600 characters, 1,200 bytes
     with pytest.raises(PayloadError, match=r"argument 0 is a string with an unpaired surrogate"):
         app.enqueue("t", ["\udc80"])
-    with pytest.raises(PayloadError, match=r"argument 'k' key '\\udc80' is a string with an unpaired"):
+    with pytest.raises(
+        PayloadError, match=r"argument 'k' key '\\udc80' is a string with an unpaired"
+    ):
         app.enqueue("t", kwargs={"k": {"\udc80": 1}})
     app.enqueue("t", ["é" * 400])  # 800 bytes: fits
     assert app.stats()["default"]["waiting"] == 1
@@ -146,21 +178,48 @@ def test_arguments_are_counted_in_bytes_and_must_have_a_utf8_form(store_app):
 @pytest.mark.parametrize(
     ("define", "message"),
     [
-        (lambda app: app.task(atempts=5), "@app.task got an unknown option 'atempts' (did you mean 'attempts'?)"),
-        (lambda app: app.task(attempts=0), "attempts must be a whole number from 1 to 1,000, not 0"),
+        (
+            lambda app: app.task(atempts=5),
+            "@app.task got an unknown option 'atempts' (did you mean 'attempts'?)",
+        ),
+        (
+            lambda app: app.task(attempts=0),
+            "attempts must be a whole number from 1 to 1,000, not 0",
+        ),
         (lambda app: app.task(timeout="30"), "timeout must be a number of seconds above 0"),
-        (lambda app: app.task(backoff="quadratic"), "backoff must be one of fixed, linear, exponential, fibonacci or a callable"),
+        (
+            lambda app: app.task(backoff="quadratic"),
+            "backoff must be one of fixed, linear, exponential, fibonacci or a callable",
+        ),
         (lambda app: app.task(queue="a b"), "queue must be a queue name"),
         (lambda app: app.task(name="two\nlines"), "name must be a task name"),
         (lambda app: app.task(priority=2**31), "priority must be a whole number"),
         (lambda app: app.task(5), "@app.task must be used on a function, not 5"),
         (lambda app: app.queue("a}b"), "queue name must be a queue name"),
-        (lambda app: app.queue("bulk", keep_completed=-1), "keep_completed must be a whole number from 0"),
-        (lambda app: app.queue("bulk", keep_dead_for=math.inf), "keep_dead_for must be a number of seconds above 0"),
-        (lambda app: app.queue("bulk", atempts=1), "app.queue got an unknown option 'atempts' (did you mean 'attempts'?)"),
-        (lambda app: Conveyor("memory://", max_payload=0), "max_payload must be a whole number from 64"),
-        (lambda app: Conveyor("memory://", max_result=-1), "max_result must be a whole number from 64"),
-        (lambda app: Conveyor("memory://", max_stalled=-1), "max_stalled must be a whole number from 0"),
+        (
+            lambda app: app.queue("bulk", keep_completed=-1),
+            "keep_completed must be a whole number from 0",
+        ),
+        (
+            lambda app: app.queue("bulk", keep_dead_for=math.inf),
+            "keep_dead_for must be a number of seconds above 0",
+        ),
+        (
+            lambda app: app.queue("bulk", atempts=1),
+            "app.queue got an unknown option 'atempts' (did you mean 'attempts'?)",
+        ),
+        (
+            lambda app: Conveyor("memory://", max_payload=0),
+            "max_payload must be a whole number from 64",
+        ),
+        (
+            lambda app: Conveyor("memory://", max_result=-1),
+            "max_result must be a whole number from 64",
+        ),
+        (
+            lambda app: Conveyor("memory://", max_stalled=-1),
+            "max_stalled must be a whole number from 0",
+        ),
     ],
 )
 def test_bad_definitions_are_refused_at_declaration(define, message):
@@ -225,7 +284,10 @@ def assert_one_line(done: subprocess.CompletedProcess, *mentions: str, status: i
         (["-c", "-3"], "-c/--concurrency must be a whole number"),
         (["--lease", "0"], "--lease must be a number of seconds from 0.1"),
         (["--lease", "nan"], "--lease must be a number of seconds from 0.1"),
-        (["--grace", "-5"], "--grace must be a number of seconds from 0, up to 100 years, not -5.0"),
+        (
+            ["--grace", "-5"],
+            "--grace must be a number of seconds from 0, up to 100 years, not -5.0",
+        ),
         (["--max-stalled", "-1"], "--max-stalled must be a whole number from 0 to 1,000, not -1"),
         (["--poll", "0"], "--poll must be a number of seconds from 0.01"),
         (["--poll", "inf"], "--poll must be a number of seconds"),
@@ -244,14 +306,22 @@ def test_an_unknown_log_level_is_refused_and_any_case_is_taken(folder):
     done = conveyor(folder, "worker", "cli_app:app", "--burst", "--log-level", "LOUD")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "'LOUD' is not one of" in done.stderr
-    assert conveyor(folder, "worker", "cli_app:app", "--burst", "--log-level", "debug").returncode == 0
+    assert (
+        conveyor(folder, "worker", "cli_app:app", "--burst", "--log-level", "debug").returncode == 0
+    )
 
 
 @pytest.mark.parametrize(
     ("flags", "mention"),
     [
-        (["--priority", "1" * 20], "--priority must be a whole number from -2,147,483,648 to 2,147,483,647, not 11111111111111111111"),
-        (["--delay", "nan"], "--delay must be a number of seconds from 0, up to 100 years, not nan"),
+        (
+            ["--priority", "1" * 20],
+            "--priority must be a whole number from -2,147,483,648 to 2,147,483,647, not 11111111111111111111",
+        ),
+        (
+            ["--delay", "nan"],
+            "--delay must be a number of seconds from 0, up to 100 years, not nan",
+        ),
         (["--delay", "-1"], "--delay must be a number of seconds"),
         (["--delay", "1e300"], "--delay must be a number of seconds"),
         (["--queue", ""], "--queue must be a queue name"),
@@ -279,7 +349,9 @@ def test_enqueue_by_name_of_a_task_the_app_does_not_know_warns_and_stores(folder
     assert known.returncode == 0 and known.stderr == ""
 
 
-@pytest.mark.parametrize("command", [["stats"], ["jobs", "--json"], ["retry", "--all-dead"], ["cancel", "x"]])
+@pytest.mark.parametrize(
+    "command", [["stats"], ["jobs", "--json"], ["retry", "--all-dead"], ["cancel", "x"]]
+)
 def test_commands_on_existing_jobs_never_create_a_store(folder, command):
     typo = folder / "convey0r.db"
     done = conveyor(folder, command[0], "cli_app:app", *command[1:], url=f"sqlite:///{typo}")
@@ -292,7 +364,9 @@ def test_every_command_can_say_which_store_it_uses(folder):
     assert conveyor(folder, "enqueue", "cli_app:app", "add", "--args", "[1, 2]").returncode == 0
     absolute = f"sqlite:///{folder}/cli.db"
     for command in (["stats"], ["jobs"], ["enqueue", "add"], ["worker", "--burst"]):
-        done = conveyor(folder, "-v", command[0], "cli_app:app", *command[1:], url="sqlite:///cli.db")
+        done = conveyor(
+            folder, "-v", command[0], "cli_app:app", *command[1:], url="sqlite:///cli.db"
+        )
         assert done.returncode == 0, done.stderr
         assert f"conveyor: store {absolute}" in done.stderr.splitlines()[0]
     table = conveyor(folder, "stats", "cli_app:app", url="sqlite:///cli.db")
