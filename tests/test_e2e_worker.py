@@ -358,3 +358,32 @@ def test_a_task_that_kills_its_process_takes_no_other_job_with_it(e2e: E2E, task
     for worker in live:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=15) == 0
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_worker_whose_database_file_is_deleted_or_replaced_stops_loudly(
+    tmp_path: Path, how: str
+) -> None:
+    """It would go on with the old file while producers fill a new one that it
+    never sees: it says so and exits 2, so a supervisor restarts it on the new file."""
+    env = E2E(tmp_path, "sqlite:///" + str(tmp_path / "e2e.db"))
+    try:
+        worker = env.start_worker("-c", "1", "--lease", "1")
+        env.app.enqueue("quick", ["before"], job_id="before")
+        env.wait_state("before", "completed")
+        env.app.close()
+        db = tmp_path / "e2e.db"
+        if how == "deleted":
+            for path in tmp_path.glob("e2e.db*"):
+                path.unlink()
+        else:
+            other = Conveyor("sqlite:///" + str(tmp_path / "other.db"))
+            other.enqueue("quick", ["elsewhere"])
+            other.close()
+            os.replace(tmp_path / "other.db", db)
+        assert worker.wait(timeout=15) == 2, env.worker_logs()
+        logs = env.worker_logs()
+        assert f"the database file {db} was {'deleted' if how == 'deleted' else 'replaced'}" in logs
+        assert "Traceback" not in logs
+    finally:
+        env.cleanup()
