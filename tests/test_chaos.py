@@ -79,6 +79,7 @@ class Kill:
 
     at: float  # seconds since the storm began
     pid: int
+    up: bool  # the worker had logged its first line (it was past its start-up)
     orphaned: int  # jobs still active under the dead worker's name just after it died
 
 
@@ -127,6 +128,11 @@ class Storm:
     def counts(self) -> dict[str, int]:
         return self.app.stats().get("default", {})
 
+    def ended(self) -> int:
+        """Jobs completed, dead or cancelled."""
+        counts = self.counts()
+        return sum(counts.get(state, 0) for state in ("completed", "dead", "cancelled"))
+
     def feed(self) -> None:
         """Enqueue a batch when fewer than ``BATCH`` jobs are waiting."""
         if self.counts().get("waiting", 0) < BATCH:
@@ -166,6 +172,7 @@ class Storm:
         """SIGKILL ``proc`` and count the jobs it left leased: its lease (1 s,
         renewed every 1/3 s) outlives the look, so none is recovered yet."""
         self.killed.add(proc.pid)
+        up = self.serving(proc)
         proc.send_signal(signal.SIGKILL)
         code = proc.wait(timeout=10)
         assert code == -signal.SIGKILL, f"worker {proc.pid} exited with {code}" + self.report()
@@ -174,7 +181,7 @@ class Storm:
             for job in self.app.jobs(state="active", limit=10_000)
             if job.record.worker is not None and job.record.worker.split(":")[-2] == str(proc.pid)
         ]  # a worker's name is host:pid:random
-        kill = Kill(round(time.monotonic() - started, 2), proc.pid, len(mine))
+        kill = Kill(round(time.monotonic() - started, 2), proc.pid, up, len(mine))
         self.kills.append(kill)
         return kill
 
@@ -208,7 +215,8 @@ class Storm:
         parts = [
             f"\nseed {SEED} (CHAOS_SEED), folder {self.dir}",
             f"counts: {self.app.stats()}",
-            f"kills (at s, pid, jobs orphaned): {[(k.at, k.pid, k.orphaned) for k in self.kills]}",
+            f"kills (at s, pid, was up, jobs orphaned): "
+            f"{[(k.at, k.pid, k.up, k.orphaned) for k in self.kills]}",
             f"workers (pid, exit code): {[(p.pid, p.poll()) for p in self.workers]}",
         ]
         for path in sorted(self.dir.glob("worker-*.log")):
@@ -252,9 +260,10 @@ def test_sigkill_storm_loses_no_job(storm: Storm) -> None:
     storm_took = time.monotonic() - started
 
     # No more kills and no more jobs: the survivors recover the last orphans
-    # (after their 1 s lease) and finish everything.
+    # (after their 1 s lease) and finish everything. Waiting for every job to
+    # end, not to complete, lets a job gone dead fail the test at once, below.
     total = len(storm.expected)
-    storm.wait(lambda: storm.counts().get("completed") == total, DRAIN_TIMEOUT, "every job")
+    storm.wait(lambda: storm.ended() == total, DRAIN_TIMEOUT, "every job to end")
     drain_took = time.monotonic() - started - storm_took
 
     survivors = storm.live()
@@ -302,14 +311,18 @@ def test_sigkill_storm_loses_no_job(storm: Storm) -> None:
     holding = [kill for kill in storm.kills if kill.orphaned]
     orphaned = sum(kill.orphaned for kill in storm.kills)
     assert len(storm.kills) >= 8, storm.report()
-    assert len(holding) >= len(storm.kills) // 2, storm.report()
+    # On an idle machine, every kill of a worker past its start-up leaves its ten slots'
+    # jobs behind; with both CPUs saturated, a third of the victims were still
+    # starting (holding nothing), and a quarter leaves room for worse.
+    assert len(holding) >= max(3, len(storm.kills) // 4), storm.report()
     assert sum(stalls.values()) >= 1, storm.report()
 
     twice = {tag: n for tag, n in runs.items() if n > 1}
     print(
         f"\n{storm.url.partition('?')[0].partition(':')[0]} storm (seed {SEED}): "
         f"{total} jobs, {len(storm.kills)} kills in {storm_took:.1f}s "
-        f"({len(holding)} while holding jobs, {orphaned} jobs orphaned), "
+        f"({len(holding)} while holding jobs, {orphaned} jobs orphaned; "
+        f"{sum(not k.up for k in storm.kills)} during start-up), "
         f"{sum(stalls.values())} stalls recovered, {len(twice)} jobs ran twice "
         f"(max {max(twice.values(), default=1)} runs), drain {drain_took:.1f}s, "
         f"whole test {time.monotonic() - began:.1f}s"
