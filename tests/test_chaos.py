@@ -19,15 +19,16 @@ Why the backlog is topped up during the storm instead of a few hundred jobs
 enqueued once: three workers at ``-c 10`` drain jobs of 5-20 ms at about
 2,000 a second, so 300 jobs are done about 0.15 s after the workers start,
 before the first kill, and the storm would kill idle workers only. The test
-keeps at least ``BATCH`` jobs waiting (``app.enqueue_many``, a batch at a
-time) until the storm ends, so every kill lands on a worker with its slots
-full, whatever the machine's speed; it also checks that the kills did leave
+enqueues ``BATCH`` more jobs (one ``app.enqueue_many``) whenever fewer than
+``BATCH`` are waiting, until the storm ends, so every kill of a worker past
+its start-up lands on one with its slots full, whatever the machine's speed
+(about 10,000 jobs in all here). It also checks that the kills did leave
 jobs behind (``Kill.orphaned``), so it cannot pass without a real storm.
 
 Randomness (job durations, the gaps between kills, the victims) comes from
 ``random.Random`` generators seeded with ``SEED``; ``CHAOS_SEED=n`` in the
-environment picks another seed. Timing still differs from run to run: the seed fixes the choices, not
-the moments the workers reach.
+environment picks another seed. Timing still differs from run to run: the
+seed fixes the choices, not the moments the workers reach them.
 """
 
 from __future__ import annotations
