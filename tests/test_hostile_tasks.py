@@ -247,7 +247,7 @@ def test_stuck_sync_threads_are_capped_and_the_worker_stops_for_a_restart(tmp_pa
     def hang(i: int) -> None:
         stuck.wait(30)  # a C-level wait: the timeout's interrupt cannot end it
 
-    jobs = [hang.enqueue(i) for i in range(6)]
+    jobs = [hang.enqueue(i) for i in range(8)]
     worker = Worker(app, concurrency=2, burst=True, max_abandoned_threads=2, grace=0.1)
     before = threading.active_count()
     try:
@@ -256,7 +256,8 @@ def test_stuck_sync_threads_are_capped_and_the_worker_stops_for_a_restart(tmp_pa
         states = [job.refresh().state for job in jobs]
     finally:
         stuck.set()
-    assert threads_left <= 2
-    assert states.count("dead") == 2  # the two that timed out
-    assert states.count("waiting") == 4  # never started, or given back: nothing lost
+    # -c 2: two stuck threads are within the cap, the next two go beyond it
+    assert threads_left <= 4
+    assert states.count("dead") == 4
+    assert states.count("waiting") == 4  # never started: nothing lost
     assert all(job.errors[0]["type"] == "JobTimeout" for job in jobs if job.state == "dead")

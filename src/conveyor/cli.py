@@ -129,8 +129,8 @@ def _queues(option: str, text: str) -> list[str]:
               help="Longest idle wait between store checks (seconds).")
 @click.option("--max-abandoned-threads", type=int, default=None,
               callback=checked(validate.max_abandoned_threads),
-              help="Sync jobs stuck past their timeout before the worker exits 3 for a restart "
-              "(default: the concurrency).")
+              help="Threads of sync jobs stuck past their timeout the worker tolerates; beyond, "
+              "it exits 3 for a restart (default: the concurrency or 10, whichever is more).")
 @click.option("--loop", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto", show_default=True,
               help="Event loop: uvloop when installed (auto), or asyncio's own.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO",

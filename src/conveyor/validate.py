@@ -188,7 +188,7 @@ def max_stalled(option: str, value: Any) -> int:
 
 
 def max_abandoned_threads(option: str, value: Any) -> int:
-    return whole_number(option, value, 1, MAX_CONCURRENCY)
+    return whole_number(option, value, 0, MAX_CONCURRENCY)
 
 
 def queue_list(option: str, names: Any) -> list[str]:

@@ -119,7 +119,7 @@ class Worker:
         )
         self.max_abandoned_threads = validate.max_abandoned_threads(
             "max_abandoned_threads",
-            self.concurrency if max_abandoned_threads is None else max_abandoned_threads,
+            max(10, self.concurrency) if max_abandoned_threads is None else max_abandoned_threads,
         )
         self.app = app
         self.broker = app.broker
@@ -131,10 +131,10 @@ class Worker:
         self._completions: list[tuple[Lease, str]] = []
         self._failures: list[tuple[JobRecord, Lease, Outcome]] = []
         # Jobs that stalled before (their worker died while they ran) run
-        # alone, so a job that kills its process takes no other job with it:
-        # _alone is the one running so, _give_back the suspects claimed beside
-        # other jobs (released unstarted), _isolating says to claim one job
-        # at a time, once idle, until a claim brings no suspect.
+        # alone, so a job that kills its process takes no other job with it
+        # (_start_claimed): _alone is the one running so, _give_back the jobs
+        # claimed that are to be released unstarted, _isolating says to claim
+        # nothing more until this worker is idle.
         self._alone: str | None = None
         self._give_back: list[Lease] = []
         self._isolating = False
@@ -237,11 +237,11 @@ class Worker:
             self._wake.clear()
             try:
                 await self._write_failures()
-                await self._give_back_suspects()
                 if self._take_waited():
                     # Let the new jobs start before the next store call: its
                     # thread would take the GIL from them (latency of a wake).
                     await asyncio.sleep(0)
+                await self._give_back_suspects()  # before anything can wait
                 free = self._free_slots()
                 if free <= 0 and not self._completions:
                     await self._wake.wait()
@@ -265,11 +265,9 @@ class Worker:
 
     def _free_slots(self) -> int:
         """How many jobs to claim now: the free slots, but none while a
-        suspect runs alone, and one at a time, once idle, while isolating."""
-        if self._alone is not None:
+        suspect runs alone, nor while isolating until this worker is idle."""
+        if self._alone is not None or (self._isolating and self._active):
             return 0
-        if self._isolating:
-            return 0 if self._active or self._reserved else 1
         return self.concurrency - len(self._active) - self._reserved
 
     def _store_refused(self, exc: StoreMisconfigured) -> None:
@@ -409,24 +407,28 @@ class Worker:
     def _start_claimed(self, records: list[JobRecord]) -> None:
         """The one route by which claimed jobs start. A job that stalled
         before (its worker died while it ran) is a suspect: it starts only
-        when nothing else runs here, and nothing starts beside it; claimed
-        beside other jobs, it is given back unstarted (no attempt spent)."""
+        when nothing else runs here, and nothing starts beside it. An idle
+        worker runs the first suspect it claimed alone and gives the rest of
+        the batch back; a busy one starts the others, gives the suspects back
+        (unstarted, no attempt spent) and claims nothing until it is idle."""
         suspects = [record for record in records if record.stalls]
         if not suspects:
             self._isolating = False
             for record in records:
                 self._start(record)
             return
-        if len(records) == 1 and not self._active:
+        if not self._active:
+            alone = suspects[0]
             self._isolating = False
-            self._alone = records[0].id
+            self._alone = alone.id
+            self._give_back += [Lease(r.id, r.lease_token or "") for r in records if r is not alone]
             log.warning(
                 "job %s (%s) stalled %d time(s) before: running it alone",
-                records[0].id,
-                records[0].task,
-                records[0].stalls,
+                alone.id,
+                alone.task,
+                alone.stalls,
             )
-            self._start(records[0])
+            self._start(alone)
             return
         self._isolating = True
         self._give_back += [Lease(r.id, r.lease_token or "") for r in suspects]
@@ -471,13 +473,15 @@ class Worker:
             if self._alone == record.id:
                 self._alone = None
             self._wake.set()
-        if self._jobs.abandoned >= self.max_abandoned_threads:
+        if self._jobs.abandoned > self.max_abandoned_threads:
             self._too_many_stuck_threads()
 
     def _too_many_stuck_threads(self) -> None:
         """Threads of sync jobs that passed their timeout cannot be killed in
-        Python. Past the cap, stop claiming and shut down (exit status 3), so
-        a supervisor restarts the worker and the threads go with the process."""
+        Python. Beyond the cap (``max_abandoned_threads``, by default the
+        concurrency or 10, whichever is more), stop claiming and shut down
+        with exit status 3, so a supervisor restarts the worker and the
+        threads go with the process."""
         assert self._stopping is not None
         if self._stopping.is_set():
             return
