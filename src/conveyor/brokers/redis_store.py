@@ -583,7 +583,8 @@ class RedisBroker(Broker):
 
     def recover(self, max_stalled: int) -> list[Recovered]:
         now = repr(self.clock.now())
-        spec = lambda k: ((k.prioritized, k.active, k.dead), (k.prefix, now, max_stalled, k.channel))  # noqa: E731
+        keys = lambda k: (k.prioritized, k.active, k.dead)  # noqa: E731
+        spec = lambda k: (keys(k), (k.prefix, now, max_stalled, k.channel))  # noqa: E731
         replies = self._each("recover", spec)
         found = sorted(
             (int(f[i + 2]), f[i], f[i + 1]) for f in replies for i in range(0, len(f), 3)
@@ -649,7 +650,8 @@ class RedisBroker(Broker):
             return []
 
         # A waiting job is in the list, or in the ZSET as 12 hex digits of ord and its id.
-        names = [n for s in states for n in (("waiting", "prioritized") if s == "waiting" else (s,))]
+        keys_of = {"waiting": ("waiting", "prioritized")}  # the others: one key each
+        names = [n for s in states for n in keys_of.get(s, (s,))]
         calls_for = lambda k: [  # noqa: E731
             (lambda c: c.lrange(k.waiting, 0, -1))
             if name == "waiting"
@@ -682,7 +684,8 @@ class RedisBroker(Broker):
         others = STATES[1:]
         assert STATES[0] == "waiting"
         calls_for = lambda k: [  # noqa: E731
-            *self._ready_calls(k), *(lambda c, s=s: c.zcard(k.prefix + s) for s in others)
+            *self._ready_calls(k),
+            *(lambda c, s=s: c.zcard(k.prefix + s) for s in others),
         ]
         found = {q: [n[0] + n[1], *n[2:]] for q, n in self._per_queue(calls_for).items()}
         return {q: dict(zip(STATES, n, strict=True)) for q, n in sorted(found.items()) if any(n)}
@@ -726,11 +729,13 @@ class RedisBroker(Broker):
             return self._wait_then_claim(queues, limit, lease_seconds, worker, timeout)
         deadline = time.monotonic() + timeout
         while limit > 0 and timeout >= 0.001:
-            woken_by, claimed = self._send_wait(queues, limit, lease_seconds, worker, timeout).wait()
+            wait = self._send_wait(queues, limit, lease_seconds, worker, timeout)
+            woken_by, claimed = wait.wait()
             if woken_by == self._interrupt_key:
                 return claimed
             if len(claimed) < limit and len(queues) > 1:
-                claimed += self._claim([], queues[1:], limit - len(claimed), lease_seconds, worker)[1]
+                more = self._claim([], queues[1:], limit - len(claimed), lease_seconds, worker)
+                claimed += more[1]
             if claimed:
                 return claimed
             # A stale marker (its job went to a busy worker, or it announced a
@@ -798,9 +803,7 @@ class RedisBroker(Broker):
             return self._unavailable(exc)
 
         self._stamps.add(stamp)  # interrupt() deletes it: the claim then takes nothing
-        return SentPipeline(
-            self._r.connection_pool, commands, block + REPLY_MARGIN, finish, failed
-        )
+        return SentPipeline(self._r.connection_pool, commands, block + REPLY_MARGIN, finish, failed)
 
     def _wait_then_claim(
         self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str, timeout: float
@@ -831,6 +834,7 @@ class RedisBroker(Broker):
         if self.target.cluster:
             channels = {self._keys(q).channel for q in queues}
             deadline = time.monotonic() + timeout
+
             def look() -> float | None:  # once subscribed: what happened before?
                 ready, due = self._heads(queues)
                 return -1.0 if ready else due
