@@ -72,12 +72,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from importlib.resources import files
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import hiredis
 import orjson
 import redis
-from redis.exceptions import ClusterDownError, NoScriptError, ReadOnlyError, RedisClusterException
+from redis.exceptions import NoScriptError
 
 from conveyor.brokers.base import (
     ENDED_STATES,
@@ -90,9 +90,16 @@ from conveyor.brokers.base import (
     NewJob,
     Recovered,
 )
-from conveyor.brokers.redis_connection import SentPipeline, Waker, connect, parse_url
+from conveyor.brokers.redis_connection import (
+    REDIS_ERRORS,
+    SentPipeline,
+    Waker,
+    connect,
+    parse_url,
+    store_error,
+)
 from conveyor.clock import Clock, SystemClock
-from conveyor.errors import StoreUnavailable
+from conveyor.errors import StoreMisconfigured, StoreUnavailable
 
 NAMES = ["enqueue", "claim", "extend", "complete", "fail", "release", "recover", "cancel",
          "retry", "promote", "trim", "stamp"]  # fmt: skip
@@ -104,8 +111,6 @@ BATCH = 1000  # jobs per script call: a long script blocks the server for everyo
 MAX_BLOCK = 5.0  # seconds one BZPOPMIN may block
 REPLY_MARGIN = 10.0  # seconds a reply may come after that, as the socket timeout
 QUEUES_TTL = 1.0  # seconds claim trusts this process's list of queues
-DOWN = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, ReadOnlyError,
-        RedisClusterException)  # fmt: skip
 Call = Callable[[Any], Any]  # one command, given the client or a pipeline
 
 _seq_lock = threading.Lock()
@@ -187,9 +192,9 @@ class RedisBroker(Broker):
         self.target = parse_url(url)
         self.ids_unique_across_queues = not self.target.cluster
         try:
-            self._r = connect(self.target)
-        except DOWN as exc:
-            raise StoreUnavailable(f"cannot open {self.target.safe}: {exc}") from exc
+            self._r = connect(self.target)  # a Cluster client asks a node for the slots
+        except REDIS_ERRORS as exc:
+            self._raise(exc)
         self._queues_key = f"{self.target.prefix}:queues"
         self._keys_cache: dict[str, _Keys] = {}
         self._known: frozenset[str] = frozenset()  # queue names seen in P:queues
@@ -220,8 +225,8 @@ class RedisBroker(Broker):
             for call in calls:
                 call(pipe)
             return self._settle(calls, pipe.execute(raise_on_error=False))
-        except DOWN as exc:
-            raise self._unavailable(exc) from exc
+        except REDIS_ERRORS as exc:
+            self._raise(exc)
 
     def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """``_run`` for commands given as tuples."""
@@ -238,16 +243,16 @@ class RedisBroker(Broker):
             return lambda: self._run(calls)
         try:
             connection = self._client().connection
-        except DOWN as exc:
-            raise self._unavailable(exc) from exc
+        except REDIS_ERRORS as exc:
+            self._raise(exc)
         packed = [hiredis.pack_command(command) for command in commands]
 
         def send() -> None:
             try:
                 connection.send_packed_command(packed)
-            except DOWN as exc:
+            except REDIS_ERRORS as exc:
                 connection.disconnect()
-                raise self._unavailable(exc) from exc
+                self._raise(exc)
 
         def collect() -> list[Any]:
             replies: list[Any] = []
@@ -257,9 +262,9 @@ class RedisBroker(Broker):
                         replies.append(connection.read_response())
                     except redis.ResponseError as exc:
                         replies.append(exc)
-            except DOWN as exc:
+            except REDIS_ERRORS as exc:
                 connection.disconnect()
-                raise self._unavailable(exc) from exc
+                self._raise(exc)
             return replies
 
         def read() -> list[Any]:
@@ -283,12 +288,23 @@ class RedisBroker(Broker):
             if isinstance(reply, NoScriptError):
                 replies[i] = self._noscript(calls[i])
             elif isinstance(reply, Exception):
-                raise reply
+                self._raise(reply)
         return replies
 
-    def _unavailable(self, exc: Exception) -> StoreUnavailable:
-        message = str(exc).splitlines()[0] if str(exc) else repr(exc)
-        return StoreUnavailable(f"{self.target.safe}: {message}")
+    def _error(self, exc: BaseException) -> BaseException:
+        """What to raise for an error from Redis: the conveyor error it means
+        (``store_error``: StoreMisconfigured or StoreUnavailable), else
+        ``exc`` itself, a raw reply of the loop-read path as redis-py's
+        ResponseError. Only ever called once something went wrong."""
+        if (error := store_error(exc, self.target, getattr(self, "_r", None))) is not None:
+            return error
+        return redis.ResponseError(str(exc)) if isinstance(exc, hiredis.ReplyError) else exc
+
+    def _raise(self, exc: BaseException) -> NoReturn:
+        error = self._error(exc)
+        if error is exc:
+            raise exc
+        raise error from exc
 
     def _client(self) -> Any:
         """For single commands: this thread's own connection on one server or
@@ -306,16 +322,25 @@ class RedisBroker(Broker):
         return local.client
 
     def _noscript(self, call: Call) -> Any:
-        client = self._client()
+        """Run one call on this thread's connection; a script the server lost
+        is loaded again. Errors are raised as ``_error`` makes them: this is
+        also how the replies of ``_send`` and the loop-read calls rerun one."""
         try:
-            return call(client)
-        except NoScriptError:
-            self._load_scripts()
-            return call(client)
+            client = self._client()
+            try:
+                return call(client)
+            except NoScriptError:
+                self._load_scripts()
+                return call(client)
+        except REDIS_ERRORS as exc:
+            self._raise(exc)
 
     def _load_scripts(self) -> None:
-        for source in SOURCES.values():
-            self._r.script_load(source)  # on every primary of a Cluster
+        try:
+            for source in SOURCES.values():
+                self._r.script_load(source)  # on every primary of a Cluster
+        except REDIS_ERRORS as exc:  # e.g. a user who may run scripts but not load them
+            self._raise(exc)
         self._scripts_lost = False
 
     def _learn(self, members: set[str]) -> frozenset[str]:
@@ -478,7 +503,7 @@ class RedisBroker(Broker):
             for i, reply in enumerate(replies):
                 if isinstance(reply, hiredis.ReplyError):
                     if not str(reply).startswith("NOSCRIPT"):
-                        raise redis.ResponseError(str(reply))
+                        self._raise(reply)
                     # A restarted server lost the scripts (that one did
                     # nothing): load them and run it again, blocking, this once.
                     replies[i] = self._noscript(_call(commands[i]))
@@ -487,9 +512,7 @@ class RedisBroker(Broker):
             claimed = _records(queues[0], replies[-1]) if limit > 0 else []
             return self._outcome(len(done), groups, replies[:completes]), claimed
 
-        return SentPipeline(
-            self._r.connection_pool, commands, REPLY_MARGIN, finish, self._unavailable
-        )
+        return SentPipeline(self._r.connection_pool, commands, REPLY_MARGIN, finish, self._error)
 
     def _claim_command(
         self, queue: str, limit: int, lease: float, worker: str, stamp: str | None = None
@@ -794,13 +817,13 @@ class RedisBroker(Broker):
             jobs = [] if isinstance(claim, hiredis.ReplyError) else _records(queues[0], claim)
             other = [e for e in errors if not str(e).startswith("NOSCRIPT")]
             if other and not jobs:  # jobs it claimed are the caller's all the same
-                raise redis.ResponseError(str(other[0]))  # the worker backs off, loudly
+                self._raise(other[0])  # the worker backs off, loudly, or stops
             woken_by = popped[0] if isinstance(popped, list) and popped else None
             return jobs if jobs_only else (woken_by, jobs)
 
-        def failed(exc: Exception) -> Exception:
+        def failed(exc: BaseException) -> BaseException:
             self._stamps.discard(stamp)
-            return self._unavailable(exc)
+            return self._error(exc)
 
         self._stamps.add(stamp)  # interrupt() deletes it: the claim then takes nothing
         return SentPipeline(self._r.connection_pool, commands, block + REPLY_MARGIN, finish, failed)
@@ -856,6 +879,6 @@ class RedisBroker(Broker):
     def close(self) -> None:
         self._waker.close()
         if not self.target.cluster:
-            with contextlib.suppress(StoreUnavailable):
+            with contextlib.suppress(StoreUnavailable, StoreMisconfigured):
                 self._run([lambda c: c.delete(self._interrupt_key)])
         self._r.close()
