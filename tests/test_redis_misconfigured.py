@@ -124,8 +124,10 @@ def keys_of(server: RedisServer) -> list[bytes]:
 @pytest.mark.parametrize("way", ["broker.enqueue", "app.enqueue", "app.stats"])
 def test_no_password_for_a_server_that_wants_one(locked: RedisServer, way: str) -> None:
     url = f"redis://127.0.0.1:{locked.port}/0"
+    started = time.monotonic()
     message = refusal(every_way_in(url)[way], url, PASSWORD)
 
+    assert time.monotonic() - started < 2  # told at once, not after retries
     assert "the server wants a password" in message
     assert keys_of(locked) == []
     print(f"\n{message}")
@@ -135,8 +137,10 @@ def test_no_password_for_a_server_that_wants_one(locked: RedisServer, way: str) 
 @pytest.mark.parametrize("user", ["", "nobody"])
 def test_a_wrong_password_or_user(locked: RedisServer, way: str, user: str) -> None:
     url = f"redis://{user}:not-the-{PASSWORD}@127.0.0.1:{locked.port}/0"
+    started = time.monotonic()
     message = refusal(every_way_in(url)[way], url, PASSWORD, f"not-the-{PASSWORD}")
 
+    assert time.monotonic() - started < 2
     assert "authentication failed" in message and f"redis://{user}:***@" in message
     assert keys_of(locked) == []
     print(f"\n{message}")

@@ -117,12 +117,30 @@ def parse_url(url: str) -> Target:
     return Target(urlunsplit(parts), mask(url), prefix, cluster == "1", sentinels, db)
 
 
+class BlipRetry(Retry):
+    """redis-py's retry over a blip, but none over a refused login: redis-py
+    makes AuthenticationError a ConnectionError, so a wrong or missing
+    password was tried again and again (up to seconds) before anyone was
+    told. Every command passes here: the first attempt runs bare (as cheap
+    as redis-py's own loop); only after a blip does redis-py's retry take
+    over, from the start, with its clean-up and back-off."""
+
+    def call_with_retry(self, do: Callable[[], Any], fail: Callable, *args: Any, **kwargs: Any):
+        try:
+            return do()
+        except AuthenticationError:
+            raise  # refused for good: StoreMisconfigured
+        except self._supported_errors:
+            pass
+        return super().call_with_retry(do, fail, *args, **kwargs)
+
+
 def connect(target: Target) -> Any:
     """The client: short timeouts, health checks, and a brief retry over a blip."""
     options: dict[str, Any] = {
         "decode_responses": True, "socket_timeout": 10.0, "socket_connect_timeout": 5.0,
         "socket_keepalive": True, "health_check_interval": 15,
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        "retry": BlipRetry(ExponentialBackoff(cap=0.5, base=0.05), 3),
     }  # fmt: skip
     if target.cluster:
         return RedisCluster.from_url(target.url, **options)
