@@ -564,3 +564,12 @@ def test_the_command_line_says_a_missing_database_in_one_line(
         f"conveyor: error: {url}: the server has no database 99 "
         "(use a number below its 'databases' setting, 16 by default)"
     )
+
+
+def test_closing_a_broker_that_never_waited_talks_to_no_server() -> None:
+    """Only interrupt() leaves a key for close() to delete: a producer (the
+    CLI) closing its broker makes no round trip, to a server maybe gone."""
+    broker = open_broker(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    started = time.monotonic()
+    broker.close()
+    assert time.monotonic() - started < 0.1

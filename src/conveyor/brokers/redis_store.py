@@ -202,6 +202,7 @@ class RedisBroker(Broker):
         self._added: frozenset[str] = frozenset()  # Cluster: queues this process added
         self._waker = Waker(self)  # Cluster only: pub/sub wakes the waiters
         self._interrupt_key = f"{self.target.prefix}:interrupt:{secrets.token_hex(8)}"
+        self._interrupted = False  # the key may exist: close() deletes it
         self._stamps: set[str] = set()  # of the waits in progress (wait_and_claim)
         self._scripts_lost = False  # a wait's reply said NOSCRIPT (see _send_wait)
         self._local = threading.local()
@@ -874,11 +875,14 @@ class RedisBroker(Broker):
         else:  # wakes the BZPOPMIN of any thread of this broker; its claim takes nothing
             stamps = list(self._stamps)
             wake = [lambda c: c.delete(*stamps)] if stamps else []
+            self._interrupted = True
             self._run([*wake, lambda c: c.zadd(self._interrupt_key, {"0": 0})])
 
     def close(self) -> None:
         self._waker.close()
-        if not self.target.cluster:
+        # The interrupt key exists only after interrupt(): else no round trip
+        # (nor a wait on a host that is gone) on the way out.
+        if self._interrupted:
             with contextlib.suppress(StoreUnavailable, StoreMisconfigured):
                 self._run([lambda c: c.delete(self._interrupt_key)])
         self._r.close()
