@@ -152,6 +152,7 @@ def test_the_right_password_works(locked: RedisServer) -> None:
     try:
         [result] = broker.enqueue([job()])
         assert result.created and broker.get("j1").state == "waiting"
+        assert broker.location == f"redis://:***@127.0.0.1:{locked.port}/0?prefix=ok"
     finally:
         broker.close()
     assert keys_of(locked) != []
@@ -573,3 +574,30 @@ def test_closing_a_broker_that_never_waited_talks_to_no_server() -> None:
     started = time.monotonic()
     broker.close()
     assert time.monotonic() - started < 0.1
+
+
+# -- location ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "location"),
+    [
+        ("redis://127.0.0.1:6379/0?prefix=x", "redis://127.0.0.1:6379/0?prefix=x"),
+        ("redis://:pw@127.0.0.1:6379/3", "redis://:***@127.0.0.1:6379/3"),
+        ("redis://me:pw@127.0.0.1:6379/0?prefix=x", "redis://me:***@127.0.0.1:6379/0?prefix=x"),
+        (
+            "rediss://127.0.0.1:6379/0?password=pw&ssl_cert_reqs=none",
+            "rediss://127.0.0.1:6379/0?password=***&ssl_cert_reqs=none",
+        ),
+        (
+            "redis+sentinel://me:pw@127.0.0.1:1,127.0.0.2:2/svc",
+            "redis+sentinel://me:***@127.0.0.1:1,127.0.0.2:2/svc",
+        ),
+    ],
+)
+def test_location_is_the_url_with_its_password_masked(url: str, location: str) -> None:
+    broker = open_broker(url)  # one server or Sentinel: opening connects to nothing
+    try:
+        assert broker.location == location
+    finally:
+        broker.close()  # nor does closing a broker that was never used

@@ -207,6 +207,11 @@ class RedisBroker(Broker):
         self._scripts_lost = False  # a wait's reply said NOSCRIPT (see _send_wait)
         self._local = threading.local()
 
+    @property
+    def location(self) -> str:
+        """The URL with any password masked."""
+        return self.target.safe
+
     # -- plumbing --------------------------------------------------------
 
     def _keys(self, queue: str) -> _Keys:
