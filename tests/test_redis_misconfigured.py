@@ -45,7 +45,7 @@ from conveyor.brokers import open_broker
 from conveyor.brokers.base import Broker, NewJob
 from conveyor.brokers.redis_connection import parse_url, store_error
 from conveyor.errors import StoreMisconfigured, StoreUnavailable
-from helpers import poll_until_done
+from helpers import poll_until_done, wait_until
 from servers import RedisCluster, RedisSentinel, RedisServer, free_port
 
 PASSWORD = "pa55-w0rd-xyzzy"
@@ -413,6 +413,22 @@ def test_a_stopped_server_is_unavailable(private_redis: Callable[..., RedisServe
         unavailable(lambda: broker.send_wait(["default"], 5, 30.0, "w", 1.0), url)
     finally:
         broker.close()
+
+
+def test_a_sentinel_master_that_is_down_is_unavailable(tmp_path: Path) -> None:
+    """No master for now (the Sentinels know the service, and see it down) is
+    an outage, not a wrong service name."""
+    sentinel = RedisSentinel(tmp_path / "sentinel").start()
+    client = redis.Redis(port=sentinel.port, socket_timeout=2, decode_responses=True)
+    try:
+        client.execute_command("SENTINEL", "SET", "mymaster", "down-after-milliseconds", "100")
+        sentinel.master.stop()
+        wait_until(lambda: "s_down" in client.sentinel_master("mymaster")["flags"], 10, "s_down")
+        url = f"{sentinel.url}?prefix=s"
+        assert "No master found for 'mymaster'" in unavailable(broker_enqueue(url), url)
+    finally:
+        client.close()
+        sentinel.stop()
 
 
 def test_a_read_only_replica_is_unavailable(private_redis: Callable[..., RedisServer]) -> None:
