@@ -56,6 +56,14 @@ the worker first. In a Cluster one BZPOPMIN cannot watch keys of several
 slots, so the scripts also publish on ``P:ready:<queue>`` when they set a
 marker, and one pub/sub thread per broker wakes the waiters.
 
+Errors, on every path to Redis, are told apart in one place
+(``redis_connection.store_error``), and only once one happened:
+``StoreMisconfigured`` when the server refuses us for good (password, user,
+permission, database, another program's key under the prefix: workers
+stop), ``StoreUnavailable`` when it cannot serve us for now (workers retry).
+Redis does not undo a script that fails half-way: one that meets another
+program's key may leave the writes it made before (a job's HASH, a claim).
+
 URL options: ``?prefix=NAME``; ``?cluster=1`` for Redis Cluster (name any
 node); the others go to redis-py. Sentinel:
 ``redis+sentinel://[[user]:password@]host:port[,host:port]/service[/db]``.
