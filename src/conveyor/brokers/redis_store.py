@@ -315,6 +315,7 @@ class RedisBroker(Broker):
         return redis.ResponseError(str(exc)) if isinstance(exc, hiredis.ReplyError) else exc
 
     def _raise(self, exc: BaseException) -> NoReturn:
+        """Raise what ``_error`` makes of ``exc`` (chained to it, when it is another)."""
         error = self._error(exc)
         if error is exc:
             raise exc
