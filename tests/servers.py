@@ -147,16 +147,23 @@ class RedisServer:
 
     ``appendonly`` turns on the AOF (``appendfsync everysec``, the default):
     ``kill()`` then ``start()`` (or ``restart()``) replays it, like a server
-    that crashed and came back.
+    that crashed and came back. ``password`` sets ``requirepass`` (the
+    default user's password); ``url`` leaves it out, ``client()`` gives it.
     """
 
     def __init__(
-        self, port: int, dir: Path | str, appendonly: bool = False, extra: tuple[str, ...] = ()
+        self,
+        port: int,
+        dir: Path | str,
+        appendonly: bool = False,
+        extra: tuple[str, ...] = (),
+        password: str | None = None,
     ) -> None:
         self.port = port
         self.dir = Path(dir)
         self.appendonly = appendonly
         self.extra = tuple(extra)
+        self.password = password
         self.proc: subprocess.Popen | None = None
         self.log = self.dir / "redis.log"
 
@@ -172,6 +179,7 @@ class RedisServer:
         return self.proc is not None and self.proc.poll() is None
 
     def client(self, **kwargs) -> redis.Redis:
+        kwargs.setdefault("password", self.password)
         return redis.Redis(host=HOST, port=self.port, socket_timeout=5, **kwargs)
 
     def command(self) -> list[str]:
@@ -191,6 +199,7 @@ class RedisServer:
             "yes" if self.appendonly else "no",
             "--logfile",
             "",  # stdout, which goes to self.log
+            *(("--requirepass", self.password) if self.password else ()),
             *self.extra,
         ]
 

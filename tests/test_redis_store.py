@@ -7,12 +7,11 @@ import time
 import uuid
 
 import pytest
-import redis
 
 from conveyor.brokers import open_broker
 from conveyor.brokers.base import Lease, NewJob
 from conveyor.clock import SystemClock
-from conveyor.errors import StoreUnavailable
+from conveyor.errors import StoreMisconfigured, StoreUnavailable
 from helpers import poll_until_done
 
 
@@ -137,13 +136,14 @@ def test_on_the_wall_clock_created_at_is_the_seq_stored_once(broker):
 
 def test_send_wait_on_a_damaged_marker_is_an_error_not_a_spin(broker):
     """A marker key of the wrong type fails the BZPOPMIN at once: the wait
-    raises (the worker backs off and logs) instead of ending empty again
-    and again."""
+    raises StoreMisconfigured (another program writes under the prefix: the
+    worker stops) instead of ending empty again and again."""
     broker._r.set(broker._keys("default").marker, "not a sorted set")
     pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
 
-    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+    with pytest.raises(StoreMisconfigured, match=r"wrong type.*\?prefix=") as raised:
         poll_until_done(pending)
+    assert str(raised.value).startswith(broker.target.safe + ": ")
     assert broker._stamps == set()
 
 
@@ -187,7 +187,7 @@ def test_send_complete_and_claim_on_a_damaged_key_raises_and_keeps_the_jobs(brok
     broker._r.set(broker._keys("default").waiting, "not a list")
 
     pending = broker.send_complete_and_claim([], ["default"], 5, 30.0, "w")
-    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+    with pytest.raises(StoreMisconfigured, match=r"wrong type.*\?prefix="):
         poll_until_done(pending)
     assert broker._r.hget(f"{broker.target.prefix}:{{default}}:job:kept", "s") == "waiting"
 

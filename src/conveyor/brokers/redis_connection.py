@@ -3,8 +3,8 @@ thread that wakes idle workers in a Cluster.
 
 The Redis store (``redis_store``) keeps the contract's operations; this module
 keeps what is about connections: checking a URL without connecting, building
-the redis-py client for one server, Sentinel or Cluster, ``SentPipeline`` and
-``Waker``.
+the redis-py client for one server, Sentinel or Cluster, telling what an error
+from Redis means (``store_error``), ``SentPipeline`` and ``Waker``.
 """
 
 from __future__ import annotations
@@ -18,18 +18,35 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import hiredis
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
+from redis.exceptions import (
+    AskError,
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    BusyLoadingError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    ClusterError,
+    MasterDownError,
+    MovedError,
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    TryAgainError,
+)
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from conveyor.clock import Clock
-from conveyor.errors import ConfigurationError, StoreUnavailable
+from conveyor.errors import ConfigurationError, StoreMisconfigured, StoreUnavailable
 
 if TYPE_CHECKING:
     from conveyor.brokers.redis_store import RedisBroker
@@ -100,12 +117,30 @@ def parse_url(url: str) -> Target:
     return Target(urlunsplit(parts), mask(url), prefix, cluster == "1", sentinels, db)
 
 
+class BlipRetry(Retry):
+    """redis-py's retry over a blip, but none over a refused login: redis-py
+    makes AuthenticationError a ConnectionError, so a wrong or missing
+    password was tried again and again (up to seconds) before anyone was
+    told. Every command passes here: the first attempt runs bare (as cheap
+    as redis-py's own loop); only after a blip does redis-py's retry take
+    over, from the start, with its clean-up and back-off."""
+
+    def call_with_retry(self, do: Callable[[], Any], fail: Callable, *args: Any, **kwargs: Any):
+        try:
+            return do()
+        except AuthenticationError:
+            raise  # refused for good: StoreMisconfigured
+        except self._supported_errors:
+            pass
+        return super().call_with_retry(do, fail, *args, **kwargs)
+
+
 def connect(target: Target) -> Any:
     """The client: short timeouts, health checks, and a brief retry over a blip."""
     options: dict[str, Any] = {
         "decode_responses": True, "socket_timeout": 10.0, "socket_connect_timeout": 5.0,
         "socket_keepalive": True, "health_check_interval": 15,
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        "retry": BlipRetry(ExponentialBackoff(cap=0.5, base=0.05), 3),
     }  # fmt: skip
     if target.cluster:
         return RedisCluster.from_url(target.url, **options)
@@ -120,6 +155,163 @@ def connect(target: Target) -> Any:
     return sentinel.master_for(service, db=target.db, **auth, **options)
 
 
+# -- what an error from Redis means ------------------------------------------
+
+#: What may raise when conveyor talks to Redis (RedisClusterException is no RedisError).
+REDIS_ERRORS = (redis.RedisError, RedisClusterException, OSError, hiredis.ProtocolError)
+#: Reply codes redis-py turns into classes (and takes off the message), most
+#: specific class first. A raw reply read by ``SentPipeline`` keeps its code.
+CODE_OF = ((NoScriptError, "NOSCRIPT"), (NoPermissionError, "NOPERM"), (OutOfMemoryError, "OOM"),
+           (ReadOnlyError, "READONLY"), (BusyLoadingError, "LOADING"),
+           (MasterDownError, "MASTERDOWN"), (ClusterDownError, "CLUSTERDOWN"),
+           (TryAgainError, "TRYAGAIN"), (MovedError, "MOVED"), (AskError, "ASK"),
+           (ClusterCrossSlotError, "CROSSSLOT"))  # fmt: skip
+CODES = {code for _, code in CODE_OF} | {
+    "ERR", "WRONGPASS", "NOAUTH", "WRONGTYPE", "BUSY", "MISCONF", "NOREPLICAS", "EXECABORT"
+}  # fmt: skip
+#: The server cannot serve us for now, but may soon: it is loading its data,
+#: a replica after a failover, a Cluster healing, out of memory (memory may
+#: be freed), busy in a long script, unable to persist...
+DOWN_CODES = {"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "OOM", "BUSY",
+              "MISCONF", "NOREPLICAS"}  # fmt: skip
+DOWN = (redis.ConnectionError, redis.TimeoutError, ClusterError, ReadOnlyError, OutOfMemoryError,
+        TryAgainError, RedisClusterException, OSError, hiredis.ProtocolError)  # fmt: skip
+# AuthenticationError (and MasterNotFoundError) are ConnectionErrors too: they are looked at first.
+
+
+def store_error(
+    exc: BaseException, target: Target, client: Any = None
+) -> StoreMisconfigured | StoreUnavailable | None:
+    """What an error from redis-py (or a raw hiredis ``ReplyError``) means for conveyor.
+
+    ``StoreMisconfigured``: the server answered and refuses us for good (a
+    wrong password, no such database, a missing permission, a key of
+    another program under conveyor's prefix, a Cluster node named without
+    ``?cluster=1``...): retrying cannot help. ``StoreUnavailable``: it cannot
+    be reached or cannot serve us for now (refused, reset, timed out,
+    loading, a read-only replica after a failover, out of memory...): worth
+    retrying. None: neither (NOSCRIPT, which callers handle, or an error of
+    conveyor's own); the caller raises the error as it is. Both messages are
+    one line, name the masked URL and never hold the password. ``client``
+    (the broker's) lets a Sentinel setup tell an unknown service name from
+    a master that is down for now. Only called once an error happened.
+    """
+    code, text = _code_and_text(exc)
+    if code == "NOSCRIPT":
+        return None
+    if isinstance(exc, RedisClusterException):  # it wraps what the nodes said
+        causes = _causes(exc)
+        for cause in reversed(causes[1:]):  # the innermost first: the real reason
+            if isinstance(error := store_error(cause, target), StoreMisconfigured):
+                return error
+    if (problem := _misconfigured(exc, code, text, target, client)) is not None:
+        what, hint = problem
+        return StoreMisconfigured(f"{target.safe}: {what} ({hint})")
+    moving = target.cluster and code in ("MOVED", "ASK")  # slots moving between nodes
+    if isinstance(exc, DOWN) or code in DOWN_CODES or moving:
+        said = text if code in ("", "ERR") else f"{code} {text}"
+        return StoreUnavailable(f"{target.safe}: {_clean(said, target)}")
+    return None
+
+
+def _code_and_text(exc: BaseException) -> tuple[str, str]:
+    """The reply code of an error ('' if none) and its first line without it."""
+    text = str(exc).strip().partition("\n")[0].strip() or type(exc).__name__
+    word, _, rest = text.partition(" ")
+    if word in CODES:
+        return word, rest
+    return next((code for cls, code in CODE_OF if isinstance(exc, cls)), ""), text
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc``, then what it was raised from or while handling, outermost first."""
+    chain = [exc]
+    while len(chain) < 8 and (inner := chain[-1].__cause__ or chain[-1].__context__) is not None:
+        chain.append(inner)
+    return chain
+
+
+def _misconfigured(
+    exc: BaseException, code: str, text: str, target: Target, client: Any
+) -> tuple[str, str] | None:
+    """(what is wrong, a hint) when the server refuses us for good; None otherwise."""
+    said = _clean(text, target)
+    user = unquote(urlsplit(target.url).username or "") or "<user>"
+    refused = isinstance(exc, (AuthenticationError, AuthenticationWrongNumberOfArgsError))
+    if refused or code in ("WRONGPASS", "NOAUTH"):
+        if code == "NOAUTH" or text.startswith(("Authentication required", "HELLO must be called")):
+            return "the server wants a password", "give it in the URL: redis://[USER]:PASSWORD@HOST"
+        if "without any password configured" in text or "no password is set" in text:
+            return "the URL gives a password, the server has none set", "take it out of the URL"
+        return f"authentication failed: {said}", "check the user name and password in the URL"
+    if code == "NOPERM" or text.startswith("The user executing the script can't"):
+        return (
+            f"user {user} lacks a permission conveyor needs: {said}",
+            f"grant it, e.g. ACL SETUSER {user} ~{target.prefix}:* &{target.prefix}:* +@all",
+        )
+    if text.startswith(("DB index is out of range", "invalid DB index")):
+        return (
+            f"the server has no database {target.db}",
+            "use a number below its 'databases' setting, 16 by default",
+        )
+    if code == "WRONGTYPE":
+        return (
+            f"a key under the prefix {target.prefix!r} holds a value of the wrong type, "
+            "likely another program's",
+            "give conveyor a prefix of its own: ?prefix=NAME",
+        )
+    if text.startswith(("unknown command", "unknown subcommand")):
+        return (
+            f"the server does not know a command conveyor needs: {said}",
+            "conveyor needs Redis 6.2 or later, its commands neither renamed nor disabled",
+        )
+    a_node = code in ("MOVED", "CROSSSLOT") or text.startswith("SELECT is not allowed in cluster")
+    if a_node and not target.cluster:
+        return "the server is a Redis Cluster node", "add ?cluster=1 to the URL, with database 0"
+    not_a_node = "Cluster mode is not enabled" in text or "cluster support disabled" in text
+    if not_a_node and target.cluster:
+        return "the server is not a Redis Cluster node", "take ?cluster=1 out of the URL"
+    if isinstance(exc, MasterNotFoundError) and (found := _unknown_service(client)) is not None:
+        service, known = found
+        return (
+            f"no Sentinel watches a service named {service!r}",
+            f"they watch: {', '.join(sorted(known)) or 'none'}",
+        )
+    return None
+
+
+def _unknown_service(client: Any) -> tuple[str, set[str]] | None:
+    """After a Sentinel setup found no master: (our service, the services the
+    Sentinels watch) when every one of them answered and none watches ours
+    (a wrong name, for good); None when it may be a master down for now."""
+    pool = getattr(client, "connection_pool", None)
+    if (manager := getattr(pool, "sentinel_manager", None)) is None:
+        return None
+    service, known = pool.service_name, set()
+    for sentinel in manager.sentinels:
+        try:
+            masters = sentinel.sentinel_masters()
+        except redis.RedisError:
+            return None  # it did not answer: it may watch the service
+        if service in masters:
+            return None
+        known |= set(masters)
+    return service, known
+
+
+def _clean(text: str, target: Target) -> str:
+    """A server's message for ours: without the arguments Redis echoes after
+    an unknown command (a password could be one), the place in a script, the
+    final period, and never the URL's password."""
+    text = text.partition(", with args beginning with")[0].partition(" script: ")[0]
+    text = text.strip().removesuffix(".")
+    parts = urlsplit(target.url)
+    hidden = [parts.password or ""] + [v for k, v in parse_qsl(parts.query) if k == "password"]
+    for password in filter(None, map(unquote, hidden)):
+        text = text.replace(password, "***")
+    return text
+
+
 class SentPipeline:
     """Commands sent now on a connection of their own, whose replies are read
     without ever blocking: ``poll()`` takes what has arrived and returns None
@@ -131,7 +323,7 @@ class SentPipeline:
     The connection comes from redis-py's pool and goes back once the replies
     are read (dropped, if the pipeline is closed before). No reply within
     ``reply_within`` seconds: the store is unreachable. Errors are raised as
-    ``failed(exc)`` makes them.
+    ``failed(exc)`` makes them (``exc`` itself, when it returns that).
     """
 
     def __init__(
@@ -140,7 +332,7 @@ class SentPipeline:
         commands: Sequence[tuple[Any, ...]],
         reply_within: float,
         finish: Callable[[list[Any]], Any],
-        failed: Callable[[Exception], Exception],
+        failed: Callable[[BaseException], BaseException],
     ) -> None:
         self._pool, self._count, self._finish, self._failed = pool, len(commands), finish, failed
         self._deadline = time.monotonic() + reply_within
@@ -153,9 +345,8 @@ class SentPipeline:
             self._sock = self._conn._sock  # redis-py keeps no public name for it
             self._timeout = self._sock.gettimeout()
             self._sock.settimeout(0)
-        except redis.RedisError as exc:
-            self.close()
-            raise failed(exc) from exc
+        except REDIS_ERRORS as exc:
+            self._fail(exc)
         except BaseException:
             self.close()
             raise
@@ -182,13 +373,20 @@ class SentPipeline:
                 if time.monotonic() > self._deadline:
                     raise redis.TimeoutError("no reply from the server in time")
                 return None
-        except (OSError, hiredis.ProtocolError, redis.RedisError) as exc:
-            self.close()
-            raise self._failed(exc) from exc
+        except REDIS_ERRORS as exc:
+            self._fail(exc)
         self._sock.settimeout(self._timeout)
         self._pool.release(self._conn)
         self._conn = None
         return self._finish(self._replies)
+
+    def _fail(self, exc: BaseException) -> NoReturn:
+        """Drop the connection, then raise what ``failed`` makes of ``exc``."""
+        self.close()
+        error = self._failed(exc)
+        if error is exc:
+            raise exc
+        raise error from exc
 
     def seconds_left(self) -> float:
         """Until the replies are late: poll then, if nothing woke the caller before."""
@@ -213,7 +411,10 @@ class SentPipeline:
 class Waker:
     """The broker's pub/sub connection, read by one thread started on the first
     ``wait_for_work``: it counts messages per channel and wakes the waiters.
-    Only that thread touches the connection."""
+    Only that thread touches the connection. It retries, with back-off, while
+    the store is unavailable; when the server refuses us for good (a wrong
+    password, no permission for the channels...) it ends, and the waiters
+    raise ``StoreMisconfigured`` (the next wait starts it again)."""
 
     def __init__(self, broker: RedisBroker) -> None:
         self._broker = broker
@@ -225,6 +426,7 @@ class Waker:
         self._wanted: set[str] = set()  # asked for, not sent yet
         self._private = f"{broker.target.prefix}:wake:{secrets.token_hex(8)}"
         self._thread: threading.Thread | None = None
+        self._error: StoreMisconfigured | None = None  # why the thread ended, for the waiters
         self._pid = os.getpid()
         self._closed = False
 
@@ -255,24 +457,32 @@ class Waker:
             self._wanted |= channels - self._subscribed
             nudge = bool(self._wanted) and self._thread is not None
             if self._wanted and self._thread is None:
+                self._error = None
                 self._thread = threading.Thread(target=self._read, daemon=True)
                 self._thread.start()
         if nudge:
             self._nudge()
         with self._cond:
             while not channels <= self._subscribed:
+                self._raise_error()
                 remaining = deadline - time.monotonic()
                 if self._closed or self._epoch != mark[0] or not self._cond.wait(remaining):
                     return
         due = look()
         with self._cond:
             while not self._closed and self._mark(channels) == mark:
+                self._raise_error()
                 remaining = deadline - time.monotonic()
                 if due is not None:
                     remaining = min(remaining, due - clock.now())
                 if remaining <= 0:
                     return
                 self._cond.wait(remaining)
+
+    def _raise_error(self) -> None:
+        """In a waiter, holding the lock: raise why the reader thread ended, if it did."""
+        if self._error is not None:  # a copy: waiters of several threads raise it at once
+            raise StoreMisconfigured(str(self._error)) from None
 
     def interrupt(self) -> None:
         with self._cond:
@@ -301,11 +511,18 @@ class Waker:
                     pubsub.subscribe(*wanted)
                 message = pubsub.get_message(timeout=1.0)  # also sends health checks
                 backoff = 0.05
-            except (redis.RedisError, OSError):
+            except REDIS_ERRORS as exc:
                 if pubsub is not None and pubsub.connection is None:
                     pubsub = None  # never connected: start over
                 with self._cond:
                     self._wanted |= wanted
+                error = store_error(exc, self._broker.target, self._broker._r)
+                if isinstance(error, StoreMisconfigured):  # retrying cannot help: tell the waiters
+                    with self._cond:
+                        self._error, self._thread = error, None
+                        self._subscribed.clear()
+                        self._cond.notify_all()
+                    break
                 self._reconnected()
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
@@ -317,7 +534,8 @@ class Waker:
                     self._hits[message["channel"]] = self._hits.get(message["channel"], 0) + 1
                 self._cond.notify_all()
         if pubsub is not None:
-            pubsub.close()
+            with suppress(*REDIS_ERRORS):
+                pubsub.close()
 
     def close(self) -> None:
         with self._cond:
@@ -325,6 +543,6 @@ class Waker:
             self._cond.notify_all()
             thread = self._thread
         if thread is not None and thread.is_alive() and self._pid == os.getpid():
-            with suppress(StoreUnavailable):
+            with suppress(StoreUnavailable, StoreMisconfigured):
                 self._nudge()  # else the reader leaves within a second on its own
             thread.join(timeout=1.0)

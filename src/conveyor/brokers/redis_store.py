@@ -56,6 +56,14 @@ the worker first. In a Cluster one BZPOPMIN cannot watch keys of several
 slots, so the scripts also publish on ``P:ready:<queue>`` when they set a
 marker, and one pub/sub thread per broker wakes the waiters.
 
+Errors, on every path to Redis, are told apart in one place
+(``redis_connection.store_error``), and only once one happened:
+``StoreMisconfigured`` when the server refuses us for good (password, user,
+permission, database, another program's key under the prefix: workers
+stop), ``StoreUnavailable`` when it cannot serve us for now (workers retry).
+Redis does not undo a script that fails half-way: one that meets another
+program's key may leave the writes it made before (a job's HASH, a claim).
+
 URL options: ``?prefix=NAME``; ``?cluster=1`` for Redis Cluster (name any
 node); the others go to redis-py. Sentinel:
 ``redis+sentinel://[[user]:password@]host:port[,host:port]/service[/db]``.
@@ -72,12 +80,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from importlib.resources import files
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import hiredis
 import orjson
 import redis
-from redis.exceptions import ClusterDownError, NoScriptError, ReadOnlyError, RedisClusterException
+from redis.exceptions import NoScriptError
 
 from conveyor.brokers.base import (
     ENDED_STATES,
@@ -90,9 +98,16 @@ from conveyor.brokers.base import (
     NewJob,
     Recovered,
 )
-from conveyor.brokers.redis_connection import SentPipeline, Waker, connect, parse_url
+from conveyor.brokers.redis_connection import (
+    REDIS_ERRORS,
+    SentPipeline,
+    Waker,
+    connect,
+    parse_url,
+    store_error,
+)
 from conveyor.clock import Clock, SystemClock
-from conveyor.errors import StoreUnavailable
+from conveyor.errors import StoreMisconfigured, StoreUnavailable
 
 NAMES = ["enqueue", "claim", "extend", "complete", "fail", "release", "recover", "cancel",
          "retry", "promote", "trim", "stamp"]  # fmt: skip
@@ -104,8 +119,6 @@ BATCH = 1000  # jobs per script call: a long script blocks the server for everyo
 MAX_BLOCK = 5.0  # seconds one BZPOPMIN may block
 REPLY_MARGIN = 10.0  # seconds a reply may come after that, as the socket timeout
 QUEUES_TTL = 1.0  # seconds claim trusts this process's list of queues
-DOWN = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, ReadOnlyError,
-        RedisClusterException)  # fmt: skip
 Call = Callable[[Any], Any]  # one command, given the client or a pipeline
 
 _seq_lock = threading.Lock()
@@ -187,9 +200,9 @@ class RedisBroker(Broker):
         self.target = parse_url(url)
         self.ids_unique_across_queues = not self.target.cluster
         try:
-            self._r = connect(self.target)
-        except DOWN as exc:
-            raise StoreUnavailable(f"cannot open {self.target.safe}: {exc}") from exc
+            self._r = connect(self.target)  # a Cluster client asks a node for the slots
+        except REDIS_ERRORS as exc:
+            self._raise(exc)
         self._queues_key = f"{self.target.prefix}:queues"
         self._keys_cache: dict[str, _Keys] = {}
         self._known: frozenset[str] = frozenset()  # queue names seen in P:queues
@@ -197,9 +210,15 @@ class RedisBroker(Broker):
         self._added: frozenset[str] = frozenset()  # Cluster: queues this process added
         self._waker = Waker(self)  # Cluster only: pub/sub wakes the waiters
         self._interrupt_key = f"{self.target.prefix}:interrupt:{secrets.token_hex(8)}"
+        self._interrupted = False  # the key may exist: close() deletes it
         self._stamps: set[str] = set()  # of the waits in progress (wait_and_claim)
         self._scripts_lost = False  # a wait's reply said NOSCRIPT (see _send_wait)
         self._local = threading.local()
+
+    @property
+    def location(self) -> str:
+        """The URL with any password masked."""
+        return self.target.safe
 
     # -- plumbing --------------------------------------------------------
 
@@ -220,8 +239,8 @@ class RedisBroker(Broker):
             for call in calls:
                 call(pipe)
             return self._settle(calls, pipe.execute(raise_on_error=False))
-        except DOWN as exc:
-            raise self._unavailable(exc) from exc
+        except REDIS_ERRORS as exc:
+            self._raise(exc)
 
     def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """``_run`` for commands given as tuples."""
@@ -238,16 +257,16 @@ class RedisBroker(Broker):
             return lambda: self._run(calls)
         try:
             connection = self._client().connection
-        except DOWN as exc:
-            raise self._unavailable(exc) from exc
+        except REDIS_ERRORS as exc:
+            self._raise(exc)
         packed = [hiredis.pack_command(command) for command in commands]
 
         def send() -> None:
             try:
                 connection.send_packed_command(packed)
-            except DOWN as exc:
+            except REDIS_ERRORS as exc:
                 connection.disconnect()
-                raise self._unavailable(exc) from exc
+                self._raise(exc)
 
         def collect() -> list[Any]:
             replies: list[Any] = []
@@ -257,9 +276,9 @@ class RedisBroker(Broker):
                         replies.append(connection.read_response())
                     except redis.ResponseError as exc:
                         replies.append(exc)
-            except DOWN as exc:
+            except REDIS_ERRORS as exc:
                 connection.disconnect()
-                raise self._unavailable(exc) from exc
+                self._raise(exc)
             return replies
 
         def read() -> list[Any]:
@@ -283,12 +302,24 @@ class RedisBroker(Broker):
             if isinstance(reply, NoScriptError):
                 replies[i] = self._noscript(calls[i])
             elif isinstance(reply, Exception):
-                raise reply
+                self._raise(reply)
         return replies
 
-    def _unavailable(self, exc: Exception) -> StoreUnavailable:
-        message = str(exc).splitlines()[0] if str(exc) else repr(exc)
-        return StoreUnavailable(f"{self.target.safe}: {message}")
+    def _error(self, exc: BaseException) -> BaseException:
+        """What to raise for an error from Redis: the conveyor error it means
+        (``store_error``: StoreMisconfigured or StoreUnavailable), else
+        ``exc`` itself, a raw reply of the loop-read path as redis-py's
+        ResponseError. Only ever called once something went wrong."""
+        if (error := store_error(exc, self.target, getattr(self, "_r", None))) is not None:
+            return error
+        return redis.ResponseError(str(exc)) if isinstance(exc, hiredis.ReplyError) else exc
+
+    def _raise(self, exc: BaseException) -> NoReturn:
+        """Raise what ``_error`` makes of ``exc`` (chained to it, when it is another)."""
+        error = self._error(exc)
+        if error is exc:
+            raise exc
+        raise error from exc
 
     def _client(self) -> Any:
         """For single commands: this thread's own connection on one server or
@@ -306,16 +337,25 @@ class RedisBroker(Broker):
         return local.client
 
     def _noscript(self, call: Call) -> Any:
-        client = self._client()
+        """Run one call on this thread's connection; a script the server lost
+        is loaded again. Errors are raised as ``_error`` makes them: this is
+        also how the replies of ``_send`` and the loop-read calls rerun one."""
         try:
-            return call(client)
-        except NoScriptError:
-            self._load_scripts()
-            return call(client)
+            client = self._client()
+            try:
+                return call(client)
+            except NoScriptError:
+                self._load_scripts()
+                return call(client)
+        except REDIS_ERRORS as exc:
+            self._raise(exc)
 
     def _load_scripts(self) -> None:
-        for source in SOURCES.values():
-            self._r.script_load(source)  # on every primary of a Cluster
+        try:
+            for source in SOURCES.values():
+                self._r.script_load(source)  # on every primary of a Cluster
+        except REDIS_ERRORS as exc:  # e.g. a user who may run scripts but not load them
+            self._raise(exc)
         self._scripts_lost = False
 
     def _learn(self, members: set[str]) -> frozenset[str]:
@@ -478,7 +518,7 @@ class RedisBroker(Broker):
             for i, reply in enumerate(replies):
                 if isinstance(reply, hiredis.ReplyError):
                     if not str(reply).startswith("NOSCRIPT"):
-                        raise redis.ResponseError(str(reply))
+                        self._raise(reply)
                     # A restarted server lost the scripts (that one did
                     # nothing): load them and run it again, blocking, this once.
                     replies[i] = self._noscript(_call(commands[i]))
@@ -487,9 +527,7 @@ class RedisBroker(Broker):
             claimed = _records(queues[0], replies[-1]) if limit > 0 else []
             return self._outcome(len(done), groups, replies[:completes]), claimed
 
-        return SentPipeline(
-            self._r.connection_pool, commands, REPLY_MARGIN, finish, self._unavailable
-        )
+        return SentPipeline(self._r.connection_pool, commands, REPLY_MARGIN, finish, self._error)
 
     def _claim_command(
         self, queue: str, limit: int, lease: float, worker: str, stamp: str | None = None
@@ -583,7 +621,8 @@ class RedisBroker(Broker):
 
     def recover(self, max_stalled: int) -> list[Recovered]:
         now = repr(self.clock.now())
-        spec = lambda k: ((k.prioritized, k.active, k.dead), (k.prefix, now, max_stalled, k.channel))  # noqa: E731
+        keys = lambda k: (k.prioritized, k.active, k.dead)  # noqa: E731
+        spec = lambda k: (keys(k), (k.prefix, now, max_stalled, k.channel))  # noqa: E731
         replies = self._each("recover", spec)
         found = sorted(
             (int(f[i + 2]), f[i], f[i + 1]) for f in replies for i in range(0, len(f), 3)
@@ -649,7 +688,8 @@ class RedisBroker(Broker):
             return []
 
         # A waiting job is in the list, or in the ZSET as 12 hex digits of ord and its id.
-        names = [n for s in states for n in (("waiting", "prioritized") if s == "waiting" else (s,))]
+        keys_of = {"waiting": ("waiting", "prioritized")}  # the others: one key each
+        names = [n for s in states for n in keys_of.get(s, (s,))]
         calls_for = lambda k: [  # noqa: E731
             (lambda c: c.lrange(k.waiting, 0, -1))
             if name == "waiting"
@@ -682,7 +722,8 @@ class RedisBroker(Broker):
         others = STATES[1:]
         assert STATES[0] == "waiting"
         calls_for = lambda k: [  # noqa: E731
-            *self._ready_calls(k), *(lambda c, s=s: c.zcard(k.prefix + s) for s in others)
+            *self._ready_calls(k),
+            *(lambda c, s=s: c.zcard(k.prefix + s) for s in others),
         ]
         found = {q: [n[0] + n[1], *n[2:]] for q, n in self._per_queue(calls_for).items()}
         return {q: dict(zip(STATES, n, strict=True)) for q, n in sorted(found.items()) if any(n)}
@@ -726,11 +767,13 @@ class RedisBroker(Broker):
             return self._wait_then_claim(queues, limit, lease_seconds, worker, timeout)
         deadline = time.monotonic() + timeout
         while limit > 0 and timeout >= 0.001:
-            woken_by, claimed = self._send_wait(queues, limit, lease_seconds, worker, timeout).wait()
+            wait = self._send_wait(queues, limit, lease_seconds, worker, timeout)
+            woken_by, claimed = wait.wait()
             if woken_by == self._interrupt_key:
                 return claimed
             if len(claimed) < limit and len(queues) > 1:
-                claimed += self._claim([], queues[1:], limit - len(claimed), lease_seconds, worker)[1]
+                more = self._claim([], queues[1:], limit - len(claimed), lease_seconds, worker)
+                claimed += more[1]
             if claimed:
                 return claimed
             # A stale marker (its job went to a busy worker, or it announced a
@@ -789,18 +832,16 @@ class RedisBroker(Broker):
             jobs = [] if isinstance(claim, hiredis.ReplyError) else _records(queues[0], claim)
             other = [e for e in errors if not str(e).startswith("NOSCRIPT")]
             if other and not jobs:  # jobs it claimed are the caller's all the same
-                raise redis.ResponseError(str(other[0]))  # the worker backs off, loudly
+                self._raise(other[0])  # the worker backs off, loudly, or stops
             woken_by = popped[0] if isinstance(popped, list) and popped else None
             return jobs if jobs_only else (woken_by, jobs)
 
-        def failed(exc: Exception) -> Exception:
+        def failed(exc: BaseException) -> BaseException:
             self._stamps.discard(stamp)
-            return self._unavailable(exc)
+            return self._error(exc)
 
         self._stamps.add(stamp)  # interrupt() deletes it: the claim then takes nothing
-        return SentPipeline(
-            self._r.connection_pool, commands, block + REPLY_MARGIN, finish, failed
-        )
+        return SentPipeline(self._r.connection_pool, commands, block + REPLY_MARGIN, finish, failed)
 
     def _wait_then_claim(
         self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str, timeout: float
@@ -831,6 +872,7 @@ class RedisBroker(Broker):
         if self.target.cluster:
             channels = {self._keys(q).channel for q in queues}
             deadline = time.monotonic() + timeout
+
             def look() -> float | None:  # once subscribed: what happened before?
                 ready, due = self._heads(queues)
                 return -1.0 if ready else due
@@ -847,11 +889,14 @@ class RedisBroker(Broker):
         else:  # wakes the BZPOPMIN of any thread of this broker; its claim takes nothing
             stamps = list(self._stamps)
             wake = [lambda c: c.delete(*stamps)] if stamps else []
+            self._interrupted = True
             self._run([*wake, lambda c: c.zadd(self._interrupt_key, {"0": 0})])
 
     def close(self) -> None:
         self._waker.close()
-        if not self.target.cluster:
-            with contextlib.suppress(StoreUnavailable):
+        # The interrupt key exists only after interrupt(): else no round trip
+        # (nor a wait on a host that is gone) on the way out.
+        if self._interrupted:
+            with contextlib.suppress(StoreUnavailable, StoreMisconfigured):
                 self._run([lambda c: c.delete(self._interrupt_key)])
         self._r.close()
