@@ -617,3 +617,51 @@ def test_location_is_the_url_with_its_password_masked(url: str, location: str) -
         assert broker.location == location
     finally:
         broker.close()  # nor does closing a broker that was never used
+
+
+def _worker_log_says(done: subprocess.CompletedProcess, message: str) -> None:
+    """Exit 2, no traceback, the last error line says why (a dropped
+    connection before it is an outage like any other), and no password."""
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert PASSWORD not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert errors and message in errors[-1], done.stderr
+
+
+def test_a_worker_on_a_database_the_server_does_not_have_exits_2_at_once(
+    default_redis: str, tmp_path: Path
+) -> None:
+    """Not an outage to wait out: one error line and exit 2, within seconds."""
+    url = f"redis://127.0.0.1:6379/99?prefix=cli-{uuid.uuid4().hex[:12]}"
+    started = time.monotonic()
+    done = run_cli(tmp_path, url, "worker", "redis_app:app")
+    assert time.monotonic() - started < 20
+    _worker_log_says(done, f"stopping: {url}: the server has no database 99")
+
+
+def test_a_worker_whose_password_changes_under_it_exits_2(
+    locked: RedisServer, tmp_path: Path
+) -> None:
+    url = f"redis://:{PASSWORD}@127.0.0.1:{locked.port}/0"
+    shutil.copy(APPS / "redis_app.py", tmp_path / "redis_app.py")
+    env = {**os.environ, "CONVEYOR_URL": url, "MARKS": str(tmp_path / "marks.txt")}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "conveyor.cli", "worker", "redis_app:app", "--poll", "0.2"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        app = Conveyor(url)
+        assert app.enqueue("mark", [1]).result(timeout=15) == 1  # it runs jobs
+        app.close()
+        admin = locked.client()
+        admin.config_set("requirepass", "a-new-password")
+        admin.execute_command("CLIENT", "KILL", "TYPE", "normal")
+        out, err = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    done = subprocess.CompletedProcess(worker.args, worker.returncode, out, err)
+    _worker_log_says(done, "stopping: redis://:***@127.0.0.1")
+    assert "authentication failed" in err

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Unpack, overload
 
 from conveyor import validate
-from conveyor.brokers import check_url, open_broker
+from conveyor.brokers import check_url, mask, open_broker
 from conveyor.brokers.base import STATES, Broker, EnqueueResult, NewJob
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import ConfigurationError
@@ -81,7 +81,7 @@ class Conveyor:
         self._draining = False
 
     def __repr__(self) -> str:
-        return f"<Conveyor {self.url}>"
+        return f"<Conveyor {mask(self.url)}>"
 
     @property
     def broker(self) -> Broker:

@@ -179,7 +179,7 @@ class Worker:
             ",".join(self.queues),
             self.concurrency,
             self.lease,
-            self.broker.url,
+            self.broker.location,
         )
         helpers = [
             asyncio.create_task(self._renew_loop(), name="conveyor-renew"),

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from types import ModuleType
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from conveyor.brokers.base import Broker
 from conveyor.clock import Clock, SystemClock
@@ -12,6 +12,17 @@ from conveyor.errors import ConfigurationError
 
 SCHEMES = ("memory", "sqlite", "redis", "rediss", "redis+sentinel")
 REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel")
+
+
+def mask(url: str) -> str:
+    """``url`` with any password in it replaced by ``***``, for messages and logs."""
+    parts = urlsplit(url)
+    user, at, hosts = parts.netloc.rpartition("@")
+    if not at and "password" not in parts.query:
+        return url
+    netloc = f"{user.partition(':')[0]}:***@{hosts}" if at and ":" in user else parts.netloc
+    query = [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query, True)]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="*"), ""))
 
 
 def check_url(url: str) -> None:
@@ -30,7 +41,7 @@ def check_url(url: str) -> None:
 def _unknown_scheme(url: str, scheme: str) -> ConfigurationError:
     known = ", ".join(f"{s}://" for s in SCHEMES)
     return ConfigurationError(
-        f"unknown store URL {url!r}: the scheme {scheme + '://' if scheme else '(none)'} "
+        f"unknown store URL {mask(url)!r}: the scheme {scheme + '://' if scheme else '(none)'} "
         f"is not one of {known}"
     )
 

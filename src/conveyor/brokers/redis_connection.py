@@ -45,6 +45,7 @@ from redis.exceptions import (
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
+from conveyor.brokers import mask
 from conveyor.clock import Clock
 from conveyor.errors import ConfigurationError, StoreMisconfigured, StoreUnavailable
 
@@ -68,16 +69,6 @@ class Target(NamedTuple):
     cluster: bool
     sentinels: list[tuple[str, int]] | None
     db: int
-
-
-def mask(url: str) -> str:
-    parts = urlsplit(url)
-    user, at, hosts = parts.netloc.rpartition("@")
-    if not at and "password" not in parts.query:
-        return url
-    netloc = f"{user.partition(':')[0]}:***@{hosts}" if at and ":" in user else parts.netloc
-    query = [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query, True)]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="*"), ""))
 
 
 def parse_url(url: str) -> Target:
