@@ -34,7 +34,6 @@ from conveyor.serialization import DEFAULT_MAX_PAYLOAD, dumps, encode_payload, l
 from conveyor.task import P, R, Signature, Task
 
 DEFAULT_URL = "sqlite:///conveyor.db"
-MAX_STALLED_LIMIT = 1_000
 
 
 class Conveyor:
@@ -68,7 +67,7 @@ class Conveyor:
         self.clock = clock or SystemClock()
         self.max_payload = validate.whole_number("max_payload", max_payload, 64, 2**31)
         self.max_result = validate.whole_number("max_result", max_result, 64, 2**31)
-        self.max_stalled = validate.whole_number("max_stalled", max_stalled, 0, MAX_STALLED_LIMIT)
+        self.max_stalled = validate.max_stalled("max_stalled", max_stalled)
         self.tasks: dict[str, Task] = {}
         self.queues: dict[str, QueueConfig] = {}
         self._undeclared: dict[str, QueueConfig] = {}

@@ -274,11 +274,12 @@ class Worker:
         """The store refuses us for good: no retry can help. Stop at once,
         without writing (the store will not take it; the leases expire and
         other workers run these jobs), and exit non-zero."""
-        assert self._stopping is not None and self._forced is not None
+        assert self._stopping is not None and self._forced is not None and self._wake is not None
         log.error("stopping: %s", exc)
         self.exit_code = EXIT_STORE_REFUSED
         self._stopping.set()
         self._forced.set()
+        self._wake.set()
 
     async def _store_is_down(self, exc: Exception) -> None:
         """Back off (0.1 s doubling to 5 s) with one log line per retry, never a traceback."""
@@ -437,14 +438,14 @@ class Worker:
                 self._start(record)
 
     async def _give_back_suspects(self) -> None:
+        """Release the jobs ``_start_claimed`` did not start (kept, and their
+        leases renewed, while the store is unreachable)."""
         if self._give_back:
             leases, self._give_back = self._give_back, []
             try:
                 await self.call(self.broker.release, leases)
             except Exception:
-                self._give_back = (
-                    leases + self._give_back
-                )  # kept (and renewed) until the store is back
+                self._give_back = leases + self._give_back
                 raise
 
     def _start(self, record: JobRecord) -> None:
