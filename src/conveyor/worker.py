@@ -241,7 +241,8 @@ class Worker:
                     # Let the new jobs start before the next store call: its
                     # thread would take the GIL from them (latency of a wake).
                     await asyncio.sleep(0)
-                await self._give_back_suspects()  # before anything can wait
+                if self._give_back:  # before anything can wait
+                    await self._give_back_suspects()
                 free = self._free_slots()
                 if free <= 0 and not self._completions:
                     await self._wake.wait()
@@ -440,13 +441,12 @@ class Worker:
     async def _give_back_suspects(self) -> None:
         """Release the jobs ``_start_claimed`` did not start (kept, and their
         leases renewed, while the store is unreachable)."""
-        if self._give_back:
-            leases, self._give_back = self._give_back, []
-            try:
-                await self.call(self.broker.release, leases)
-            except Exception:
-                self._give_back = leases + self._give_back
-                raise
+        leases, self._give_back = self._give_back, []
+        try:
+            await self.call(self.broker.release, leases)
+        except Exception:
+            self._give_back = leases + self._give_back
+            raise
 
     def _start(self, record: JobRecord) -> None:
         lease = Lease(record.id, record.lease_token or "")
@@ -469,13 +469,13 @@ class Worker:
             else:
                 self._failures.append((record, lease, outcome))
                 self.failed += 1
+                if self._jobs.abandoned > self.max_abandoned_threads:  # after a timeout
+                    self._too_many_stuck_threads()
         finally:
             self._active.pop(record.id, None)
             if self._alone == record.id:
                 self._alone = None
             self._wake.set()
-        if self._jobs.abandoned > self.max_abandoned_threads:
-            self._too_many_stuck_threads()
 
     def _too_many_stuck_threads(self) -> None:
         """Threads of sync jobs that passed their timeout cannot be killed in
