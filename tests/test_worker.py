@@ -210,14 +210,13 @@ def test_leases_are_renewed_while_a_long_job_runs(app):
         return "once"
 
     job = long.enqueue()
-    other = Worker(app, lease=0.3)
     worker = Worker(app, concurrency=1, lease=0.3, burst=True)
 
     async def main():
         run = asyncio.create_task(worker.run_async())
-        for _ in range(10):  # another worker trying to rescue stalled jobs meanwhile
+        for _ in range(10):  # another worker's maintenance, rescuing stalled jobs meanwhile
             await asyncio.sleep(0.1)
-            await other.maintain()
+            assert await asyncio.to_thread(app.broker.recover, 3) == []
         await run
 
     asyncio.run(main())
@@ -291,15 +290,15 @@ def test_an_idle_wait_that_could_not_start_holds_no_slot(app, monkeypatch):
     """The store failing as the idle wait is sent (it went away between two
     calls) must leave every slot free: the worker goes on once it is back."""
     failures = []
-    send_wait = app.broker.send_wait
+    wait_and_claim = app.broker.wait_and_claim
 
     def flaky(*args):
         if not failures:
             failures.append(1)
             raise StoreUnavailable("the store went away")
-        return send_wait(*args)
+        return wait_and_claim(*args)
 
-    monkeypatch.setattr(app.broker, "send_wait", flaky)
+    monkeypatch.setattr(app.broker, "wait_and_claim", flaky)
 
     @app.task(name="later")
     async def later():

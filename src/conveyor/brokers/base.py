@@ -1,14 +1,18 @@
 """The broker contract: every store implements exactly these operations.
 
-Each operation is one atomic step: one SQL transaction, or one Redis round trip.
+Each operation is atomic for each queue it touches: one SQL transaction on
+SQLite; on Redis one Lua script per queue (its keys share one hash slot),
+sent together in one round trip, so an operation over several queues is
+atomic queue by queue, not as a whole. Nothing is ever half-moved.
 Everything above the store (retry policy, backoff, timeouts, unknown tasks,
 events) is written once, in the worker and the app, never in a store.
 
 Why the operations are plain blocking calls and not ``async def``: each one is
 a short transaction, and writing every store twice (sync for producers, async
 for workers) is the duplication we refuse. Producers call them directly; the
-asyncio worker runs them on a dedicated thread (``worker.StoreThread``) so its
-event loop never blocks. One implementation per operation, one place to read.
+asyncio worker awaits them through ``async_store()`` (``async_store.AsyncStore``:
+a store thread, or a store's faster way) so its event loop never blocks. One
+implementation per operation, one place to read.
 
 Fencing: ``claim`` hands out a lease token. Every later call about that job
 (``extend``, ``complete``, ``fail``, ``release``) presents ``Lease(job_id,
@@ -28,9 +32,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING
 
 from conveyor.clock import Clock
+
+if TYPE_CHECKING:
+    from conveyor.brokers.async_store import AsyncStore
 
 WAITING = "waiting"
 DELAYED = "delayed"
@@ -133,28 +140,6 @@ class Recovered:
     state: str
 
 
-Result = TypeVar("Result", covariant=True)
-
-
-class PendingCall(Protocol[Result]):
-    """A store call already sent, whose reply an event loop reads when it
-    arrives (``Broker.send_wait``, ``Broker.send_complete_and_claim``): no
-    thread blocks on it, and its result reaches the loop with no hop between
-    threads."""
-
-    def fileno(self) -> int: ...
-
-    def poll(self) -> Result | None:
-        """Never blocks: None until the reply is in, then the call's result
-        (or its error, raised)."""
-
-    def seconds_left(self) -> float:
-        """When to poll at the latest, even if ``fileno()`` never became readable."""
-
-    def close(self) -> None:
-        """Abandon the call (its connection is dropped)."""
-
-
 class Broker(abc.ABC):
     """The store contract. One instance is safe to share between threads."""
 
@@ -175,7 +160,7 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def enqueue(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
-        """Store jobs in one transaction, in order; return one result each.
+        """Store jobs, in order, atomically per queue; return one result each.
 
         Dedup: a ``NewJob.id`` naming a stored job that has not ended returns
         that job (``created=False``) and changes nothing. A stored job with the
@@ -188,7 +173,7 @@ class Broker(abc.ABC):
     def claim(
         self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str
     ) -> list[JobRecord]:
-        """Lease up to ``limit`` ready jobs to ``worker``, in one transaction.
+        """Lease up to ``limit`` ready jobs to ``worker``, atomically per queue.
 
         First moves every ``delayed`` job whose ``run_at`` has come to
         ``waiting``. Then takes jobs from ``queues`` in the order given (all
@@ -215,20 +200,6 @@ class Broker(abc.ABC):
         claimed = self.claim(queues, limit, lease_seconds, worker) if limit > 0 else []
         return accepted, claimed
 
-    def send_complete_and_claim(
-        self,
-        done: Sequence[tuple[Lease, str]],
-        queues: Sequence[str],
-        limit: int,
-        lease_seconds: float,
-        worker: str,
-    ) -> PendingCall[tuple[list[bool], list[JobRecord]]] | None:
-        """``complete_and_claim`` sent without waiting for its reply, where
-        the store can: the busy worker's event loop reads the reply itself,
-        so the call costs no thread hop each way. None: not here (or not for
-        these arguments); call ``complete_and_claim`` on a thread instead."""
-        return None
-
     @abc.abstractmethod
     def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
         """Push back the expiry of every held lease to now + ``lease_seconds``.
@@ -239,7 +210,7 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def complete(self, done: Sequence[tuple[Lease, str]]) -> list[bool]:
-        """Mark jobs ``completed`` with their result JSON, in one transaction.
+        """Mark jobs ``completed`` with their result JSON, atomically per queue.
 
         One bool per item: False when the lease was lost (fencing) and nothing
         was changed. Sets ``finished_at``, clears the lease.
@@ -359,27 +330,26 @@ class Broker(abc.ABC):
         self.wait_for_work(queues, timeout)
         return self.claim(queues, limit, lease_seconds, worker)
 
-    def send_wait(
-        self,
-        queues: Sequence[str],
-        limit: int,
-        lease_seconds: float,
-        worker: str,
-        timeout: float,
-    ) -> PendingCall[list[JobRecord]] | None:
-        """``wait_and_claim`` started without a blocked thread, where the store
-        can: an event loop watches the returned call's ``fileno()``
-        and calls its ``poll()`` when it is readable (and once
-        ``seconds_left()`` have passed) until that returns the jobs claimed.
-        It may end with none before ``timeout`` (a wake whose job went
-        elsewhere). None: not supported here; call ``wait_and_claim`` on a
-        thread instead."""
-        return None
+    @abc.abstractmethod
+    def waiting(self) -> int:
+        """How many idle waits of this broker (``wait_for_work``,
+        ``wait_and_claim``, and those of its ``async_store()``) are in the
+        store right now, blocked until work may be ready. Tests wait for it
+        instead of sleeping, so a wake-up test cannot pass without a waiter."""
 
     @abc.abstractmethod
     def interrupt(self) -> None:
         """Make every ``wait_for_work`` call of this process return now (a
         worker stopping must not leave a thread blocked in the store)."""
+
+    def async_store(self) -> AsyncStore:
+        """This store's operations as coroutines: the worker's one door to the
+        store (``async_store.py``). A store may override it to carry some
+        calls faster, the way it alone can (Redis: replies read by the event
+        loop); the contract of each call stays the one written here."""
+        from conveyor.brokers.async_store import AsyncStore
+
+        return AsyncStore(self)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. The broker must not be used afterwards."""

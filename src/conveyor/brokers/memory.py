@@ -75,6 +75,7 @@ class MemoryBroker(Broker):
         self._tickets: dict[str, int] = {}  # job id -> ticket of its live heap entry
         self._next_ticket = itertools.count()
         self._interrupts = 0  # bumped by interrupt(): every waiter returns
+        self._waiting = 0  # wait_for_work calls inside their wait (see waiting())
         self._active: set[str] = set()  # what recover() has to look at
         self._counts: dict[str, dict[str, int]] = {}
         # Bumped per queue whenever a job there becomes waiting, so a waiter
@@ -414,16 +415,23 @@ class MemoryBroker(Broker):
         with self._cond:
             seen = [self._generation.get(q, 0) for q in queues]
             interrupts = self._interrupts
-            while not self._closed and self._interrupts == interrupts:
-                if [self._generation.get(q, 0) for q in queues] != seen:
-                    return
-                remaining = deadline - time.monotonic()
-                due = self.next_due(queues)  # the lock is re-entrant
-                if due is not None:
-                    remaining = min(remaining, due - self.clock.now())
-                if remaining <= 0:
-                    return
-                self._cond.wait(remaining)
+            self._waiting += 1
+            try:
+                while not self._closed and self._interrupts == interrupts:
+                    if [self._generation.get(q, 0) for q in queues] != seen:
+                        return
+                    remaining = deadline - time.monotonic()
+                    due = self.next_due(queues)  # the lock is re-entrant
+                    if due is not None:
+                        remaining = min(remaining, due - self.clock.now())
+                    if remaining <= 0:
+                        return
+                    self._cond.wait(remaining)
+            finally:
+                self._waiting -= 1
+
+    def waiting(self) -> int:
+        return self._waiting
 
     def interrupt(self) -> None:
         with self._cond:

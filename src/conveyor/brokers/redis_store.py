@@ -80,7 +80,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from importlib.resources import files
-from typing import Any, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 import hiredis
 import orjson
@@ -108,6 +108,9 @@ from conveyor.brokers.redis_connection import (
 )
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import StoreMisconfigured, StoreUnavailable
+
+if TYPE_CHECKING:
+    from conveyor.brokers.redis_async import RedisAsyncStore
 
 NAMES = ["enqueue", "claim", "extend", "complete", "fail", "release", "recover", "cancel",
          "retry", "promote", "trim", "stamp"]  # fmt: skip
@@ -212,6 +215,8 @@ class RedisBroker(Broker):
         self._interrupt_key = f"{self.target.prefix}:interrupt:{secrets.token_hex(8)}"
         self._interrupted = False  # the key may exist: close() deletes it
         self._stamps: set[str] = set()  # of the waits in progress (wait_and_claim)
+        self._waits_lock = threading.Lock()
+        self._blocked = 0  # threads inside _sleep
         self._scripts_lost = False  # a wait's reply said NOSCRIPT (see _send_wait)
         self._local = threading.local()
 
@@ -869,6 +874,15 @@ class RedisBroker(Broker):
         so the pub/sub thread wakes the waiters."""
         if timeout < 0.001:  # BZPOPMIN 0 would block for ever
             return True
+        with self._waits_lock:
+            self._blocked += 1
+        try:
+            return self._block(queues, timeout)
+        finally:
+            with self._waits_lock:
+                self._blocked -= 1
+
+    def _block(self, queues: Sequence[str], timeout: float) -> bool:
         if self.target.cluster:
             channels = {self._keys(q).channel for q in queues}
             deadline = time.monotonic() + timeout
@@ -883,6 +897,11 @@ class RedisBroker(Broker):
         popped = self._run([lambda c: c.bzpopmin(keys, round(timeout, 3))])[0]
         return not popped or popped[0] != self._interrupt_key
 
+    def waiting(self) -> int:
+        """Threads blocked in ``_sleep``, and waits sent (``_send_wait``)
+        whose replies are not read yet."""
+        return self._blocked + len(self._stamps)
+
     def interrupt(self) -> None:
         if self.target.cluster:
             self._waker.interrupt()
@@ -891,6 +910,12 @@ class RedisBroker(Broker):
             wake = [lambda c: c.delete(*stamps)] if stamps else []
             self._interrupted = True
             self._run([*wake, lambda c: c.zadd(self._interrupt_key, {"0": 0})])
+
+    def async_store(self) -> RedisAsyncStore:
+        """The worker's door, with the loop-read complete-and-claim and wait."""
+        from conveyor.brokers.redis_async import RedisAsyncStore
+
+        return RedisAsyncStore(self)
 
     def close(self) -> None:
         self._waker.close()

@@ -738,6 +738,9 @@ class SQLiteBroker(Broker):
                 self._waiters -= 1
                 self._cond.notify_all()
 
+    def waiting(self) -> int:
+        return self._waiters
+
     def interrupt(self) -> None:
         with self._cond:
             self._generation += 1

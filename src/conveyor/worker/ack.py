@@ -1,0 +1,121 @@
+"""Acknowledging: the one place where a finished job's outcome is written.
+
+Outcomes are buffered as jobs end and written together on the fetch loop's
+next store call (``write_and_claim``): failures (retry later, or dead) and
+jobs given back unstarted first, then the completions, with the next claim
+riding on the same call (``complete_and_claim``: a busy worker finishes a
+batch and takes the next in one round trip). Nothing is dropped while the
+store is unreachable: the buffers are kept, their leases renewed, and written
+when it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from conveyor.brokers.async_store import AsyncStore
+from conveyor.brokers.base import JobRecord, Lease
+from conveyor.clock import Clock
+from conveyor.worker.execution import Outcome
+
+log = logging.getLogger("conveyor.worker")
+
+
+class Acknowledger:
+    """The outcomes not written yet, and how they are written."""
+
+    def __init__(self, store: AsyncStore, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+        self._completions: list[tuple[Lease, str]] = []
+        self._failures: list[tuple[JobRecord, Lease, Outcome]] = []
+        self._give_back: list[Lease] = []
+
+    # -- as jobs end --------------------------------------------------------
+
+    def completed(self, lease: Lease, result_json: str) -> None:
+        self._completions.append((lease, result_json))
+
+    def failed(self, record: JobRecord, lease: Lease, outcome: Outcome) -> None:
+        self._failures.append((record, lease, outcome))
+
+    def give_back(self, leases: Sequence[Lease]) -> None:
+        """Claimed jobs not to run here: released, no attempt spent."""
+        self._give_back += leases
+
+    # -- what is held -------------------------------------------------------
+
+    def leases(self) -> list[Lease]:
+        """Leases of jobs whose outcome is not written yet (kept renewed)."""
+        held = [lease for lease, _ in self._completions]
+        held += [lease for _, lease, _ in self._failures]
+        return held + self._give_back
+
+    def unwritten(self) -> int:
+        return len(self._completions) + len(self._failures) + len(self._give_back)
+
+    def must_write(self) -> bool:
+        """Anything to write even when no slot is free to claim for."""
+        return bool(self._completions or self._failures or self._give_back)
+
+    # -- writing ------------------------------------------------------------
+
+    async def write_and_claim(
+        self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str
+    ) -> list[JobRecord]:
+        """Write every buffered outcome, and claim up to ``limit`` jobs with
+        the completions. On an error, what was not written stays buffered."""
+        await self._write_failures()
+        if self._give_back:
+            leases, self._give_back = self._give_back, []
+            try:
+                await self._store.release(leases)
+            except BaseException:
+                self._give_back = leases + self._give_back
+                raise
+        if not self._completions and limit <= 0:
+            return []
+        done, self._completions = self._completions, []
+        try:
+            accepted, claimed = await self._store.complete_and_claim(
+                done, queues, limit, lease_seconds, worker
+            )
+        except BaseException:
+            self._completions = done + self._completions
+            raise
+        for (lease, _), ok in zip(done, accepted, strict=True):
+            if not ok:
+                log.warning(
+                    "job %s finished after its lease was lost; result discarded", lease.job_id
+                )
+        return claimed
+
+    async def _write_failures(self) -> None:
+        """Failed runs (retry later, or dead), fenced one by one."""
+        while self._failures:
+            record, lease, outcome = self._failures[0]
+            assert outcome.error is not None
+            retry_at = None if outcome.retry_in is None else self._clock.now() + outcome.retry_in
+            accepted = await self._store.fail(lease, outcome.error, retry_at)
+            self._failures.pop(0)
+            error = f"{outcome.error.type}: {outcome.error.message}"
+            if not accepted:
+                log.warning("job %s failed after its lease was lost: %s", record.id, error)
+            elif retry_at is None:
+                log.error(
+                    "job %s (%s) is dead after %d attempt(s): %s",
+                    record.id,
+                    record.task,
+                    record.attempts,
+                    error,
+                )
+            else:
+                log.warning(
+                    "job %s (%s) failed on attempt %d: %s; retrying in %.3gs",
+                    record.id,
+                    record.task,
+                    record.attempts,
+                    error,
+                    outcome.retry_in,
+                )
