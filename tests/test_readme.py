@@ -111,7 +111,10 @@ class Session:
             assert "make test" in (ROOT / ".ci" / "run").read_text(), where
             return
         assert target == "demo", f"{where}: no rule to run make {target}"
-        done = self.run(where, ["make", "-s", "demo", f"VENV={sys.prefix}"], cwd=ROOT, timeout=120)
+        # This environment as it is: -o keeps make from reinstalling the
+        # package into it from this checkout (pyproject.toml may look newer).
+        venv = ["VENV=" + sys.prefix, "-o", str(Path(sys.prefix) / "bin" / "conveyor")]
+        done = self.run(where, ["make", "-s", "demo", *venv], cwd=ROOT, timeout=120)
         assert "all as expected" in done.stdout, done.stdout
 
     def stop(self) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import threading
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Unpack, overload
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, Protocol, Unpack, overload
 
 from conveyor import validate
 from conveyor.brokers import check_url, mask, open_broker
@@ -17,23 +18,35 @@ from conveyor.job import Job, new_job_id
 from conveyor.options import (
     DEFAULT_QUEUE,
     ENQUEUE_OPTIONS,
-    QUEUE_OPTIONS,
-    STORED_OPTIONS,
-    TASK_OPTIONS,
     EnqueueOptions,
     JobDefaults,
     QueueConfig,
     QueueOptions,
     RunOptions,
     TaskOptions,
-    check_names,
+    check_options,
     resolve,
     run_at_from,
+    stored_options,
 )
 from conveyor.serialization import DEFAULT_MAX_PAYLOAD, dumps, encode_payload, loads
-from conveyor.task import P, R, Signature, Task
+from conveyor.task import AsyncTask, P, R, Signature, SyncTask, Task
 
 DEFAULT_URL = "sqlite:///conveyor.db"
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` with options returns: the decorator itself."""
+
+    # An async function matches both: the first wins, as intended (mypy
+    # calls such overloads overlapping; typeshed uses the same pattern).
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> AsyncTask[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> SyncTask[P, R]: ...
 
 
 class Conveyor:
@@ -68,7 +81,7 @@ class Conveyor:
         self.max_payload = validate.whole_number("max_payload", max_payload, 64, 2**31)
         self.max_result = validate.whole_number("max_result", max_result, 64, 2**31)
         self.max_stalled = validate.max_stalled("max_stalled", max_stalled)
-        self.tasks: dict[str, Task] = {}
+        self.tasks: dict[str, Task[Any, Any]] = {}
         self.queues: dict[str, QueueConfig] = {}
         self._undeclared: dict[str, QueueConfig] = {}
         self._broker: Broker | None = None
@@ -109,21 +122,25 @@ class Conveyor:
     # -- defining -------------------------------------------------------
 
     @overload
-    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    def task(  # type: ignore[overload-overlap]  # async functions: the first wins
+        self, fn: Callable[P, Coroutine[Any, Any, R]]
+    ) -> AsyncTask[P, R]: ...
+
+    @overload
+    def task(self, fn: Callable[P, R]) -> SyncTask[P, R]: ...
 
     @overload
     def task(
         self, *, name: str | None = None, queue: str | None = None, **defaults: Unpack[TaskOptions]
-    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+    ) -> TaskDecorator: ...
 
     def task(
         self,
         fn: Callable[..., Any] | None = None,
-        /,
         *,
         name: str | None = None,
         queue: str | None = None,
-        **defaults: Unpack[TaskOptions],
+        **defaults: Any,
     ) -> Any:
         """Register a function (sync or ``async def``) as a task.
 
@@ -134,14 +151,13 @@ class Conveyor:
         to the queue's, then to 3 attempts with exponential backoff from 1 s.
         Every option is checked here, so a typo fails at import, not at run.
         """
-        check_names("@app.task", defaults, TASK_OPTIONS)
         if name is not None:
             validate.task_name("name", name)
         if queue is not None:
             validate.queue_name("queue", queue)
-        job_defaults = JobDefaults(**defaults)
+        job_defaults = JobDefaults("@app.task", **defaults)
 
-        def register(function: Callable[..., Any]) -> Task:
+        def register(function: Callable[..., Any]) -> Task[Any, Any]:
             if not callable(function):
                 validate.refuse("@app.task", "used on a function", function)
             task_name = name or validate.task_name(
@@ -149,7 +165,8 @@ class Conveyor:
             )
             if task_name in self.tasks and self.tasks[task_name].fn is not function:
                 raise ConfigurationError(f"a task named {task_name!r} is already registered")
-            task = Task(self, function, task_name, queue, job_defaults)
+            kind = AsyncTask if inspect.iscoroutinefunction(function) else SyncTask
+            task: Task[Any, Any] = kind(self, function, task_name, queue, job_defaults)
             self.tasks[task_name] = task
             self._run_options.clear()
             return task
@@ -170,12 +187,7 @@ class Conveyor:
         removeOnComplete / removeOnFail): ``keep_completed`` (default 10,000),
         ``keep_completed_for`` (seconds), ``keep_dead``, ``keep_dead_for``.
         """
-        check_names("app.queue", options, QUEUE_OPTIONS)
-        given: dict[str, Any] = dict(options)
-        retention = {
-            key: given.pop(key) for key in QUEUE_OPTIONS if key not in TASK_OPTIONS and key in given
-        }
-        config = QueueConfig(name, JobDefaults(**given), **retention)
+        config = QueueConfig.declare(name, options)
         self.queues[name] = config
         self._run_options.clear()
         return config
@@ -201,11 +213,11 @@ class Conveyor:
 
     def enqueue(
         self,
-        task: str | Task,
+        task: str | Task[Any, Any],
         args: tuple[Any, ...] | list[Any] = (),
         kwargs: dict[str, Any] | None = None,
         **options: Unpack[EnqueueOptions],
-    ) -> Job:
+    ) -> Job[Any]:
         """Store a job for the task named ``task``; no import of the task needed.
 
         >>> app.enqueue("send-email", kwargs={"to": "a@b.c"}, queue="critical", delay=5)  # doctest: +SKIP
@@ -229,11 +241,11 @@ class Conveyor:
 
     async def enqueue_async(
         self,
-        task: str | Task,
+        task: str | Task[Any, Any],
         args: tuple[Any, ...] | list[Any] = (),
         kwargs: dict[str, Any] | None = None,
         **options: Unpack[EnqueueOptions],
-    ) -> Job:
+    ) -> Job[Any]:
         """``enqueue`` for async code: the store call runs on a thread, so the
         event loop (a FastAPI handler's, an async task's) never blocks.
 
@@ -243,10 +255,11 @@ class Conveyor:
         result = (await asyncio.to_thread(self._store, [new]))[0]
         if self._after_enqueue_async is not None and result.created:
             await self._after_enqueue_async(new.queue)
-            return Job(self, await asyncio.to_thread(self.broker.get, new.id) or result.record)
+            stored = await asyncio.to_thread(self.broker.get, new.id)
+            return Job(self, stored or result.record)
         return Job(self, result.record)
 
-    def enqueue_many(self, calls: Iterable[Signature]) -> list[Job]:
+    def enqueue_many(self, calls: Iterable[Signature]) -> list[Job[Any]]:
         """Store many jobs in one store call per batch: the fast way to add
         thousands. Each call is ``task.s(*args, **kwargs)``, optionally with
         options (``task.options(priority=9).s(...)``).
@@ -264,7 +277,7 @@ class Conveyor:
             return [Job(self, self.broker.get(r.record.id) or r.record) for r in results]
         return [Job(self, r.record) for r in results]
 
-    async def enqueue_many_async(self, calls: Iterable[Signature]) -> list[Job]:
+    async def enqueue_many_async(self, calls: Iterable[Signature]) -> list[Job[Any]]:
         """``enqueue_many`` without blocking the event loop."""
         new = self._new_jobs(calls)
         results = await asyncio.to_thread(self._store, new)
@@ -302,22 +315,16 @@ class Conveyor:
         priority = None
         job_id = stored = run_at = None
         if options:
-            check_names("enqueue", options, ENQUEUE_OPTIONS)
-            given = {key: value for key, value in options.items() if value is not None}
-            if "queue" in given:
-                queue = validate.queue_name("queue", given["queue"])
-            if "priority" in given:
-                priority = validate.priority("priority", given["priority"])
-            if "job_id" in given:
-                job_id = validate.job_id("job_id", given["job_id"])
-            overrides = {key: given[key] for key in STORED_OPTIONS if key in given}
-            if overrides:
-                stored = JobDefaults(**overrides).stored()
+            given = check_options("enqueue", options, ENQUEUE_OPTIONS)
+            queue = given.get("queue", queue)
+            priority = given.get("priority")
+            job_id = given.get("job_id")
+            stored = stored_options(given)
             run_at = run_at_from(given.get("delay"), given.get("run_at"), self.clock.now())
         if priority is None:
-            priority = known.defaults.priority if known else None
+            priority = known.defaults.get("priority") if known else None
             if priority is None:
-                priority = self.queue_config(queue).defaults.priority or 0
+                priority = self.queue_config(queue).defaults.get("priority") or 0
         return NewJob(
             id=job_id if job_id is not None else new_job_id(),
             task=name,
@@ -331,14 +338,14 @@ class Conveyor:
 
     # -- reading and controlling ----------------------------------------
 
-    def get_job(self, job_id: str) -> Job | None:
+    def get_job(self, job_id: str) -> Job[Any] | None:
         """The job with this id, or None."""
         record = self.broker.get(job_id)
         return Job(self, record) if record is not None else None
 
     def jobs(
         self, queue: str | None = None, state: str | None = None, limit: int = 100
-    ) -> list[Job]:
+    ) -> list[Job[Any]]:
         """Stored jobs, oldest first, optionally of one queue and state."""
         if state is not None and state not in STATES:
             raise ConfigurationError(f"unknown state {state!r}: use one of {', '.join(STATES)}")
@@ -362,7 +369,9 @@ class Conveyor:
         key = (queue, task, options_json)
         cached = self._run_options.get(key)
         if cached is None:
-            job_layer = JobDefaults(**loads(options_json)) if options_json else None
+            job_layer = (
+                JobDefaults("stored options", **loads(options_json)) if options_json else None
+            )
             known = self.tasks.get(task)
             cached = resolve(
                 job_layer,

@@ -38,7 +38,9 @@ def load_app(spec: str) -> Conveyor:
     except ConveyorError:
         raise
     except Exception as exc:  # the user's module failed to import: say why in one line
-        raise ConfigurationError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+        raise ConfigurationError(
+            f"cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from None
     app = getattr(module, attribute, None)
     if not isinstance(app, Conveyor):
         found = "nothing" if app is None else type(app).__name__
@@ -57,7 +59,9 @@ def open_app(spec: str, *, create: bool) -> Conveyor:
     return app
 
 
-def checked(check: Callable[[str, Any], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+def checked(
+    check: Callable[[str, Any], Any],
+) -> Callable[[click.Context, click.Parameter, Any], Any]:
     """A click callback running one of ``conveyor.validate``'s checks, so a bad
     flag gets the same one-line error as the API, naming the flag."""
 
@@ -113,39 +117,110 @@ def _queues(option: str, text: str) -> list[str]:
 
 @main.command()
 @click.argument("app")
-@click.option("-q", "--queues", callback=checked(_queues),
-              help="Comma-separated queues, in strict priority order (default: every queue the app names).")
-@click.option("-c", "--concurrency", type=int, default=10, show_default=True,
-              callback=checked(validate.concurrency), help="Jobs run at once.")
-@click.option("--burst", is_flag=True, help="Exit 0 once no job is waiting or active in the queues "
-              "(delayed jobs and retries not yet due are not waited for).")
-@click.option("--lease", type=float, default=30.0, show_default=True, callback=checked(validate.lease),
-              help="Seconds a claimed job stays claimed without renewal.")
-@click.option("--grace", type=float, default=30.0, show_default=True, callback=checked(validate.grace),
-              help="Seconds active jobs get to finish on SIGTERM.")
-@click.option("--max-stalled", type=int, default=None, callback=checked(validate.max_stalled),
-              help="Lease expiries a job survives before it goes dead (default: the app's, 3).")
-@click.option("--poll", type=float, default=1.0, show_default=True, callback=checked(validate.poll),
-              help="Longest idle wait between store checks (seconds).")
-@click.option("--max-abandoned-threads", type=int, default=None,
-              callback=checked(validate.max_abandoned_threads),
-              help="Threads of sync jobs stuck past their timeout the worker tolerates; beyond, "
-              "it exits 3 for a restart (default: the concurrency or 10, whichever is more).")
-@click.option("--loop", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto", show_default=True,
-              help="Event loop: uvloop when installed (auto), or asyncio's own.")
-@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO",
-              show_default=True)
-def worker(app: str, queues: list[str] | None, concurrency: int, burst: bool, lease: float, grace: float,
-           max_stalled: int | None, poll: float, max_abandoned_threads: int | None, loop: str,
-           log_level: str) -> None:
+@click.option(
+    "-q",
+    "--queues",
+    callback=checked(_queues),
+    help="Comma-separated queues, in strict priority order (default: every queue the app names).",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=int,
+    default=10,
+    show_default=True,
+    callback=checked(validate.concurrency),
+    help="Jobs run at once.",
+)
+@click.option(
+    "--burst",
+    is_flag=True,
+    help="Exit 0 once no job is waiting or active in the queues "
+    "(delayed jobs and retries not yet due are not waited for).",
+)
+@click.option(
+    "--lease",
+    type=float,
+    default=30.0,
+    show_default=True,
+    callback=checked(validate.lease),
+    help="Seconds a claimed job stays claimed without renewal.",
+)
+@click.option(
+    "--grace",
+    type=float,
+    default=30.0,
+    show_default=True,
+    callback=checked(validate.grace),
+    help="Seconds active jobs get to finish on SIGTERM.",
+)
+@click.option(
+    "--max-stalled",
+    type=int,
+    default=None,
+    callback=checked(validate.max_stalled),
+    help="Lease expiries a job survives before it goes dead (default: the app's, 3).",
+)
+@click.option(
+    "--poll",
+    type=float,
+    default=1.0,
+    show_default=True,
+    callback=checked(validate.poll),
+    help="Longest idle wait between store checks (seconds).",
+)
+@click.option(
+    "--max-abandoned-threads",
+    type=int,
+    default=None,
+    callback=checked(validate.max_abandoned_threads),
+    help="Threads of sync jobs stuck past their timeout the worker tolerates; beyond, "
+    "it exits 3 for a restart (default: the concurrency or 10, whichever is more).",
+)
+@click.option(
+    "--loop",
+    type=click.Choice(["auto", "asyncio", "uvloop"]),
+    default="auto",
+    show_default=True,
+    help="Event loop: uvloop when installed (auto), or asyncio's own.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
+def worker(
+    app: str,
+    queues: list[str] | None,
+    concurrency: int,
+    burst: bool,
+    lease: float,
+    grace: float,
+    max_stalled: int | None,
+    poll: float,
+    max_abandoned_threads: int | None,
+    loop: str,
+    log_level: str,
+) -> None:
     """Run jobs."""
     from conveyor.worker import Worker
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     conveyor_app = open_app(app, create=True)
-    code = Worker(conveyor_app, queues, concurrency=concurrency, lease=lease, grace=grace, burst=burst,
-                  max_stalled=max_stalled, poll_interval=poll,
-                  max_abandoned_threads=max_abandoned_threads).run(loop=loop)
+    code = Worker(
+        conveyor_app,
+        queues,
+        concurrency=concurrency,
+        lease=lease,
+        grace=grace,
+        burst=burst,
+        max_stalled=max_stalled,
+        poll_interval=poll,
+        max_abandoned_threads=max_abandoned_threads,
+    ).run(loop=loop)
     sys.exit(code)
 
 
@@ -158,15 +233,24 @@ def worker(app: str, queues: list[str] | None, concurrency: int, burst: bool, le
 @click.option("--delay", type=float, callback=checked(validate.seconds), help="Seconds from now.")
 @click.option("--priority", type=int, callback=checked(validate.priority))
 @click.option("--job-id", callback=checked(validate.job_id))
-def enqueue(app: str, task: str, args_json: str | None, kwargs_json: str | None, queue: str | None,
-            delay: float | None, priority: int | None, job_id: str | None) -> None:
+def enqueue(
+    app: str,
+    task: str,
+    args_json: str | None,
+    kwargs_json: str | None,
+    queue: str | None,
+    delay: float | None,
+    priority: int | None,
+    job_id: str | None,
+) -> None:
     """Enqueue TASK by name; prints the job id."""
     conveyor_app = open_app(app, create=True)
     args, kwargs = _json_arg(args_json, "--args", list), _json_arg(kwargs_json, "--kwargs", dict)
     if task not in conveyor_app.tasks:
         _warn_unknown_task(app, conveyor_app, task, queue)
-    job = conveyor_app.enqueue(task, args, kwargs, queue=queue, delay=delay, priority=priority,
-                               job_id=job_id)
+    job = conveyor_app.enqueue(
+        task, args, kwargs, queue=queue, delay=delay, priority=priority, job_id=job_id
+    )
     click.echo(job.id)
 
 
@@ -175,7 +259,11 @@ def _warn_unknown_task(spec: str, app: Conveyor, task: str, queue: str | None) -
     knows the queue the task declares: say so, and name a near miss."""
     close = difflib.get_close_matches(task, list(app.tasks), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    where = f"queue {queue!r}" if queue else "queue 'default', not any queue the task declares elsewhere"
+    where = (
+        f"queue {queue!r}"
+        if queue
+        else "queue 'default', not any queue the task declares elsewhere"
+    )
     click.echo(
         f"conveyor: warning: {spec} defines no task {task!r}{hint}: the job goes to {where}, "
         "and a worker that does not know the task sends it to the dead-letter list",
@@ -204,8 +292,13 @@ def stats(app: str, as_json: bool) -> None:
 @click.argument("app")
 @click.option("--queue", callback=checked(validate.queue_name))
 @click.option("--state", type=click.Choice(STATES))
-@click.option("--limit", type=int, default=100, show_default=True,
-              callback=checked(lambda option, value: validate.whole_number(option, value, 1, 10**9)))
+@click.option(
+    "--limit",
+    type=int,
+    default=100,
+    show_default=True,
+    callback=checked(lambda option, value: validate.whole_number(option, value, 1, 10**9)),
+)
 @click.option("--json", "as_json", is_flag=True)
 def jobs(app: str, queue: str | None, state: str | None, limit: int, as_json: bool) -> None:
     """List jobs, oldest first."""
@@ -217,8 +310,14 @@ def jobs(app: str, queue: str | None, state: str | None, limit: int, as_json: bo
     table = Table("id", "task", "queue", "state", "attempts", "error", title=f"{len(found)} jobs")
     for job in found:
         error = job["error"] or ""
-        table.add_row(job["id"], job["task"], job["queue"], job["state"], str(job["attempts"]),
-                      error if len(error) <= 60 else error[:57] + "...")
+        table.add_row(
+            job["id"],
+            job["task"],
+            job["queue"],
+            job["state"],
+            str(job["attempts"]),
+            error if len(error) <= 60 else error[:57] + "...",
+        )
     console.print(table)
     click.echo(f"store: {conveyor_app.broker.location}")
 
@@ -259,7 +358,9 @@ def cancel(app: str, job_ids: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.option("--db", default=None, help="SQLite file for the demo (default: a fresh temporary one).")
+@click.option(
+    "--db", default=None, help="SQLite file for the demo (default: a fresh temporary one)."
+)
 @click.option("--workers", default=2, show_default=True, help="Worker processes.")
 def demo(db: str | None, workers: int) -> None:
     """Run the seed's example on the embedded store with two worker processes."""

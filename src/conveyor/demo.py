@@ -20,6 +20,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from rich import box
 from rich.console import Console, Group
@@ -37,7 +38,7 @@ TIMEOUT = 60.0  # seconds for every job to end before the demo gives up
 STATE_STYLES = {"completed": "green", "dead": "red", "active": "yellow", "delayed": "cyan"}
 
 
-def _enqueue_all(m: ModuleType) -> tuple[list[Job], Job, Job]:
+def _enqueue_all(m: ModuleType) -> tuple[list[Job[Any]], Job[Any], Job[Any]]:
     """The scenario: returns every job, the flaky webhook and the broken sync."""
     jobs = [m.send_email.enqueue(f"user{i}@example.com", "Welcome!") for i in range(1, 11)]
     jobs += [m.process_image.enqueue(f"photo{i}.jpg") for i in range(1, 10)]
@@ -51,7 +52,7 @@ def _enqueue_all(m: ModuleType) -> tuple[list[Job], Job, Job]:
     return [*jobs, webhook, broken], webhook, broken
 
 
-def _live_view(app: Conveyor, jobs: list[Job], started: float) -> Group:
+def _live_view(app: Conveyor, jobs: list[Job[Any]], started: float) -> Group:
     counts, order = app.stats(), app.queue_names()
     table = Table("queue", *STATES, title="store counts (app.stats())", title_justify="left")
     for queue in sorted(counts, key=lambda q: (order.index(q) if q in order else len(order), q)):
@@ -72,13 +73,13 @@ def _live_view(app: Conveyor, jobs: list[Job], started: float) -> Group:
     return Group(table, bar)
 
 
-def _refresh(jobs: list[Job]) -> None:
+def _refresh(jobs: list[Job[Any]]) -> None:
     for job in jobs:
         if job.state not in ENDED_STATES:
             job.refresh()
 
 
-def _stop(workers: list[subprocess.Popen], wait: float = 15.0) -> list[int]:
+def _stop(workers: list[subprocess.Popen[bytes]], wait: float = 15.0) -> list[int]:
     """SIGTERM every worker (a graceful stop) and collect the exit codes."""
     for proc in workers:
         if proc.poll() is None:
@@ -93,7 +94,7 @@ def _stop(workers: list[subprocess.Popen], wait: float = 15.0) -> list[int]:
     return codes
 
 
-def _summary(jobs: list[Job], width: int) -> Table:
+def _summary(jobs: list[Job[Any]], width: int) -> Table:
     table = Table(
         title="jobs, in enqueue order",
         title_justify="left",
@@ -117,7 +118,7 @@ def _summary(jobs: list[Job], width: int) -> Table:
     return table
 
 
-def _check(jobs: list[Job], webhook: Job, broken: Job) -> list[str]:
+def _check(jobs: list[Job[Any]], webhook: Job[Any], broken: Job[Any]) -> list[str]:
     """What did not end as the scenario expects; empty when all is well."""
     problems = []
     if webhook.state != "completed" or webhook.attempts != 3:

@@ -12,6 +12,7 @@ import asyncio
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 from conveyor import Conveyor
 
@@ -25,19 +26,19 @@ app.queue("bulk", priority=1, attempts=1, timeout=300, keep_completed=100)
 
 
 @app.task(name="send-email", queue="critical")
-async def send_email(to: str, subject: str) -> dict:
+async def send_email(to: str, subject: str) -> dict[str, Any]:
     await asyncio.sleep(random.uniform(0.05, 0.15))
     return {"message_id": f"msg_{time.time_ns()}", "to": to, "sent": True}
 
 
 @app.task(name="process-image", queue="default")
-def process_image(filename: str) -> dict:
+def process_image(filename: str) -> dict[str, Any]:
     time.sleep(random.uniform(0.2, 0.5))  # a plain function: runs on a worker thread
     return {"output": f"processed_{filename}"}
 
 
 @app.task(name="export-report", queue="bulk")
-async def export_report(query: str) -> dict:
+async def export_report(query: str) -> dict[str, Any]:
     await asyncio.sleep(random.uniform(0.3, 0.6))
     return {"query": query, "rows": 1250}
 
@@ -60,7 +61,7 @@ def runs_file() -> Path:
 
 
 @app.task(name="deliver-webhook", queue="default", backoff="exponential", backoff_delay=0.3)
-def deliver_webhook(url: str, key: str) -> dict:
+def deliver_webhook(url: str, key: str) -> dict[str, Any]:
     """Fails its first two runs (the endpoint answers 503), then succeeds."""
     with runs_file().open("a+") as runs:
         runs.write(key + "\n")

@@ -6,7 +6,7 @@ import asyncio
 import binascii
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from conveyor.brokers.base import CANCELLED, COMPLETED, DEAD, JobRecord
 from conveyor.errors import ConfigurationError, JobCancelled, JobFailed
@@ -49,8 +49,11 @@ def _refuse_in_event_loop() -> None:
     )
 
 
-class Job:
-    """A handle on a stored job. Attributes reflect the last read of the store;
+R = TypeVar("R")
+
+
+class Job(Generic[R]):
+    """A handle on a stored job; ``R`` is what its task returns. Attributes reflect the last read of the store;
     ``refresh()`` reads again.
 
     >>> job = add.enqueue(2, 3)          # doctest: +SKIP
@@ -90,11 +93,11 @@ class Job:
         return self.record.attempts
 
     @property
-    def args(self) -> list:
+    def args(self) -> list[Any]:
         return decode_payload(self.record.payload)[0]
 
     @property
-    def kwargs(self) -> dict:
+    def kwargs(self) -> dict[str, Any]:
         return decode_payload(self.record.payload)[1]
 
     @property
@@ -122,7 +125,7 @@ class Job:
 
     # -- acting ---------------------------------------------------------
 
-    def refresh(self) -> Job:
+    def refresh(self) -> Job[R]:
         """Read the job again from the store. Raises LookupError if it was removed."""
         record = self.app.broker.get(self.id)
         if record is None:
@@ -130,7 +133,7 @@ class Job:
         self.record = record
         return self
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> R:
         """Wait for the job to end and return its result.
 
         Raises ``JobFailed`` if it went dead, ``JobCancelled`` if it was
@@ -156,7 +159,7 @@ class Job:
             )
             pause = min(pause * 1.5, 0.1)
 
-    async def result_async(self, timeout: float | None = None) -> Any:
+    async def result_async(self, timeout: float | None = None) -> R:
         """``result`` for async code: the store is read on a thread and the
         waits are ``asyncio.sleep``, so the event loop goes on meanwhile.
 
@@ -176,23 +179,24 @@ class Job:
             )
             pause = min(pause * 1.5, 0.1)
 
-    async def refresh_async(self) -> Job:
+    async def refresh_async(self) -> Job[R]:
         """``refresh`` without blocking the event loop."""
         return await asyncio.to_thread(self.refresh)
 
-    def _ended(self) -> tuple[bool, Any]:
+    def _ended(self) -> tuple[bool, R]:
         """Read the job again: (True, its result) once completed; raises
         ``JobFailed`` or ``JobCancelled`` for the other ended states."""
         self.refresh()
         state = self.record.state
         if state == COMPLETED:
-            return True, loads(self.record.result)
+            value: R = loads(self.record.result)
+            return True, value
         if state == DEAD:
             last = (self.errors or [{"type": "Error", "message": "unknown error"}])[-1]
             raise JobFailed(self.id, last["type"], last["message"], last.get("traceback", ""))
         if state == CANCELLED:
             raise JobCancelled(self.id)
-        return False, None
+        return False, None  # type: ignore[return-value]  # never read: not ended
 
     def cancel(self) -> bool:
         """Cancel the job if it is waiting or delayed; False if it already started or ended."""

@@ -1,4 +1,12 @@
-"""Job options and where they come from.
+"""Job options: one definition, every surface derived from it.
+
+Each option is one line of a ``TypedDict`` below, its type annotated with
+the check that normalises it (``conveyor.validate``). ``@app.task``,
+``app.queue``, ``app.enqueue``, ``task.options`` and their async twins take
+``**options: Unpack[...]`` of these, so type checkers and IDEs see every
+keyword; the checks, the lists of known names (for "did you mean")
+and what is stored with a job all come from the same lines. Adding an option
+is one line here plus its behaviour.
 
 A run's options are resolved in this order, first set wins: the job's own
 (``task.options(...)`` or ``app.enqueue(..., attempts=...)``), the task's
@@ -10,10 +18,10 @@ from 1 second, no timeout, priority 0.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypedDict
+from typing import Annotated, Any, TypedDict, get_type_hints
 
 from conveyor import validate
 from conveyor.backoff import KINDS, Backoff, BackoffFunction
@@ -21,53 +29,90 @@ from conveyor.errors import ConfigurationError
 
 DEFAULT_QUEUE = "default"
 
-
-class TaskOptions(TypedDict, total=False):
-    """The defaults ``@app.task`` and ``app.queue`` may set for their jobs
-    (the fields of ``JobDefaults``)."""
-
-    attempts: int | None
-    timeout: float | None
-    priority: int | None
-    backoff: str | BackoffFunction | None
-    backoff_delay: float | None
-    backoff_max: float | None
-    jitter: float | None
+Check = Callable[[str, Any], Any]
 
 
-class QueueOptions(TaskOptions, total=False):
+def _backoff(option: str, value: Any) -> Any:
+    return validate.backoff(option, value, KINDS, allow_callable=True)
+
+
+def _positive_seconds(option: str, value: Any) -> float:
+    return validate.seconds(option, value, positive=True)
+
+
+def _run_at(option: str, value: Any) -> Any:
+    """Its type here; its range against the clock in ``run_at_from``."""
+    if isinstance(value, datetime) or (
+        isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ):
+        return value
+    validate.refuse(option, "an aware datetime or seconds since the epoch", value)
+
+
+class JobOptions(TypedDict, total=False):
+    """Options of a run that a job, its task or its queue may set."""
+
+    attempts: Annotated[int | None, validate.attempts]
+    timeout: Annotated[float | None, validate.timeout]
+    priority: Annotated[int | None, validate.priority]
+    backoff: Annotated[str | BackoffFunction | None, _backoff]
+    backoff_delay: Annotated[float | None, validate.seconds]
+    backoff_max: Annotated[float | None, validate.seconds]
+    jitter: Annotated[float | None, validate.jitter]
+
+
+class TaskOptions(JobOptions, total=False):
+    """``@app.task``'s options (besides ``name`` and ``queue``)."""
+
+
+class QueueOptions(JobOptions, total=False):
     """``app.queue``'s options: its jobs' defaults and its retention."""
 
-    keep_completed: int | None
-    keep_completed_for: float | None
-    keep_dead: int | None
-    keep_dead_for: float | None
+    keep_completed: Annotated[int | None, validate.retention_count]
+    keep_completed_for: Annotated[float | None, _positive_seconds]
+    keep_dead: Annotated[int | None, validate.retention_count]
+    keep_dead_for: Annotated[float | None, _positive_seconds]
 
 
-class EnqueueOptions(TypedDict, total=False):
+class EnqueueOptions(JobOptions, total=False):
     """What ``app.enqueue``, ``task.options`` and their async twins take for
     one job. None, like a missing key, means "not set": the task's, then the
     queue's, then the global default applies."""
 
-    queue: str | None
-    delay: float | None
-    run_at: datetime | float | None
-    priority: int | None
-    job_id: str | None
-    attempts: int | None
-    timeout: float | None
-    backoff: str | None
-    backoff_delay: float | None
-    backoff_max: float | None
-    jitter: float | None
+    queue: Annotated[str | None, validate.queue_name]
+    delay: Annotated[float | None, validate.seconds]
+    run_at: Annotated[datetime | float | None, _run_at]
+    job_id: Annotated[str | None, validate.job_id]
 
 
-TASK_OPTIONS = tuple(TaskOptions.__annotations__)
-QUEUE_OPTIONS = tuple(QueueOptions.__annotations__)
-ENQUEUE_OPTIONS = tuple(EnqueueOptions.__annotations__)
-#: A job's own options that are stored with it (priority has its own column;
-#: queue, delay, run_at and job_id shape the stored record itself).
-STORED_OPTIONS = tuple(name for name in TASK_OPTIONS if name != "priority")
+def _checks(options: type) -> dict[str, Check]:
+    hints = get_type_hints(options, include_extras=True)
+    return {name: hint.__metadata__[0] for name, hint in hints.items()}
+
+
+CHECKS: dict[str, Check] = {
+    **_checks(EnqueueOptions),
+    **_checks(QueueOptions),
+    **_checks(TaskOptions),
+}
+JOB_OPTIONS = tuple(get_type_hints(JobOptions))
+TASK_OPTIONS = tuple(get_type_hints(TaskOptions))
+QUEUE_OPTIONS = tuple(get_type_hints(QueueOptions))
+ENQUEUE_OPTIONS = tuple(get_type_hints(EnqueueOptions))
+#: A job's own run options, stored with it (priority has its own column).
+STORED_OPTIONS = tuple(name for name in JOB_OPTIONS if name != "priority")
+
+
+def check_options(where: str, given: Mapping[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
+    """The options set in ``given`` (None is "not set"), each checked and
+    normalised; an unknown name is refused, naming the nearest known one."""
+    checked = {}
+    for name, value in given.items():
+        if name not in known:
+            validate.unknown_option(where, name, known)
+        if value is not None:
+            checked[name] = CHECKS[name](name, value)
+    return checked
 
 
 def check_names(where: str, given: Iterable[str], known: tuple[str, ...]) -> None:
@@ -77,50 +122,44 @@ def check_names(where: str, given: Iterable[str], known: tuple[str, ...]) -> Non
             validate.unknown_option(where, name, known)
 
 
-@dataclass(frozen=True, slots=True)
-class JobDefaults:
-    """Options a task or a queue may set; None means "not set here".
+class JobDefaults(Mapping[str, Any]):
+    """A layer of run options (a task's, a queue's or a job's own), checked
+    when it is made; a missing key means "not set here".
 
-    Every value is checked (``conveyor.validate``) when the layer is built:
-    at ``@app.task`` or ``app.queue`` time, or at enqueue for a job's own.
+    >>> JobDefaults(attempts=5)["attempts"]
+    5
     """
 
-    attempts: int | None = None
-    timeout: float | None = None
-    priority: int | None = None
-    backoff: str | BackoffFunction | None = None
-    backoff_delay: float | None = None
-    backoff_max: float | None = None
-    jitter: float | None = None
+    __slots__ = ("_values",)
 
-    def __post_init__(self) -> None:
-        checks = {
-            "attempts": validate.attempts,
-            "timeout": validate.timeout,
-            "priority": validate.priority,
-            "backoff": lambda name, value: validate.backoff(name, value, KINDS, True),
-            "backoff_delay": validate.seconds,
-            "backoff_max": validate.seconds,
-            "jitter": validate.jitter,
-        }
-        for name, check in checks.items():
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, check(name, value))
+    def __init__(self, where: str = "options", **options: Any) -> None:
+        self._values = check_options(where, options, JOB_OPTIONS)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"JobDefaults({self._values!r})"
 
     def stored(self) -> dict[str, Any] | None:
-        """The options worth storing with a job (a callable cannot be stored)."""
-        if callable(self.backoff):
-            raise ConfigurationError(
-                "a callable backoff cannot be stored with a job: set it on @app.task(backoff=...)"
-            )
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.pop("priority")  # priority lives in its own column
-        kept = {k: v for k, v in values.items() if v is not None}
-        return kept or None
+        return stored_options(self)
 
 
-assert tuple(f.name for f in fields(JobDefaults)) == TASK_OPTIONS, "one list of task options"
+def stored_options(options: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A job's own run options, as stored with it (a callable cannot be)."""
+    if callable(options.get("backoff")):
+        raise ConfigurationError(
+            "a callable backoff cannot be stored with a job: set it on @app.task(backoff=...)"
+        )
+    kept = {name: options[name] for name in STORED_OPTIONS if name in options}
+    return kept or None
+
 
 GLOBAL_DEFAULTS = JobDefaults(attempts=3, priority=0, backoff="exponential", backoff_delay=1.0)
 
@@ -134,14 +173,14 @@ class RunOptions:
     backoff: Backoff
 
 
-def resolve(*layers: JobDefaults | None) -> RunOptions:
+def resolve(*layers: Mapping[str, Any] | None) -> RunOptions:
     """Merge option layers, most specific first."""
 
     def pick(name: str) -> Any:
         for layer in layers:
-            if layer is not None and getattr(layer, name) is not None:
-                return getattr(layer, name)
-        return getattr(GLOBAL_DEFAULTS, name)
+            if layer is not None and layer.get(name) is not None:
+                return layer[name]
+        return GLOBAL_DEFAULTS.get(name)
 
     return RunOptions(
         attempts=pick("attempts"),
@@ -164,7 +203,7 @@ class QueueConfig:
     """
 
     name: str
-    defaults: JobDefaults = JobDefaults()
+    defaults: JobDefaults = field(default_factory=JobDefaults)
     keep_completed: int | None = 10_000
     keep_completed_for: float | None = None
     keep_dead: int | None = None
@@ -172,12 +211,15 @@ class QueueConfig:
 
     def __post_init__(self) -> None:
         validate.queue_name("queue name", self.name)
-        for name in ("keep_completed", "keep_dead"):
-            value = validate.optional(validate.retention_count, name, getattr(self, name))
-            object.__setattr__(self, name, value)
-        for name in ("keep_completed_for", "keep_dead_for"):
-            value = validate.optional(validate.seconds, name, getattr(self, name), positive=True)
-            object.__setattr__(self, name, value)
+
+    @classmethod
+    def declare(cls, name: str, options: Mapping[str, Any]) -> QueueConfig:
+        """``app.queue(name, **options)``: job defaults and retention, checked.
+        A retention option given as None means "keep them all"."""
+        given = check_options("app.queue", options, QUEUE_OPTIONS)
+        defaults = {key: value for key, value in given.items() if key in JOB_OPTIONS}
+        retention = {key: given.get(key) for key in options if key not in JOB_OPTIONS}
+        return cls(name, JobDefaults("app.queue", **defaults), **retention)
 
 
 def run_at_from(delay: Any, run_at: Any, now: float) -> float | None:
@@ -190,6 +232,7 @@ def run_at_from(delay: Any, run_at: Any, now: float) -> float | None:
         return now + delay if delay > 0 else None
     if run_at is None:
         return None
+    run_at = _run_at("run_at", run_at)
     if isinstance(run_at, datetime):
         if run_at.tzinfo is None:
             raise ConfigurationError(
@@ -197,10 +240,8 @@ def run_at_from(delay: Any, run_at: Any, now: float) -> float | None:
                 "so a job is not run hours early or late"
             )
         timestamp = run_at.astimezone(UTC).timestamp()
-    elif isinstance(run_at, numbers.Real) and not isinstance(run_at, bool):
-        timestamp = float(run_at)
     else:
-        validate.refuse("run_at", "an aware datetime or seconds since the epoch", run_at)
+        timestamp = float(run_at)
     if not 0 <= timestamp <= now + validate.MAX_SECONDS:  # NaN fails too
         validate.refuse(
             "run_at", "a time within 100 years from now (seconds, not milliseconds)", run_at

@@ -80,7 +80,10 @@ def _too_large(what: str, size: int, limit: int, setting: str) -> str:
 
 
 def encode_payload(
-    task: str, args: tuple | list, kwargs: dict, max_bytes: int = DEFAULT_MAX_PAYLOAD
+    task: str,
+    args: tuple[Any, ...] | list[Any],
+    kwargs: dict[str, Any],
+    max_bytes: int = DEFAULT_MAX_PAYLOAD,
 ) -> str:
     """The stored form of a call: ``[args, kwargs]`` as JSON text.
 
@@ -104,7 +107,7 @@ def encode_payload(
     return data.decode()
 
 
-def decode_payload(text: str) -> tuple[list, dict]:
+def decode_payload(text: str) -> tuple[list[Any], dict[str, Any]]:
     """``(args, kwargs)`` from stored JSON; ValueError when it is corrupt."""
     try:
         args, kwargs = orjson.loads(text)

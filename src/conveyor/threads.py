@@ -21,9 +21,12 @@ T = TypeVar("T")
 
 
 Outcome = tuple[bool, Any]  # (True, the call's value) or (False, what it raised)
+Call = tuple[
+    Callable[..., Any], tuple[Any, ...], "asyncio.Future[Outcome]", asyncio.AbstractEventLoop
+]
 
 
-def _settle(future: asyncio.Future, outcome: Outcome) -> None:
+def _settle(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
     # Always a result, never set_exception: a task may raise anything
     # (SystemExit, KeyboardInterrupt, StopIteration...), and some of those
     # must not travel through asyncio's machinery, which lets SystemExit and
@@ -35,9 +38,9 @@ def _settle(future: asyncio.Future, outcome: Outcome) -> None:
 class _Thread:
     def __init__(self, runner: ThreadRunner, name: str) -> None:
         self.runner = runner
-        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
         self.lock = threading.Lock()
-        self.current: asyncio.Future | None = None
+        self.current: asyncio.Future[Outcome] | None = None
         self.abandoned = False  # its call passed its timeout and still runs
         self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self.thread.start()
@@ -71,7 +74,7 @@ class _Thread:
                 self.abandoned = False
                 self.runner._rejoined()
 
-    def abandon(self, future: asyncio.Future, exc_type: type[BaseException]) -> None:
+    def abandon(self, future: asyncio.Future[Outcome], exc_type: type[BaseException]) -> None:
         """Give up on ``future``'s call, which passed its timeout: raise
         ``exc_type`` inside this thread if it still runs it, and count the
         thread as abandoned until the call returns.
@@ -128,7 +131,7 @@ class ThreadRunner:
             self._idle.append(thread)
             return True
 
-    def submit(self, fn: Callable[..., T], *args: Any) -> tuple[asyncio.Future, _Thread]:
+    def submit(self, fn: Callable[..., T], *args: Any) -> tuple[asyncio.Future[Outcome], _Thread]:
         """Start ``fn(*args)`` on an idle thread (or a new one). The future's
         result is ``(True, value)`` or ``(False, exception)``, never an
         exception of its own."""
@@ -150,7 +153,8 @@ class ThreadRunner:
         ok, value = await future
         if not ok:
             raise value
-        return value
+        result: T = value
+        return result
 
     def close(self) -> None:
         """Let idle threads end; busy ones end when their call returns."""

@@ -103,7 +103,7 @@ def whole_number(option: str, value: Any, low: int, high: int) -> int:
     if (
         not isinstance(value, numbers.Integral)
         or isinstance(value, bool)
-        or not (low <= value <= high)
+        or not (low <= int(value) <= high)
     ):
         refuse(option, f"a whole number from {low:,} to {high:,}", value)
     return int(value)

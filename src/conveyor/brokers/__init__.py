@@ -52,8 +52,7 @@ def _redis_store() -> ModuleType:
         from conveyor.brokers import redis_store
     except ImportError as exc:
         raise ConfigurationError(
-            f"the Redis store needs the redis package ({exc}): "
-            "pip install 'conveyor-jobs[redis]'"
+            f"the Redis store needs the redis package ({exc}): pip install 'conveyor-jobs[redis]'"
         ) from exc
     return redis_store
 
@@ -80,5 +79,6 @@ def open_broker(url: str, clock: Clock | None = None, *, create: bool = True) ->
 
         return SQLiteBroker(url, clock, create=create)
     if scheme in REDIS_SCHEMES:
-        return _redis_store().RedisBroker(url, clock)
+        broker: Broker = _redis_store().RedisBroker(url, clock)
+        return broker
     raise _unknown_scheme(url, scheme)

@@ -30,6 +30,7 @@ and ``cancelled``.
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -316,7 +317,7 @@ class Broker(abc.ABC):
         lease_seconds: float,
         worker: str,
         timeout: float,
-    ) -> list[JobRecord]:
+    ) -> builtins.list[JobRecord]:
         """An idle worker's wait: block like ``wait_for_work``, then claim up
         to ``limit`` jobs as ``claim`` does. One call, so a store can wake and
         claim on one connection and thread (Redis: BZPOPMIN, then the claim

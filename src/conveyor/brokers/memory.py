@@ -193,10 +193,11 @@ class MemoryBroker(Broker):
                 # Every NewJob field but generated_id (id, task, queue, payload,
                 # priority, run_at, options) is a JobRecord field of the same
                 # name and meaning.
-                fields = dataclasses.asdict(new)
-                del fields["generated_id"]
-                fresh = {"seq": self._seq, "state": WAITING, "attempts": 0, "stalls": 0}
-                job = JobRecord(**fields, **fresh, created_at=now)
+                job = JobRecord(
+                    id=new.id, seq=self._seq, task=new.task, queue=new.queue, state=WAITING,
+                    priority=new.priority, payload=new.payload, options=new.options,
+                    attempts=0, stalls=0, created_at=now, run_at=new.run_at,
+                )  # fmt: skip
                 self._jobs[job.id] = job
                 self._tally(job.queue, WAITING, +1)  # _move below subtracts it again
                 if new.run_at is not None and new.run_at > now:
@@ -297,7 +298,8 @@ class MemoryBroker(Broker):
                 if job.stalls > max_stalled:
                     # A job that keeps killing its worker must not loop forever.
                     stalled = AttemptError(
-                        "Stalled", f"lease expired {job.stalls} times, more than max_stalled={max_stalled}"
+                        "Stalled",
+                        f"lease expired {job.stalls} times, more than max_stalled={max_stalled}",
                     )
                     self._append_error(job, stalled, now)
                     self._end(job, DEAD, now)

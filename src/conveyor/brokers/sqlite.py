@@ -120,7 +120,7 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _claim_order(row: tuple) -> tuple[int, int]:
+def _claim_order(row: tuple[Any, ...]) -> tuple[int, int]:
     return -row[5], row[1]  # (-priority, seq): the order claim promises
 
 
@@ -319,7 +319,8 @@ class SQLiteBroker(Broker):
 
     def _tx(self) -> _Transaction:
         try:
-            return self._local.tx
+            tx: _Transaction = self._local.tx
+            return tx
         except AttributeError:
             return self._connect()
 
@@ -532,7 +533,9 @@ class SQLiteBroker(Broker):
         return results
 
     @staticmethod
-    def _insert_all(conn: sqlite3.Connection, rows: list[tuple]) -> list[EnqueueResult] | None:
+    def _insert_all(
+        conn: sqlite3.Connection, rows: list[tuple[Any, ...]]
+    ) -> list[EnqueueResult] | None:
         """The bulk fast path: one executemany when no id is taken, else None."""
         ids = [row[0] for row in rows]
         if (
@@ -547,7 +550,7 @@ class SQLiteBroker(Broker):
         ]
 
     @staticmethod
-    def _insert_one(conn: sqlite3.Connection, row: tuple) -> EnqueueResult:
+    def _insert_one(conn: sqlite3.Connection, row: tuple[Any, ...]) -> EnqueueResult:
         created = conn.execute(INSERT_RETURNING, row).fetchall()
         if not created:  # the id is taken
             existing = JobRecord(*conn.execute(SQL.get_job, row[:1]).fetchone())
@@ -643,6 +646,7 @@ class SQLiteBroker(Broker):
             return conn.execute(SQL.cancel_job, (job_id, self.clock.now())).rowcount == 1
 
     def retry(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
+        params: tuple[str | None, ...]
         if job_ids is not None:
             # By id, a cancelled job may be brought back too; "all" means dead only.
             sql, params = SQL.retry_ids, (_json(list(job_ids)), queue)
@@ -653,6 +657,7 @@ class SQLiteBroker(Broker):
         return self._make_ready(sql, params)
 
     def promote(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
+        params: tuple[str | None, ...]
         if job_ids is not None:
             sql, params = SQL.promote_ids, (_json(list(job_ids)), queue)
         else:
@@ -698,7 +703,8 @@ class SQLiteBroker(Broker):
         return counts
 
     def pending(self, queues: Sequence[str]) -> int:
-        return self._read(SQL.pending, (_json(list(queues)), self.clock.now()))[0][0]
+        pending: int = self._read(SQL.pending, (_json(list(queues)), self.clock.now()))[0][0]
+        return pending
 
     def next_due(self, queues: Sequence[str]) -> float | None:
         rows = self._read(SQL.next_due, (_json(list(queues)),))

@@ -77,7 +77,7 @@ def event_loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | N
                 "loop 'uvloop' needs the uvloop package (pip install uvloop)"
             ) from None
         return None
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return uvloop.new_event_loop
 
 
 class Worker:

@@ -146,7 +146,7 @@ async def run_job(app: Conveyor, threads: ThreadRunner, record: JobRecord) -> Ou
 
 
 async def _call(
-    task: Task, args: list[Any], kwargs: dict[str, Any], timeout: float | None,
+    task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any], timeout: float | None,
     threads: ThreadRunner,
 ) -> tuple[bool, Any]:  # fmt: skip
     """``(True, the task's value)``, or ``(False, what it raised)`` where
