@@ -2,39 +2,9 @@
 
 Every move of a job is one Lua script, ``lua/<operation>.lua``, whose header
 names its KEYS, ARGV and reply; scripts run with EVALSHA and are loaded again
-after a NOSCRIPT (a restarted server). This module builds keys and arguments,
-batches calls into pipelines (one round trip each) and reads the replies.
-
-Keys (``P`` is ``?prefix=``, default ``conveyor``). Every key of queue ``Q``
-carries the hash tag ``{Q}``, so a script touches one Cluster slot and queues
-spread over the shards:
-
-- ``P:{Q}:job:<id>``: one HASH per job, holding only the fields that are set.
-  Field names are one letter, because every job pays for them (16 of the
-  239 bytes of a small waiting job): ``t`` task, ``d`` data (payload),
-  ``s`` state, ``q`` seq, ``n`` ord, ``c`` created_at, ``p`` priority,
-  ``o`` options, ``r`` run_at, ``a`` attempts (tries), ``k`` stalls,
-  ``b`` started_at, ``e`` finished_at, ``f`` lease token (the fence),
-  ``l`` lease expiry, ``w`` worker, ``v`` result (value), ``x`` errors.
-  The scripts name them through constants (``lua/_shared.lua``). ``seq`` and
-  ``created_at`` are whole microseconds, integers Redis packs in half the
-  bytes of a float; ``created_at`` is left out when it equals ``seq`` (the
-  wall clock's case).
-- Ready jobs (``lua/_shared.lua`` tells the whole rule): ``P:{Q}:waiting``, a
-  LIST of the ids of new priority-0 jobs in enqueue order (a few bytes a job:
-  most jobs), and ``P:{Q}:prioritized``, a ZSET scored ``-priority`` whose
-  members are the job's ``ord`` in 12 hex digits, then its id: jobs of other
-  priorities, and every job ready again (due, released, recovered, retried).
-  ``ord`` is taken from ``P:{Q}:counter`` at enqueue, so equal priorities
-  leave in enqueue order whatever the number of producers, and a released
-  job gets its place back.
-- ``P:{Q}:delayed`` by run_at (promoted inside ``claim``), ``P:{Q}:active`` by
-  lease expiry (``recover`` is one range query), ``P:{Q}:completed|dead|
-  cancelled`` by finished_at (``trim``).
-- ``P:{Q}:marker``: a ZSET holding one member while the queue may have ready
-  work nobody claimed.
-- ``P:queues``: SET of queue names, so ``get``, ``counts``, ``cancel``... can
-  pipeline one call per queue.
+after a NOSCRIPT (a restarted server). ``redis_scripts`` names each script's
+KEYS and ARGV (and tells the key layout); this module calls those, batches
+the calls into pipelines (one round trip each) and reads the replies.
 
 ``seq`` orders ``list`` across queues: wall-clock microseconds, strictly
 increasing within a process. ``list`` reads the ids of the states and queues
@@ -46,8 +16,7 @@ id, 96 random bits, is not looked up). In a Cluster it is unique within its
 queue only: the other queues live in other slots.
 
 ``claim`` promotes the due jobs of its own queues every time, those of other
-queues at most once a second per process. A lease token is ``<16 hex>:<queue>``,
-so a ``Lease`` tells which queue's keys to use.
+queues at most once a second per process.
 
 No polling. An idle worker calls ``wait_and_claim``: one pipeline stamps the
 server clock, blocks in BZPOPMIN on its queues' markers, and claims; Redis
@@ -73,20 +42,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from importlib.resources import files
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+from functools import partial
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import hiredis
 import orjson
 import redis
 from redis.exceptions import NoScriptError
 
+from conveyor.brokers import redis_scripts as scripts
 from conveyor.brokers.base import (
     ENDED_STATES,
     STATES,
@@ -106,18 +75,22 @@ from conveyor.brokers.redis_connection import (
     parse_url,
     store_error,
 )
+from conveyor.brokers.redis_scripts import (
+    SOURCES,
+    Command,
+    QueueKeys,
+    lease_token,
+    pairs,
+    queue_of,
+    read_claim,
+    record,
+)
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import StoreMisconfigured, StoreUnavailable
 
 if TYPE_CHECKING:
     from conveyor.brokers.redis_async import RedisAsyncStore
 
-NAMES = ["enqueue", "claim", "extend", "complete", "fail", "release", "recover", "cancel",
-         "retry", "promote", "trim", "stamp"]  # fmt: skip
-LUA = files("conveyor.brokers").joinpath("lua")
-SHARED = LUA.joinpath("_shared.lua").read_text()  # helpers every script starts with
-SOURCES = {name: SHARED + LUA.joinpath(f"{name}.lua").read_text() for name in NAMES}
-SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in SOURCES.items()}
 BATCH = 1000  # jobs per script call: a long script blocks the server for everyone
 MAX_BLOCK = 5.0  # seconds one BZPOPMIN may block
 REPLY_MARGIN = 10.0  # seconds a reply may come after that, as the socket timeout
@@ -137,61 +110,24 @@ def _next_seqs(n: int) -> range:
     return range(first, first + n)
 
 
-class _Keys(NamedTuple):
-    prefix: str  # of every key of the queue; a job is prefix + "job:" + id
-    waiting: str  # LIST: new jobs of priority 0
-    prioritized: str  # ZSET: every other ready job
-    delayed: str
-    active: str
-    completed: str
-    dead: str
-    cancelled: str
-    counter: str
-    marker: str  # ZSET: set while work may be ready; idle workers BZPOPMIN it
-    channel: str  # pub/sub, not a key; '' unless in a Cluster
-
-
-def _pairs(flat: list[str]) -> dict[str, str]:
-    it = iter(flat)
-    return dict(zip(it, it, strict=True))
-
-
-def _float(text: str | None) -> float | None:
-    return None if text is None else float(text)
-
-
-def _record(job_id: str, queue: str, h: dict[str, str]) -> JobRecord:
-    """A job from its HASH (field letters: the module docstring)."""
-    g, seq = h.get, h["q"]
-    return JobRecord(
-        job_id, int(seq), h["t"], queue, h["s"], int(g("p", 0)), h["d"], g("o"),
-        int(g("a", 0)), int(g("k", 0)), int(g("c", seq)) / 1e6, _float(g("r")),
-        _float(g("b")), _float(g("e")), g("f"), _float(g("l")), g("w"),
-        g("v"), g("x", "[]"),
-    )  # fmt: skip
-
-
-def _records(queue: str, flat: list[Any]) -> list[JobRecord]:
-    """claim.lua's reply: id, the job's fields as a flat list, id, ..."""
-    return [_record(flat[i], queue, _pairs(flat[i + 1])) for i in range(0, len(flat), 2)]
-
-
-def _queue_of(token: str) -> str | None:
-    """The queue a lease token was handed out for; None for a token we never made."""
-    return token[17:] if len(token) > 17 and token[16] == ":" else None
-
-
-def _evalsha(name: str, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, ...]:
-    return ("EVALSHA", SHAS[name], len(keys), *keys, *args)
-
-
-def _call(command: tuple[Any, ...]) -> Call:
+def _call(command: Command) -> Call:
     # execute_command: redis-py refuses .evalsha() in Cluster pipelines
     return lambda client: client.execute_command(*command)
 
 
-def _script(name: str, keys: Sequence[str], args: Sequence[Any]) -> Call:
-    return _call(_evalsha(name, keys, args))
+def _id_token_pairs(leases: Sequence[Lease], idx: list[int]) -> list[str]:
+    """id, token, id, token... of ``leases[i]`` for each i of ``idx``."""
+    return [x for i in idx for x in (leases[i].job_id, leases[i].token)]
+
+
+def _by_queue(leases: Sequence[Lease]) -> dict[str, list[int]]:
+    """The indexes of ``leases`` by the queue their token names (a token we
+    never made names none: its lease is lost)."""
+    groups: dict[str, list[int]] = {}
+    for i, lease in enumerate(leases):
+        if (queue := queue_of(lease.token)) is not None:
+            groups.setdefault(queue, []).append(i)
+    return groups
 
 
 class RedisBroker(Broker):
@@ -207,7 +143,7 @@ class RedisBroker(Broker):
         except REDIS_ERRORS as exc:
             self._raise(exc)
         self._queues_key = f"{self.target.prefix}:queues"
-        self._keys_cache: dict[str, _Keys] = {}
+        self._keys_cache: dict[str, QueueKeys] = {}
         self._known: frozenset[str] = frozenset()  # queue names seen in P:queues
         self._known_at = self._promoted_at = -1e9  # time.monotonic() of the last look
         self._added: frozenset[str] = frozenset()  # Cluster: queues this process added
@@ -227,12 +163,10 @@ class RedisBroker(Broker):
 
     # -- plumbing --------------------------------------------------------
 
-    def _keys(self, queue: str) -> _Keys:
+    def _keys(self, queue: str) -> QueueKeys:
         if (keys := self._keys_cache.get(queue)) is None:
-            p = f"{self.target.prefix}:{{{queue}}}:"
             channel = f"{self.target.prefix}:ready:{queue}" if self.target.cluster else ""
-            names = [p + field for field in _Keys._fields[1:-1]]
-            keys = self._keys_cache[queue] = _Keys(p, *names, channel)
+            keys = self._keys_cache[queue] = QueueKeys.of(self.target.prefix, queue, channel)
         return keys
 
     def _run(self, calls: Sequence[Call]) -> list[Any]:
@@ -368,7 +302,7 @@ class RedisBroker(Broker):
         return self._known
 
     def _per_queue(
-        self, calls_for: Callable[[_Keys], list[Call]], queues: Sequence[str] | None = None
+        self, calls_for: Callable[[QueueKeys], list[Call]], queues: Sequence[str] | None = None
     ) -> dict[str, list[Any]]:
         """``calls_for(keys of a queue)`` for ``queues``, or for every queue in the
         store: one round trip, plus one for queues this process had not seen."""
@@ -390,30 +324,12 @@ class RedisBroker(Broker):
             out[queue], i = replies[i : i + len(calls)], i + len(calls)
         return out
 
-    def _each(self, name: str, spec: Callable[[_Keys], tuple], queue: str | None = None) -> list:
-        """The replies of script ``name`` run on ``queue``, or on every queue, with
-        the (keys, args) ``spec(keys of the queue)`` gives."""
+    def _each(self, command: Callable[[QueueKeys], Command], queue: str | None = None) -> list[Any]:
+        """The replies of the script ``command(keys of a queue)`` builds, run on
+        ``queue``, or on every queue."""
         queues = None if queue is None else [queue]
-        found = self._per_queue(lambda k: [_script(name, *spec(k))], queues)
+        found = self._per_queue(lambda k: [_call(command(k))], queues)
         return [reply for (reply,) in found.values()]
-
-    def _per_lease(
-        self, name: str, leases: Sequence[Lease], keys: Callable, head: Callable, extra: Callable
-    ) -> tuple[list[list[int]], list[tuple[Any, ...]]]:
-        """One command of script ``name`` per queue the leases' tokens name, with
-        ``keys(k)``, then ``k.prefix``, ``head(k)`` and (id, token, *extra(i)) per lease."""
-        groups: dict[str, list[int]] = {}
-        for i, lease in enumerate(leases):
-            if (queue := _queue_of(lease.token)) is not None:
-                groups.setdefault(queue, []).append(i)
-        commands = []
-        for queue, idx in groups.items():
-            k = self._keys(queue)
-            args = [k.prefix, *head(k)]
-            for i in idx:
-                args += (leases[i].job_id, leases[i].token, *extra(i))
-            commands.append(_evalsha(name, keys(k), args))
-        return list(groups.values()), commands
 
     # -- producing -------------------------------------------------------
 
@@ -433,7 +349,8 @@ class RedisBroker(Broker):
         chunks = [
             idx[n : n + BATCH] for idx in by_queue.values() for n in range(0, len(idx), BATCH)
         ]
-        commands, queues_key = [], [] if self.target.cluster else [self._queues_key]
+        store = f"{self.target.prefix}:"
+        commands, queues_key = [], None if self.target.cluster else self._queues_key
         if self.target.cluster and (new := set(by_queue) - self._added):
             commands.append(("SADD", self._queues_key, *new))  # the scripts cannot
             self._added |= new
@@ -446,10 +363,11 @@ class RedisBroker(Broker):
                 run_at = "" if job.run_at is None else repr(job.run_at)
                 rows += (job.id, str(seqs[i]), job.task, job.payload, str(int(job.priority)),
                          job.options or "", run_at, states[i], "" if job.generated_id else "1")  # fmt: skip
-            rows_arg = rows if len(chunk) == 1 else [orjson.dumps(rows)]  # one job: no JSON
-            args = [f"{self.target.prefix}:", queue, made, k.channel, *rows_arg]
-            keys = [k.waiting, k.prioritized, k.delayed, k.counter, *queues_key]
-            commands.append(("EVALSHA", SHAS["enqueue"], len(keys), *keys, *args))
+            commands.append(
+                scripts.enqueue(
+                    k, store=store, queue=queue, created_at=made, rows=rows, queues=queues_key
+                )
+            )
         read = self._send(commands)
         try:  # while the server stores them: the records, as if every job were new
             records = [
@@ -466,7 +384,7 @@ class RedisBroker(Broker):
                 if item == 1:
                     results[i] = EnqueueResult(records[i], True)
                 else:  # [queue, fields] of the job that holds the id
-                    results[i] = EnqueueResult(_record(jobs[i].id, item[0], _pairs(item[1])), False)
+                    results[i] = EnqueueResult(record(jobs[i].id, item[0], pairs(item[1])), False)
         for i, job in enumerate(jobs):
             if results[i] is None:  # the same id earlier in this call
                 results[i] = EnqueueResult(
@@ -529,8 +447,8 @@ class RedisBroker(Broker):
                     replies[i] = self._noscript(_call(commands[i]))
             if learn:
                 self._learn(set(replies[-2]))
-            claimed = _records(queues[0], replies[-1]) if limit > 0 else []
-            return self._outcome(len(done), groups, replies[:completes]), claimed
+            jobs = read_claim(queues[0], replies[-1]) if limit > 0 else []
+            return self._outcome(len(done), groups, replies[:completes]), jobs
 
         return SentPipeline(self._r.connection_pool, commands, REPLY_MARGIN, finish, self._error)
 
@@ -539,30 +457,30 @@ class RedisBroker(Broker):
     ) -> tuple[Any, ...]:
         """claim.lua for ``queue``; ``stamp``: the key stamp.lua set before a
         wait that this claim follows (see wait_and_claim)."""
-        now, k = self.clock.now(), self._keys(queue)
-        keys = (k.waiting, k.prioritized, k.delayed, k.active, *([stamp] if stamp else ()))
-        token = f"{secrets.token_hex(8)}:{queue}"
-        args = (k.prefix, repr(now), repr(now + lease), worker, token, limit, k.channel)
-        return ("EVALSHA", SHAS["claim"], len(keys), *keys, *args)
+        now = self.clock.now()
+        return scripts.claim(
+            self._keys(queue), now=now, expiry=now + lease, worker=worker,
+            token=lease_token(queue), limit=limit, stamp=stamp,
+        )  # fmt: skip
 
     def _claim(
         self, before: list[Call], queues: Sequence[str], limit: int, lease: float, worker: str
     ) -> tuple[list[Any], list[JobRecord]]:
         """Run ``before``, then claim: the first queue in the same round trip, a
         later one only when the earlier ones did not fill ``limit``."""
-        calls, head, claimed = list(before), None, []
+        calls, head, jobs = list(before), None, []
         if limit > 0 and self._promotion_due():
             if time.monotonic() - self._known_at > QUEUES_TTL:
                 self._learn(self._run([lambda c: c.smembers(self._queues_key)])[0])
             calls += map(_call, self._promotions(queues))
         for queue in dict.fromkeys(queues) if limit > 0 else ():
-            if len(claimed) >= limit:
+            if len(jobs) >= limit:
                 break
-            claim = self._claim_command(queue, limit - len(claimed), lease, worker)
-            replies = self._run([*calls, lambda c, claim=claim: c.execute_command(*claim)])
+            claim = self._claim_command(queue, limit - len(jobs), lease, worker)
+            replies = self._run([*calls, _call(claim)])
             head, calls = head or replies[: len(before)], []
-            claimed += _records(queue, replies[-1])
-        return (self._run(calls)[: len(before)] if head is None else head), claimed
+            jobs += read_claim(queue, replies[-1])
+        return (self._run(calls)[: len(before)] if head is None else head), jobs
 
     def _promotion_due(self) -> bool:
         """Whether a claim should promote the due jobs of other queues too:
@@ -573,27 +491,43 @@ class RedisBroker(Broker):
         self._promoted_at = time.monotonic()
         return True
 
-    def _promotions(self, queues: Sequence[str]) -> list[tuple[Any, ...]]:
+    def _promotions(self, queues: Sequence[str]) -> list[Command]:
         """promote.lua for the due jobs of every known queue but ``queues``."""
-        now = repr(self.clock.now())
+        now = self.clock.now()
         return [
-            _evalsha("promote", (k.prioritized, k.delayed), (k.prefix, k.channel, "due", now))
+            scripts.promote(k, due_by=now)
             for k in map(self._keys, sorted(self._known - set(queues)))
         ]
 
     def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
-        expires = repr(self.clock.now() + lease_seconds)
-        groups, commands = self._per_lease(
-            "extend", leases, lambda k: (k.active,), lambda k: (expires,), lambda i: ()
-        )
+        expiry = self.clock.now() + lease_seconds
+        groups = _by_queue(leases)
+        commands = [
+            scripts.extend(
+                self._keys(queue),
+                expiry=expiry,
+                pairs=_id_token_pairs(leases, idx),
+            )
+            for queue, idx in groups.items()
+        ]
         lost = {job_id for reply in self._execute(commands) for job_id in reply}
-        held = {i for idx in groups for i in idx}
+        held = {i for idx in groups.values() for i in idx}
         return [x.job_id for i, x in enumerate(leases) if i not in held or x.job_id in lost]
 
-    def _complete_commands(self, done: Sequence[tuple[Lease, str]]) -> tuple[list, list]:
-        now, leases = repr(self.clock.now()), [lease for lease, _ in done]
-        keys = lambda k: (k.active, k.completed)  # noqa: E731
-        return self._per_lease("complete", leases, keys, lambda k: (now,), lambda i: done[i][1:])
+    def _complete_commands(
+        self, done: Sequence[tuple[Lease, str]]
+    ) -> tuple[list[list[int]], list[Command]]:
+        """complete.lua per queue the leases name, and the indexes of ``done`` each covers."""
+        now, groups = self.clock.now(), _by_queue([lease for lease, _ in done])
+        commands = [
+            scripts.complete(
+                self._keys(queue),
+                now=now,
+                triples=[x for i in idx for x in (done[i][0].job_id, done[i][0].token, done[i][1])],
+            )
+            for queue, idx in groups.items()
+        ]
+        return list(groups.values()), commands
 
     @staticmethod
     def _outcome(n: int, groups: list[list[int]], replies: list[Any]) -> list[bool]:
@@ -608,27 +542,32 @@ class RedisBroker(Broker):
         return self._outcome(len(done), groups, self._execute(commands))
 
     def fail(self, lease: Lease, error: AttemptError, retry_at: float | None) -> bool:
-        if (queue := _queue_of(lease.token)) is None:
+        if (queue := queue_of(lease.token)) is None:
             return False
-        now, k = self.clock.now(), self._keys(queue)
+        now = self.clock.now()
         entry = {"type": error.type, "message": error.message, "traceback": error.traceback}
         entry_json = "," + orjson.dumps({**entry, "at": now}).decode()[1:]  # "attempt" goes first
         state = "dead" if retry_at is None else "delayed" if retry_at > now else "waiting"
-        retry = "" if retry_at is None else repr(retry_at)
-        args = (k.prefix, repr(now), lease.job_id, lease.token, entry_json, state, retry, k.channel)
-        keys = (k.prioritized, k.delayed, k.active, k.dead)
-        return self._run([_script("fail", keys, args)])[0] == 1
+        command = scripts.fail(
+            self._keys(queue), now=now, job_id=lease.job_id, token=lease.token,
+            error=entry_json, state=state, retry_at=retry_at,
+        )  # fmt: skip
+        return self._execute([command])[0] == 1
 
     def release(self, leases: Sequence[Lease]) -> int:
-        keys, head = (lambda k: (k.prioritized, k.active)), (lambda k: (k.channel,))
-        commands = self._per_lease("release", leases, keys, head, lambda i: ())[1]
+        commands = [
+            scripts.release(
+                self._keys(queue),
+                pairs=_id_token_pairs(leases, idx),
+            )
+            for queue, idx in _by_queue(leases).items()
+        ]
         return sum(self._execute(commands))
 
     def recover(self, max_stalled: int) -> list[Recovered]:
-        now = repr(self.clock.now())
-        keys = lambda k: (k.prioritized, k.active, k.dead)  # noqa: E731
-        spec = lambda k: (keys(k), (k.prefix, now, max_stalled, k.channel))  # noqa: E731
-        replies = self._each("recover", spec)
+        replies = self._each(
+            partial(scripts.recover, now=self.clock.now(), max_stalled=max_stalled)
+        )
         found = sorted(
             (int(f[i + 2]), f[i], f[i + 1]) for f in replies for i in range(0, len(f), 3)
         )
@@ -637,40 +576,28 @@ class RedisBroker(Broker):
     # -- controlling -----------------------------------------------------
 
     def cancel(self, job_id: str) -> bool:
-        now = repr(self.clock.now())
-        return 1 in self._each(
-            "cancel",
-            lambda k: (
-                (k.waiting, k.prioritized, k.delayed, k.cancelled),
-                (k.prefix, job_id, now, k.channel),
-            ),
-        )
+        return 1 in self._each(partial(scripts.cancel, job_id=job_id, now=self.clock.now()))
 
     def retry(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
         if job_ids is not None and not job_ids:
             return 0
-        ids = job_ids or ()
-        spec = lambda k: ((k.prioritized, k.dead, k.cancelled), (k.prefix, k.channel, *ids))  # noqa: E731
-        return sum(self._each("retry", spec, queue))
+        return sum(self._each(partial(scripts.retry, job_ids=job_ids or ()), queue))
 
     def promote(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
         if job_ids is not None and not job_ids:
             return 0
-        mode = ("all",) if job_ids is None else ("ids", *job_ids)
-        spec = lambda k: ((k.prioritized, k.delayed), (k.prefix, k.channel, *mode))  # noqa: E731
-        return sum(self._each("promote", spec, queue))
+        return sum(self._each(partial(scripts.promote, job_ids=job_ids), queue))
 
     def trim(
         self, queue: str, state: str, keep: int | None = None, older_than: float | None = None
     ) -> int:
         if state not in ENDED_STATES:
             raise ValueError(f"trim deletes ended jobs only, not {state!r} ones")
-        keep_arg = "" if keep is None else max(keep, 0)
-        older = "" if older_than is None else repr(older_than)
+        keep = None if keep is None else max(keep, 0)
+        command = partial(scripts.trim, state=state, keep=keep, older_than=older_than, limit=BATCH)
         total = 0
         while True:  # BATCH a call: a long script would block the server for everyone
-            args = lambda k: ((k.prefix + state,), (k.prefix, keep_arg, older, BATCH))  # noqa: E731
-            deleted = self._each("trim", args, queue)[0]
+            deleted = self._each(command, queue)[0]
             total += deleted
             if deleted < BATCH:
                 return total
@@ -679,7 +606,7 @@ class RedisBroker(Broker):
 
     def get(self, job_id: str) -> JobRecord | None:
         found = self._per_queue(lambda k: [lambda c: c.hgetall(f"{k.prefix}job:{job_id}")])
-        return next((_record(job_id, q, h) for q, (h,) in found.items() if h), None)
+        return next((record(job_id, q, h) for q, (h,) in found.items() if h), None)
 
     def list(
         self,
@@ -713,13 +640,13 @@ class RedisBroker(Broker):
         ranked = sorted((int(s), n) for n, s in enumerate(seqs) if s and int(s) > floor)[:limit]
         records = self._run([lambda c, key=keys[n]: c.hgetall(key) for _, n in ranked])
         return [
-            _record(found[n][1], found[n][0], h)
+            record(found[n][1], found[n][0], h)
             for (_, n), h in zip(ranked, records, strict=True)
             if h and state in (None, h["s"])
         ]
 
     @staticmethod
-    def _ready_calls(k: _Keys) -> list[Call]:
+    def _ready_calls(k: QueueKeys) -> list[Call]:
         """The two counts that add up to a queue's waiting jobs."""
         return [lambda c: c.llen(k.waiting), lambda c: c.zcard(k.prioritized)]
 
@@ -823,7 +750,7 @@ class RedisBroker(Broker):
         markers = [self._keys(q).marker for q in queues] + [self._interrupt_key]
         block = round(min(max(timeout, 0.001), MAX_BLOCK), 3)
         commands = [
-            ("EVALSHA", SHAS["stamp"], 1, stamp),
+            scripts.stamp(stamp),
             ("BZPOPMIN", *markers, block),
             self._claim_command(queues[0], limit, lease, worker, stamp),
         ]
@@ -834,7 +761,7 @@ class RedisBroker(Broker):
             errors = [r for r in replies if isinstance(r, hiredis.ReplyError)]
             if any(str(e).startswith("NOSCRIPT") for e in errors):
                 self._scripts_lost = True  # a restarted server: the claim took nothing
-            jobs = [] if isinstance(claim, hiredis.ReplyError) else _records(queues[0], claim)
+            jobs = [] if isinstance(claim, hiredis.ReplyError) else read_claim(queues[0], claim)
             other = [e for e in errors if not str(e).startswith("NOSCRIPT")]
             if other and not jobs:  # jobs it claimed are the caller's all the same
                 self._raise(other[0])  # the worker backs off, loudly, or stops
