@@ -20,7 +20,7 @@ def broker(default_redis):
     prefix = f"conveyor-test-{uuid.uuid4().hex[:12]}"
     broker = open_broker(f"redis://127.0.0.1:6379/0?prefix={prefix}", SystemClock())
     yield broker
-    client = broker._r
+    client = broker.topology.client
     keys = list(client.scan_iter(f"{prefix}:*", count=1000))
     if keys:
         client.delete(*keys)
@@ -35,7 +35,7 @@ def test_a_claim_behind_an_interrupted_wait_takes_nothing(broker):
 
     claim = broker._claim_command("default", 5, 30.0, "w", stamp="conveyor:stamp:deleted")
 
-    assert broker._r.execute_command(*claim) == []
+    assert broker.topology.client.execute_command(*claim) == []
     assert broker.get("ready").state == "waiting"
     assert [job.id for job in broker.claim(["default"], 5, 30.0, "w")] == ["ready"]
 
@@ -51,8 +51,8 @@ def test_interrupt_ends_a_wait_and_leaves_ready_work_alone(broker):
     thread.join(3)
 
     assert not thread.is_alive() and results == [[]]
-    assert broker._stamps == set()
-    assert broker._r.keys(f"{broker.target.prefix}:stamp:*") == []
+    assert broker.waiting() == 0
+    assert broker.topology.client.keys(f"{broker.target.prefix}:stamp:*") == []
 
 
 def test_a_stamped_claim_moves_the_callers_clock_on_by_the_wait(broker):
@@ -82,7 +82,7 @@ def test_send_wait_is_read_without_blocking_and_claims_what_arrives(broker):
 
     assert [job.id for job in claimed] == ["new"]
     assert broker.get("new").state == "active"
-    assert broker._stamps == set()
+    assert broker.waiting() == 0
 
 
 def test_send_wait_ends_empty_when_interrupted(broker):
@@ -98,13 +98,13 @@ def test_send_wait_ends_empty_when_interrupted(broker):
 def test_send_wait_after_the_server_lost_its_scripts(broker):
     """A restarted server forgets the scripts: the wait ends without claiming
     (the script did nothing), and the next one loads them again first."""
-    broker._r.script_flush()
+    broker.topology.client.script_flush()
     pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
     broker.enqueue([NewJob("a", "t", "default", "[[],{}]")])  # loads them, sets the marker
     assert poll_until_done(pending) == []
     assert broker.get("a").state == "waiting"
 
-    broker._r.script_flush()  # the wait below times out, then claims: with its scripts
+    broker.topology.client.script_flush()  # the wait below times out, then claims: with its scripts
     pending = broker.send_wait(["default"], 5, 30.0, "w", 0.2)
     assert [job.id for job in poll_until_done(pending)] == ["a"]
 
@@ -114,11 +114,11 @@ def test_send_wait_on_a_connection_the_server_dropped_is_a_clear_error(broker):
     broker.claim(["default"], 1, 30.0, "other")  # so the wait below blocks
     pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
     time.sleep(0.1)
-    broker._r.client_kill_filter(_type="normal", skipme=True)
+    broker.topology.client.client_kill_filter(_type="normal", skipme=True)
 
     with pytest.raises(StoreUnavailable, match=r"redis://127\.0\.0\.1:6379"):
         poll_until_done(pending)
-    assert broker._stamps == set()
+    assert broker.waiting() == 0
     assert broker.get("kept").state == "active"
     assert broker.send_wait(["default"], 5, 30.0, "w", 0.05) is not None  # a new connection
 
@@ -126,7 +126,7 @@ def test_send_wait_on_a_connection_the_server_dropped_is_a_clear_error(broker):
 def test_on_the_wall_clock_created_at_is_the_seq_stored_once(broker):
     before = time.time()
     [result] = broker.enqueue([NewJob("one", "t", "default", "[[],{}]")])
-    stored = broker._r.hgetall(f"{broker.target.prefix}:{{default}}:job:one")
+    stored = broker.topology.client.hgetall(f"{broker.target.prefix}:{{default}}:job:one")
 
     assert set(stored) == {"t", "d", "s", "q", "n"}  # task, data, state, seq, ord: no created_at
     record = broker.get("one")
@@ -138,13 +138,13 @@ def test_send_wait_on_a_damaged_marker_is_an_error_not_a_spin(broker):
     """A marker key of the wrong type fails the BZPOPMIN at once: the wait
     raises StoreMisconfigured (another program writes under the prefix: the
     worker stops) instead of ending empty again and again."""
-    broker._r.set(broker._keys("default").marker, "not a sorted set")
+    broker.topology.client.set(broker._keys("default").marker, "not a sorted set")
     pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
 
     with pytest.raises(StoreMisconfigured, match=r"wrong type.*\?prefix=") as raised:
         poll_until_done(pending)
     assert str(raised.value).startswith(broker.target.safe + ": ")
-    assert broker._stamps == set()
+    assert broker.waiting() == 0
 
 
 # -- send_complete_and_claim: the busy worker's call, read by its event loop --
@@ -174,7 +174,7 @@ def test_send_complete_and_claim_after_the_server_lost_its_scripts(broker):
     broker.enqueue([NewJob(f"j{i}", "t", "default", "[[],{}]") for i in range(3)])
     [held] = broker.claim(["default"], 1, 30.0, "w")
     lease = Lease(held.id, held.lease_token or "")
-    broker._r.script_flush()
+    broker.topology.client.script_flush()
 
     pending = broker.send_complete_and_claim([(lease, "1")], ["default"], 2, 30.0, "w")
     accepted, claimed = poll_until_done(pending)
@@ -184,25 +184,27 @@ def test_send_complete_and_claim_after_the_server_lost_its_scripts(broker):
 
 def test_send_complete_and_claim_on_a_damaged_key_raises_and_keeps_the_jobs(broker):
     broker.enqueue([NewJob("kept", "t", "default", "[[],{}]")])
-    broker._r.set(broker._keys("default").waiting, "not a list")
+    client = broker.topology.client
+    client.set(broker._keys("default").waiting, "not a list")
 
     pending = broker.send_complete_and_claim([], ["default"], 5, 30.0, "w")
     with pytest.raises(StoreMisconfigured, match=r"wrong type.*\?prefix="):
         poll_until_done(pending)
-    assert broker._r.hget(f"{broker.target.prefix}:{{default}}:job:kept", "s") == "waiting"
+    assert client.hget(f"{broker.target.prefix}:{{default}}:job:kept", "s") == "waiting"
 
 
 def test_send_complete_and_claim_on_a_dropped_connection_is_a_clear_error(broker):
     broker.enqueue([NewJob("kept", "t", "default", "[[],{}]")])
     [held] = broker.claim(["default"], 1, 30.0, "w")
-    broker._r.client_pause(2000, all=False)  # hold the write back: the kill lands first
+    client = broker.topology.client
+    client.client_pause(2000, all=False)  # hold the write back: the kill lands first
     try:
         pending = broker.send_complete_and_claim(
             [(Lease(held.id, held.lease_token or ""), "1")], ["default"], 0, 30.0, "w"
         )
-        broker._r.client_kill_filter(_type="normal", skipme=True)
+        client.client_kill_filter(_type="normal", skipme=True)
         with pytest.raises(StoreUnavailable, match=r"redis://127\.0\.0\.1:6379"):
             poll_until_done(pending)
     finally:
-        broker._r.client_unpause()
+        client.client_unpause()
     assert broker.get("kept").state == "active"  # not written: the worker sends it again

@@ -53,7 +53,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from conveyor.brokers.base import JobRecord
+from conveyor.brokers.base import JobRecord, Lease
 
 NAMES = ["enqueue", "claim", "extend", "complete", "fail", "release", "recover", "cancel",
          "retry", "promote", "trim", "stamp"]  # fmt: skip
@@ -325,7 +325,7 @@ def stamp(key: str) -> Command:
     return ("EVALSHA", SHAS["stamp"], 1, key)  # KEYS[1] the stamp  STRING
 
 
-# -- what the scripts hand back -----------------------------------------------
+# -- lease tokens, and what the scripts hand back -----------------------------
 
 
 def lease_token(queue: str) -> str:
@@ -336,6 +336,27 @@ def lease_token(queue: str) -> str:
 def queue_of(token: str) -> str | None:
     """The queue a lease token was handed out for; None for a token we never made."""
     return token[17:] if len(token) > 17 and token[16] == ":" else None
+
+
+def by_queue(leases: Sequence[Lease]) -> dict[str, list[int]]:
+    """The indexes of ``leases`` by the queue their token names (a token we
+    never made names none: its lease is lost)."""
+    groups: dict[str, list[int]] = {}
+    for i, lease in enumerate(leases):
+        if (queue := queue_of(lease.token)) is not None:
+            groups.setdefault(queue, []).append(i)
+    return groups
+
+
+def lease_pairs(leases: Sequence[Lease], idx: list[int]) -> list[str]:
+    """id, token, id, token... of ``leases[i]`` for each i of ``idx``: the
+    ARGV of extend.lua and release.lua."""
+    return [x for i in idx for x in (leases[i].job_id, leases[i].token)]
+
+
+def result_triples(done: Sequence[tuple[Lease, str]], idx: list[int]) -> list[str]:
+    """id, token, result... of ``done[i]`` for each i of ``idx``: complete.lua's ARGV."""
+    return [x for i in idx for x in (done[i][0].job_id, done[i][0].token, done[i][1])]
 
 
 def pairs(flat: list[str]) -> dict[str, str]:

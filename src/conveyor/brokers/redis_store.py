@@ -1,29 +1,30 @@
 """The Redis store: ``redis://``, ``rediss://`` (TLS), ``redis+sentinel://``, Cluster.
 
-Every move of a job is one Lua script, ``lua/<operation>.lua``, whose header
-names its KEYS, ARGV and reply; scripts run with EVALSHA and are loaded again
-after a NOSCRIPT (a restarted server). ``redis_scripts`` names each script's
-KEYS and ARGV (and tells the key layout); this module calls those, batches
-the calls into pipelines (one round trip each) and reads the replies.
+This module holds ``RedisBroker``, the contract's operations. Every move of a
+job is one Lua script, ``lua/<operation>.lua``, whose header names its KEYS,
+ARGV and reply; scripts run with EVALSHA and are loaded again after a
+NOSCRIPT (a restarted server). The operations batch the script calls into
+pipelines (one round trip each) and read the replies. Around them:
+
+- ``redis_scripts``: the key layout, and one function per script naming its
+  KEYS and ARGV in the order of its header;
+- ``redis_topology``: one server (or Sentinel) or a Cluster, chosen once from
+  the URL: the client, running calls, and every place a Cluster differs;
+- ``redis_waits``: the idle waits and wake-ups (no polling);
+- ``redis_connection``: URLs, clients, what an error from Redis means,
+  and pipelines an event loop reads (``SentPipeline``);
+- ``redis_async``: the worker's door, reading those pipelines on its loop.
 
 ``seq`` orders ``list`` across queues: wall-clock microseconds, strictly
 increasing within a process. ``list`` reads the ids of the states and queues
 it filters on and sorts them here: O(jobs in those states).
 
-A job id is unique in the whole store on one server or behind Sentinel (the
-enqueue script looks in every queue for an id the caller chose; a generated
-id, 96 random bits, is not looked up). In a Cluster it is unique within its
-queue only: the other queues live in other slots.
+A job id is unique in the whole store on one server or behind Sentinel, and
+within its queue in a Cluster (``redis_topology``). The enqueue script looks
+for an id the caller chose; a generated id (96 random bits) is not looked up.
 
 ``claim`` promotes the due jobs of its own queues every time, those of other
 queues at most once a second per process.
-
-No polling. An idle worker calls ``wait_and_claim``: one pipeline stamps the
-server clock, blocks in BZPOPMIN on its queues' markers, and claims; Redis
-runs the claim the moment a script sets a marker, with no round trip back to
-the worker first. In a Cluster one BZPOPMIN cannot watch keys of several
-slots, so the scripts also publish on ``P:ready:<queue>`` when they set a
-marker, and one pub/sub thread per broker wakes the waiters.
 
 Errors, on every path to Redis, are told apart in one place
 (``redis_connection.store_error``), and only once one happened:
@@ -40,20 +41,15 @@ node); the others go to redis-py. Sentinel:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import hiredis
 import orjson
-import redis
-from redis.exceptions import NoScriptError
 
 from conveyor.brokers import redis_scripts as scripts
 from conveyor.brokers.base import (
@@ -67,35 +63,28 @@ from conveyor.brokers.base import (
     NewJob,
     Recovered,
 )
-from conveyor.brokers.redis_connection import (
-    REDIS_ERRORS,
-    SentPipeline,
-    Waker,
-    connect,
-    parse_url,
-    store_error,
-)
+from conveyor.brokers.redis_connection import SentPipeline, parse_url
 from conveyor.brokers.redis_scripts import (
-    SOURCES,
     Command,
     QueueKeys,
+    by_queue,
+    lease_pairs,
     lease_token,
     pairs,
     queue_of,
     read_claim,
     record,
+    result_triples,
 )
+from conveyor.brokers.redis_topology import REPLY_MARGIN, Call, call, open_topology
+from conveyor.brokers.redis_waits import open_waits
 from conveyor.clock import Clock, SystemClock
-from conveyor.errors import StoreMisconfigured, StoreUnavailable
 
 if TYPE_CHECKING:
     from conveyor.brokers.redis_async import RedisAsyncStore
 
 BATCH = 1000  # jobs per script call: a long script blocks the server for everyone
-MAX_BLOCK = 5.0  # seconds one BZPOPMIN may block
-REPLY_MARGIN = 10.0  # seconds a reply may come after that, as the socket timeout
 QUEUES_TTL = 1.0  # seconds claim trusts this process's list of queues
-Call = Callable[[Any], Any]  # one command, given the client or a pipeline
 
 _seq_lock = threading.Lock()
 _last_seq = 0
@@ -110,26 +99,6 @@ def _next_seqs(n: int) -> range:
     return range(first, first + n)
 
 
-def _call(command: Command) -> Call:
-    # execute_command: redis-py refuses .evalsha() in Cluster pipelines
-    return lambda client: client.execute_command(*command)
-
-
-def _id_token_pairs(leases: Sequence[Lease], idx: list[int]) -> list[str]:
-    """id, token, id, token... of ``leases[i]`` for each i of ``idx``."""
-    return [x for i in idx for x in (leases[i].job_id, leases[i].token)]
-
-
-def _by_queue(leases: Sequence[Lease]) -> dict[str, list[int]]:
-    """The indexes of ``leases`` by the queue their token names (a token we
-    never made names none: its lease is lost)."""
-    groups: dict[str, list[int]] = {}
-    for i, lease in enumerate(leases):
-        if (queue := queue_of(lease.token)) is not None:
-            groups.setdefault(queue, []).append(i)
-    return groups
-
-
 class RedisBroker(Broker):
     """The broker contract as Lua scripts on Redis."""
 
@@ -137,24 +106,22 @@ class RedisBroker(Broker):
         self.url = url
         self.clock = clock
         self.target = parse_url(url)
-        self.ids_unique_across_queues = not self.target.cluster
-        try:
-            self._r = connect(self.target)  # a Cluster client asks a node for the slots
-        except REDIS_ERRORS as exc:
-            self._raise(exc)
-        self._queues_key = f"{self.target.prefix}:queues"
-        self._keys_cache: dict[str, QueueKeys] = {}
+        # One server (or Sentinel) or a Cluster: where they differ, the code
+        # below asks the topology (redis_topology's docstring lists how).
+        self.topology = open_topology(self.target)
+        self.ids_unique_across_queues = self.topology.ids_unique_across_queues
+        self._keys = self.topology.keys
+        self._run = self.topology.run
+        self._execute = self.topology.execute
         self._known: frozenset[str] = frozenset()  # queue names seen in P:queues
         self._known_at = self._promoted_at = -1e9  # time.monotonic() of the last look
-        self._added: frozenset[str] = frozenset()  # Cluster: queues this process added
-        self._waker = Waker(self)  # Cluster only: pub/sub wakes the waiters
-        self._interrupt_key = f"{self.target.prefix}:interrupt:{secrets.token_hex(8)}"
-        self._interrupted = False  # the key may exist: close() deletes it
-        self._stamps: set[str] = set()  # of the waits in progress (wait_and_claim)
-        self._waits_lock = threading.Lock()
-        self._blocked = 0  # threads inside _sleep
-        self._scripts_lost = False  # a wait's reply said NOSCRIPT (see _send_wait)
-        self._local = threading.local()
+        self._waits = open_waits(
+            self.topology,
+            clock,
+            claim=self.claim,
+            heads=self._heads,
+            claim_command=self._claim_command,
+        )
 
     @property
     def location(self) -> str:
@@ -162,140 +129,6 @@ class RedisBroker(Broker):
         return self.target.safe
 
     # -- plumbing --------------------------------------------------------
-
-    def _keys(self, queue: str) -> QueueKeys:
-        if (keys := self._keys_cache.get(queue)) is None:
-            channel = f"{self.target.prefix}:ready:{queue}" if self.target.cluster else ""
-            keys = self._keys_cache[queue] = QueueKeys.of(self.target.prefix, queue, channel)
-        return keys
-
-    def _run(self, calls: Sequence[Call]) -> list[Any]:
-        """Run calls in one round trip, in order; a script the server lost is loaded again."""
-        try:
-            if len(calls) <= 1:
-                return [self._noscript(call) for call in calls]
-            pipe = self._r.pipeline(transaction=False)
-            for call in calls:
-                call(pipe)
-            return self._settle(calls, pipe.execute(raise_on_error=False))
-        except REDIS_ERRORS as exc:
-            self._raise(exc)
-
-    def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """``_run`` for commands given as tuples."""
-        return self._run(list(map(_call, commands)))
-
-    def _send(self, commands: Sequence[tuple[Any, ...]]) -> Callable[[], list[Any]]:
-        """Send ``commands`` now; the returned function reads their replies.
-        One round trip, as a pipeline, but the server runs them while this
-        thread goes on (it must call the function, whatever happens). On one
-        server or Sentinel they go on this thread's connection; in a Cluster,
-        as a pipeline when the replies are read."""
-        calls = [lambda c, command=command: c.execute_command(*command) for command in commands]
-        if self.target.cluster:
-            return lambda: self._run(calls)
-        try:
-            connection = self._client().connection
-        except REDIS_ERRORS as exc:
-            self._raise(exc)
-        packed = [hiredis.pack_command(command) for command in commands]
-
-        def send() -> None:
-            try:
-                connection.send_packed_command(packed)
-            except REDIS_ERRORS as exc:
-                connection.disconnect()
-                self._raise(exc)
-
-        def collect() -> list[Any]:
-            replies: list[Any] = []
-            try:
-                for _ in commands:
-                    try:
-                        replies.append(connection.read_response())
-                    except redis.ResponseError as exc:
-                        replies.append(exc)
-            except REDIS_ERRORS as exc:
-                connection.disconnect()
-                self._raise(exc)
-            return replies
-
-        def read() -> list[Any]:
-            try:
-                replies = collect()
-            except StoreUnavailable:  # a connection the server had closed: as redis-py's
-                send()  # retry, once more on a new one (the scripts are safe to repeat)
-                replies = collect()
-            return self._settle(calls, replies)
-
-        try:
-            send()
-        except StoreUnavailable:
-            send()
-        return read
-
-    def _settle(self, calls: Sequence[Call], replies: list[Any]) -> list[Any]:
-        """The replies of ``calls`` sent together: a script the server lost
-        (NOSCRIPT: it did nothing) is run again; another error is raised."""
-        for i, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError):
-                replies[i] = self._noscript(calls[i])
-            elif isinstance(reply, Exception):
-                self._raise(reply)
-        return replies
-
-    def _error(self, exc: BaseException) -> BaseException:
-        """What to raise for an error from Redis: the conveyor error it means
-        (``store_error``: StoreMisconfigured or StoreUnavailable), else
-        ``exc`` itself, a raw reply of the loop-read path as redis-py's
-        ResponseError. Only ever called once something went wrong."""
-        if (error := store_error(exc, self.target, getattr(self, "_r", None))) is not None:
-            return error
-        return redis.ResponseError(str(exc)) if isinstance(exc, hiredis.ReplyError) else exc
-
-    def _raise(self, exc: BaseException) -> NoReturn:
-        """Raise what ``_error`` makes of ``exc`` (chained to it, when it is another)."""
-        error = self._error(exc)
-        if error is exc:
-            raise exc
-        raise error from exc
-
-    def _client(self) -> Any:
-        """For single commands: this thread's own connection on one server or
-        Sentinel (taking one from the pool for every command costs a check of
-        the socket, a quarter of a round trip here); the client itself in a
-        Cluster, whose commands go to different nodes."""
-        if self.target.cluster:
-            return self._r
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid():  # new thread, or a forked child
-            local.client = redis.Redis(
-                connection_pool=self._r.connection_pool, single_connection_client=True
-            )
-            local.pid = os.getpid()
-        return local.client
-
-    def _noscript(self, call: Call) -> Any:
-        """Run one call on this thread's connection; a script the server lost
-        is loaded again. Errors are raised as ``_error`` makes them: this is
-        also how the replies of ``_send`` and the loop-read calls rerun one."""
-        try:
-            client = self._client()
-            try:
-                return call(client)
-            except NoScriptError:
-                self._load_scripts()
-                return call(client)
-        except REDIS_ERRORS as exc:
-            self._raise(exc)
-
-    def _load_scripts(self) -> None:
-        try:
-            for source in SOURCES.values():
-                self._r.script_load(source)  # on every primary of a Cluster
-        except REDIS_ERRORS as exc:  # e.g. a user who may run scripts but not load them
-            self._raise(exc)
-        self._scripts_lost = False
 
     def _learn(self, members: set[str]) -> frozenset[str]:
         self._known, self._known_at = self._known | members, time.monotonic()
@@ -308,7 +141,7 @@ class RedisBroker(Broker):
         store: one round trip, plus one for queues this process had not seen."""
         if queues is None:
             plan = {q: calls_for(self._keys(q)) for q in sorted(self._known)}
-            head = [lambda c: c.smembers(self._queues_key)]
+            head = [lambda c: c.smembers(self.topology.queues_key)]
             replies = self._run(head + [call for calls in plan.values() for call in calls])
             queues, replies = sorted(self._learn(replies[0]) - plan.keys()), replies[1:]
             out = self._split(plan, replies)
@@ -328,7 +161,7 @@ class RedisBroker(Broker):
         """The replies of the script ``command(keys of a queue)`` builds, run on
         ``queue``, or on every queue."""
         queues = None if queue is None else [queue]
-        found = self._per_queue(lambda k: [_call(command(k))], queues)
+        found = self._per_queue(lambda k: [call(command(k))], queues)
         return [reply for (reply,) in found.values()]
 
     # -- producing -------------------------------------------------------
@@ -350,10 +183,7 @@ class RedisBroker(Broker):
             idx[n : n + BATCH] for idx in by_queue.values() for n in range(0, len(idx), BATCH)
         ]
         store = f"{self.target.prefix}:"
-        commands, queues_key = [], None if self.target.cluster else self._queues_key
-        if self.target.cluster and (new := set(by_queue) - self._added):
-            commands.append(("SADD", self._queues_key, *new))  # the scripts cannot
-            self._added |= new
+        commands, queues_key = self.topology.register(by_queue)
         for chunk in chunks:
             queue = jobs[chunk[0]].queue
             k = self._keys(queue)
@@ -368,7 +198,7 @@ class RedisBroker(Broker):
                     k, store=store, queue=queue, created_at=made, rows=rows, queues=queues_key
                 )
             )
-        read = self._send(commands)
+        read = self.topology.send(commands)
         try:  # while the server stores them: the records, as if every job were new
             records = [
                 JobRecord(j.id, seqs[i], j.task, j.queue, states[i], int(j.priority), j.payload,
@@ -408,7 +238,7 @@ class RedisBroker(Broker):
         worker: str,
     ) -> tuple[list[bool], list[JobRecord]]:
         groups, commands = self._complete_commands(done)
-        before = list(map(_call, commands))
+        before = list(map(call, commands))
         replies, claimed = self._claim(before, queues, limit, lease_seconds, worker)
         return self._outcome(len(done), groups, replies), claimed
 
@@ -425,7 +255,7 @@ class RedisBroker(Broker):
         look at the list of queues) as one pipeline whose replies the
         worker's event loop reads. A worker of several queues claims from
         them in turn, a round trip each: ``complete_and_claim``, on a thread."""
-        if self.target.cluster or len(queues) != 1 or self._scripts_lost:
+        if not self.topology.loop_pipelines or len(queues) != 1 or self.topology.scripts_lost:
             return None
         groups, commands = self._complete_commands(done)
         completes, learn = len(commands), False
@@ -434,29 +264,29 @@ class RedisBroker(Broker):
                 commands += self._promotions(queues)
                 learn = time.monotonic() - self._known_at > QUEUES_TTL
                 if learn:  # for the next promotion: this one goes by what it knew
-                    commands.append(("SMEMBERS", self._queues_key))
+                    commands.append(("SMEMBERS", self.topology.queues_key))
             commands.append(self._claim_command(queues[0], limit, lease_seconds, worker))
 
         def finish(replies: list[Any]) -> tuple[list[bool], list[JobRecord]]:
             for i, reply in enumerate(replies):
                 if isinstance(reply, hiredis.ReplyError):
                     if not str(reply).startswith("NOSCRIPT"):
-                        self._raise(reply)
+                        self.topology.raise_(reply)
                     # A restarted server lost the scripts (that one did
                     # nothing): load them and run it again, blocking, this once.
-                    replies[i] = self._noscript(_call(commands[i]))
+                    replies[i] = self.topology.noscript(call(commands[i]))
             if learn:
                 self._learn(set(replies[-2]))
             jobs = read_claim(queues[0], replies[-1]) if limit > 0 else []
             return self._outcome(len(done), groups, replies[:completes]), jobs
 
-        return SentPipeline(self._r.connection_pool, commands, REPLY_MARGIN, finish, self._error)
+        return self.topology.sent_pipeline(commands, REPLY_MARGIN, finish, self.topology.error)
 
     def _claim_command(
         self, queue: str, limit: int, lease: float, worker: str, stamp: str | None = None
-    ) -> tuple[Any, ...]:
+    ) -> Command:
         """claim.lua for ``queue``; ``stamp``: the key stamp.lua set before a
-        wait that this claim follows (see wait_and_claim)."""
+        wait that this claim follows (redis_waits)."""
         now = self.clock.now()
         return scripts.claim(
             self._keys(queue), now=now, expiry=now + lease, worker=worker,
@@ -471,13 +301,13 @@ class RedisBroker(Broker):
         calls, head, jobs = list(before), None, []
         if limit > 0 and self._promotion_due():
             if time.monotonic() - self._known_at > QUEUES_TTL:
-                self._learn(self._run([lambda c: c.smembers(self._queues_key)])[0])
-            calls += map(_call, self._promotions(queues))
+                self._learn(self._run([lambda c: c.smembers(self.topology.queues_key)])[0])
+            calls += map(call, self._promotions(queues))
         for queue in dict.fromkeys(queues) if limit > 0 else ():
             if len(jobs) >= limit:
                 break
             claim = self._claim_command(queue, limit - len(jobs), lease, worker)
-            replies = self._run([*calls, _call(claim)])
+            replies = self._run([*calls, call(claim)])
             head, calls = head or replies[: len(before)], []
             jobs += read_claim(queue, replies[-1])
         return (self._run(calls)[: len(before)] if head is None else head), jobs
@@ -501,13 +331,9 @@ class RedisBroker(Broker):
 
     def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
         expiry = self.clock.now() + lease_seconds
-        groups = _by_queue(leases)
+        groups = by_queue(leases)
         commands = [
-            scripts.extend(
-                self._keys(queue),
-                expiry=expiry,
-                pairs=_id_token_pairs(leases, idx),
-            )
+            scripts.extend(self._keys(queue), expiry=expiry, pairs=lease_pairs(leases, idx))
             for queue, idx in groups.items()
         ]
         lost = {job_id for reply in self._execute(commands) for job_id in reply}
@@ -518,13 +344,9 @@ class RedisBroker(Broker):
         self, done: Sequence[tuple[Lease, str]]
     ) -> tuple[list[list[int]], list[Command]]:
         """complete.lua per queue the leases name, and the indexes of ``done`` each covers."""
-        now, groups = self.clock.now(), _by_queue([lease for lease, _ in done])
+        now, groups = self.clock.now(), by_queue([lease for lease, _ in done])
         commands = [
-            scripts.complete(
-                self._keys(queue),
-                now=now,
-                triples=[x for i in idx for x in (done[i][0].job_id, done[i][0].token, done[i][1])],
-            )
+            scripts.complete(self._keys(queue), now=now, triples=result_triples(done, idx))
             for queue, idx in groups.items()
         ]
         return list(groups.values()), commands
@@ -556,11 +378,8 @@ class RedisBroker(Broker):
 
     def release(self, leases: Sequence[Lease]) -> int:
         commands = [
-            scripts.release(
-                self._keys(queue),
-                pairs=_id_token_pairs(leases, idx),
-            )
-            for queue, idx in _by_queue(leases).items()
+            scripts.release(self._keys(queue), pairs=lease_pairs(leases, idx))
+            for queue, idx in by_queue(leases).items()
         ]
         return sum(self._execute(commands))
 
@@ -682,161 +501,28 @@ class RedisBroker(Broker):
     def next_due(self, queues: Sequence[str]) -> float | None:
         return self._heads(queues)[1]
 
+    # -- waiting (redis_waits) ---------------------------------------------
+
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
-        ready, due = self._heads(queues)
-        if not ready:
-            self._sleep(queues, self._until_due(timeout, due))
+        self._waits.wait_for_work(queues, timeout)
 
     def wait_and_claim(
-        self,
-        queues: Sequence[str],
-        limit: int,
-        lease_seconds: float,
-        worker: str,
-        timeout: float,
-    ) -> list[JobRecord]:
-        if self.target.cluster:
-            return self._wait_then_claim(queues, limit, lease_seconds, worker, timeout)
-        deadline = time.monotonic() + timeout
-        while limit > 0 and timeout >= 0.001:
-            wait = self._send_wait(queues, limit, lease_seconds, worker, timeout)
-            woken_by, claimed = wait.wait()
-            if woken_by == self._interrupt_key:
-                return claimed
-            if len(claimed) < limit and len(queues) > 1:
-                more = self._claim([], queues[1:], limit - len(claimed), lease_seconds, worker)
-                claimed += more[1]
-            if claimed:
-                return claimed
-            # A stale marker (its job went to a busy worker, or it announced a
-            # sooner delayed job): wait again, until the next due job.
-            timeout = self._until_due(deadline - time.monotonic(), self.next_due(queues))
-        return self.claim(queues, limit, lease_seconds, worker) if limit > 0 else []
-
-    def send_wait(
-        self,
-        queues: Sequence[str],
-        limit: int,
-        lease_seconds: float,
-        worker: str,
-        timeout: float,
-    ) -> SentPipeline | None:
-        if self.target.cluster or limit <= 0:
-            return None
-        return self._send_wait(queues, limit, lease_seconds, worker, timeout, jobs_only=True)
-
-    def _send_wait(
-        self,
-        queues: Sequence[str],
-        limit: int,
-        lease: float,
-        worker: str,
-        timeout: float,
-        jobs_only: bool = False,
-    ) -> SentPipeline:
-        """One server or Sentinel: the idle wait, sent as one pipeline on a
-        connection of its own. It stamps the server clock, blocks in BZPOPMIN
-        on the queues' markers (and this broker's interrupt key), and claims
-        from the first queue: the server runs the claim the moment a script
-        sets a marker, with no round trip back here in between (the claim
-        moves the clock it was given on by the time the wait took). The
-        caller just claimed and found nothing, so a job enqueued since then
-        has set its marker: no look is needed first. Its result: the key
-        that woke it (None: the timeout) and the jobs claimed; or the jobs
-        only."""
-        if self._scripts_lost:  # a wait found them gone: load them before this one
-            self._load_scripts()
-        stamp = f"{self.target.prefix}:stamp:{secrets.token_hex(8)}"
-        markers = [self._keys(q).marker for q in queues] + [self._interrupt_key]
-        block = round(min(max(timeout, 0.001), MAX_BLOCK), 3)
-        commands = [
-            scripts.stamp(stamp),
-            ("BZPOPMIN", *markers, block),
-            self._claim_command(queues[0], limit, lease, worker, stamp),
-        ]
-
-        def finish(replies: list[Any]) -> Any:
-            self._stamps.discard(stamp)
-            _, popped, claim = replies
-            errors = [r for r in replies if isinstance(r, hiredis.ReplyError)]
-            if any(str(e).startswith("NOSCRIPT") for e in errors):
-                self._scripts_lost = True  # a restarted server: the claim took nothing
-            jobs = [] if isinstance(claim, hiredis.ReplyError) else read_claim(queues[0], claim)
-            other = [e for e in errors if not str(e).startswith("NOSCRIPT")]
-            if other and not jobs:  # jobs it claimed are the caller's all the same
-                self._raise(other[0])  # the worker backs off, loudly, or stops
-            woken_by = popped[0] if isinstance(popped, list) and popped else None
-            return jobs if jobs_only else (woken_by, jobs)
-
-        def failed(exc: BaseException) -> BaseException:
-            self._stamps.discard(stamp)
-            return self._error(exc)
-
-        self._stamps.add(stamp)  # interrupt() deletes it: the claim then takes nothing
-        return SentPipeline(self._r.connection_pool, commands, block + REPLY_MARGIN, finish, failed)
-
-    def _wait_then_claim(
         self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str, timeout: float
     ) -> list[JobRecord]:
-        """Cluster: wake by pub/sub, then claim; again after a stale wake."""
-        deadline = time.monotonic() + timeout
-        while self._sleep(queues, timeout) and limit > 0:
-            if claimed := self.claim(queues, limit, lease_seconds, worker):
-                return claimed
-            timeout = self._until_due(deadline - time.monotonic(), self.next_due(queues))
-            if timeout < 0.001:
-                break
-        return []
+        return self._waits.wait_and_claim(queues, limit, lease_seconds, worker, timeout)
 
-    def _until_due(self, timeout: float, due: float | None) -> float:
-        # Blocking is real time; the store clock only says when the next
-        # delayed job is due (a test's FakeClock may stand still).
-        return timeout if due is None else min(timeout, due - self.clock.now())
-
-    def _sleep(self, queues: Sequence[str], timeout: float) -> bool:
-        """Block until work may be ready in ``queues``, for up to ``timeout``
-        seconds; False when interrupted. One server or Sentinel: BZPOPMIN on
-        the queues' markers and this broker's interrupt key, on this thread's
-        connection. Cluster: one BZPOPMIN cannot watch keys of several slots,
-        so the pub/sub thread wakes the waiters."""
-        if timeout < 0.001:  # BZPOPMIN 0 would block for ever
-            return True
-        with self._waits_lock:
-            self._blocked += 1
-        try:
-            return self._block(queues, timeout)
-        finally:
-            with self._waits_lock:
-                self._blocked -= 1
-
-    def _block(self, queues: Sequence[str], timeout: float) -> bool:
-        if self.target.cluster:
-            channels = {self._keys(q).channel for q in queues}
-            deadline = time.monotonic() + timeout
-
-            def look() -> float | None:  # once subscribed: what happened before?
-                ready, due = self._heads(queues)
-                return -1.0 if ready else due
-
-            return self._waker.wait(channels, deadline, look, self.clock)
-        keys = [self._keys(q).marker for q in queues] + [self._interrupt_key]
-        timeout = min(timeout, MAX_BLOCK)
-        popped = self._run([lambda c: c.bzpopmin(keys, round(timeout, 3))])[0]
-        return not popped or popped[0] != self._interrupt_key
+    def send_wait(
+        self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str, timeout: float
+    ) -> SentPipeline | None:
+        """The idle wait and its claim as a pipeline the worker's event loop
+        reads (one server or Sentinel); None where it cannot be one."""
+        return self._waits.send_wait(queues, limit, lease_seconds, worker, timeout)
 
     def waiting(self) -> int:
-        """Threads blocked in ``_sleep``, and waits sent (``_send_wait``)
-        whose replies are not read yet."""
-        return self._blocked + len(self._stamps)
+        return self._waits.waiting()
 
     def interrupt(self) -> None:
-        if self.target.cluster:
-            self._waker.interrupt()
-        else:  # wakes the BZPOPMIN of any thread of this broker; its claim takes nothing
-            stamps = list(self._stamps)
-            wake = [lambda c: c.delete(*stamps)] if stamps else []
-            self._interrupted = True
-            self._run([*wake, lambda c: c.zadd(self._interrupt_key, {"0": 0})])
+        self._waits.interrupt()
 
     def async_store(self) -> RedisAsyncStore:
         """The worker's door, with the loop-read complete-and-claim and wait."""
@@ -845,10 +531,5 @@ class RedisBroker(Broker):
         return RedisAsyncStore(self)
 
     def close(self) -> None:
-        self._waker.close()
-        # The interrupt key exists only after interrupt(): else no round trip
-        # (nor a wait on a host that is gone) on the way out.
-        if self._interrupted:
-            with contextlib.suppress(StoreUnavailable, StoreMisconfigured):
-                self._run([lambda c: c.delete(self._interrupt_key)])
-        self._r.close()
+        self._waits.close()
+        self.topology.close()
