@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -10,7 +11,7 @@ import pytest
 
 from conveyor.brokers import open_broker
 from conveyor.brokers.base import Lease, NewJob
-from conveyor.clock import SystemClock
+from conveyor.clock import FakeClock, SystemClock
 from conveyor.errors import StoreMisconfigured, StoreUnavailable
 from helpers import poll_until_done
 
@@ -132,6 +133,39 @@ def test_on_the_wall_clock_created_at_is_the_seq_stored_once(broker):
     record = broker.get("one")
     assert record.created_at == int(stored["q"]) / 1e6 == result.record.created_at
     assert before - 0.001 <= record.created_at <= time.time() + 0.001
+
+
+class WallClock:
+    """The wall clock, but no SystemClock: the store goes by the time it tells."""
+
+    def now(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+def test_created_at_is_stored_only_when_the_seq_does_not_tell_it(broker):
+    """Any clock that tells the wall time leaves created_at out, as the
+    SystemClock does; one that tells another time (a test's FakeClock) has
+    it stored, exactly."""
+    client = broker.topology.client
+    for job_id, clock, stored in (("wall", WallClock(), False), ("fake", FakeClock(), True)):
+        other = open_broker(broker.url, clock)
+        try:
+            before = clock.now()
+            [result] = other.enqueue([NewJob(job_id, "t", "default", "[[],{}]")])
+            fields = client.hgetall(f"{broker.target.prefix}:{{default}}:job:{job_id}")
+            record = other.get(job_id)
+        finally:
+            other.close()
+
+        assert ("c" in fields) is stored, job_id
+        assert record.created_at == result.record.created_at
+        if stored:
+            assert record.created_at == clock.now()
+        else:
+            assert before - 0.001 <= record.created_at <= clock.now() + 0.001
 
 
 def test_send_wait_on_a_damaged_marker_is_an_error_not_a_spin(broker):

@@ -22,7 +22,8 @@ spread over the shards:
   The scripts name them through constants (``lua/_shared.lua``). ``seq`` and
   ``created_at`` are whole microseconds, integers Redis packs in half the
   bytes of a float; ``created_at`` is left out when the job's ``seq`` already
-  tells it (the wall clock's case: ``redis_store.RedisBroker.enqueue``).
+  tells it, to within a millisecond (the wall clock's case: ``enqueue`` in
+  ``redis_store``).
 - Ready jobs (``lua/_shared.lua`` tells the whole rule): ``P:{Q}:waiting``, a
   LIST of the ids of new priority-0 jobs in enqueue order (a few bytes a job:
   most jobs), and ``P:{Q}:prioritized``, a ZSET scored ``-priority`` whose

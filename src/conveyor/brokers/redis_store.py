@@ -78,13 +78,14 @@ from conveyor.brokers.redis_scripts import (
 )
 from conveyor.brokers.redis_topology import REPLY_MARGIN, Call, call, open_topology
 from conveyor.brokers.redis_waits import open_waits
-from conveyor.clock import Clock, SystemClock
+from conveyor.clock import Clock
 
 if TYPE_CHECKING:
     from conveyor.brokers.redis_async import RedisAsyncStore
 
 BATCH = 1000  # jobs per script call: a long script blocks the server for everyone
 QUEUES_TTL = 1.0  # seconds claim trusts this process's list of queues
+SAME_TIME_US = 1000  # a clock this close to a seq, in microseconds, tells the same time
 
 _seq_lock = threading.Lock()
 _last_seq = 0
@@ -170,9 +171,13 @@ class RedisBroker(Broker):
         now = self.clock.now()
         seqs = _next_seqs(len(jobs))
         # created_at: whole microseconds (an integer packs in half the bytes of
-        # the float). On the wall clock each job's seq is that already, so it
-        # is not stored twice ('' tells the script); another clock's time is.
-        made: int | str = "" if type(self.clock) is SystemClock else round(now * 1e6)
+        # the float). A seq is wall-clock microseconds too: when the clock's
+        # time is within a millisecond of the call's first seq (the wall
+        # clock), each job's seq tells its created_at already and it is not
+        # stored twice ('' tells the script); another clock's time is stored.
+        made: int | str = round(now * 1e6)
+        if abs(made - seqs.start) <= SAME_TIME_US:
+            made = ""
         states = ["waiting" if j.run_at is None or j.run_at <= now else "delayed" for j in jobs]
         first: dict[str, int] = {}  # id -> its first job here; later ones repeat that one
         by_queue: dict[str, list[int]] = {}
