@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from conveyor.brokers import open_broker
-from conveyor.brokers.base import Lease, NewJob
+from conveyor.brokers.base import STATES, Lease, NewJob
 from conveyor.clock import FakeClock, SystemClock
 from conveyor.errors import StoreMisconfigured, StoreUnavailable
 from helpers import poll_until_done
@@ -242,3 +242,30 @@ def test_send_complete_and_claim_on_a_dropped_connection_is_a_clear_error(broker
     finally:
         client.client_unpause()
     assert broker.get("kept").state == "active"  # not written: the worker sends it again
+
+
+# -- Redis Cluster ------------------------------------------------------------
+
+
+def test_a_cluster_queue_is_registered_after_a_failed_first_enqueue(redis_cluster):
+    """In a Cluster the SADD to P:queues goes beside the enqueue script (that
+    key lives in another slot). One lost with its enqueue (the store out of
+    reach) is sent again with the next, so other processes see the queue."""
+    url = f"{redis_cluster.url}&prefix=conveyor-test-{uuid.uuid4().hex[:12]}"
+    producer, reader = open_broker(url), open_broker(url)
+    try:
+
+        def out_of_reach(calls):
+            raise StoreUnavailable("out of reach, for the test")
+
+        producer.topology.run = out_of_reach
+        with pytest.raises(StoreUnavailable):
+            producer.enqueue([NewJob("lost", "t", "late", "[[],{}]")])
+        del producer.topology.run  # back to the class's
+        producer.enqueue([NewJob("kept", "t", "late", "[[],{}]")])
+
+        assert reader.counts() == {"late": {**dict.fromkeys(STATES, 0), "waiting": 1}}
+    finally:
+        producer.close()
+        reader.close()
+        redis_cluster.flushall()

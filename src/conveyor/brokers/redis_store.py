@@ -212,6 +212,7 @@ class RedisBroker(Broker):
             ]  # fmt: skip
         finally:
             replies = read()[len(commands) - len(chunks) :]
+        self.topology.registered(by_queue)
         self._learn(set(by_queue))
         results: list[Any] = [None] * len(jobs)
         for chunk, reply in zip(chunks, replies, strict=True):

@@ -92,6 +92,9 @@ class Topology:
         the scripts, the SET to give the enqueue script as KEYS[5] or None)."""
         raise NotImplementedError
 
+    def registered(self, queues: Iterable[str]) -> None:
+        """An enqueue's replies were read: its queues are in ``P:queues``."""
+
     def thread_client(self) -> Any:
         """The client for single commands from this thread."""
         raise NotImplementedError
@@ -272,11 +275,13 @@ class Cluster(Topology):
 
     def register(self, queues: Iterable[str]) -> tuple[list[Command], str | None]:
         # The scripts cannot reach P:queues (another slot): a SADD beside them,
-        # once per queue and process.
+        # until one went through (a SADD lost with its enqueue goes again).
         if not (new := set(queues) - self._added):
             return [], None
-        self._added |= new
         return [("SADD", self.queues_key, *new)], None
+
+    def registered(self, queues: Iterable[str]) -> None:
+        self._added |= set(queues)
 
     def thread_client(self) -> Any:
         return self.client  # its commands go to different nodes
