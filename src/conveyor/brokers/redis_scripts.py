@@ -54,7 +54,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from conveyor.brokers.base import JobRecord, Lease
+from conveyor.brokers.base import AttemptError, JobRecord, Lease, NewJob
 
 NAMES = ["enqueue", "claim", "extend", "complete", "fail", "release", "recover", "cancel",
          "retry", "promote", "trim", "stamp"]  # fmt: skip
@@ -98,17 +98,29 @@ def enqueue(
     store: str,
     queue: str,
     created_at: int | str,
-    rows: list[str],
+    jobs: Sequence[NewJob],
+    seqs: Sequence[int],
+    states: Sequence[str],
+    which: Sequence[int],
     queues: str | None = None,
 ) -> Command:
     """enqueue.lua: store new jobs of one queue, in order, each id at most once.
 
-    ``rows``: 9 strings per job (id, seq, task, payload, priority, options or
-    '', run_at or '', state, '1' when the caller chose the id else '').
-    ``queues``: the SET of queue names, when the script may add this queue to
-    it and look for a chosen id in every queue (one server or Sentinel).
-    Replies one item per job: 1 when stored, else [queue, HGETALL] of the job
-    holding the id."""
+    The jobs are ``jobs[i]`` for each i of ``which``, with seq ``seqs[i]`` and
+    state ``states[i]``. ``queues``: the SET of queue names, when the script
+    may add this queue to it and look for a chosen id in every queue (one
+    server or Sentinel). Replies one item per job: 1 when stored, else
+    [queue, HGETALL] of the job holding the id."""
+    rows: list[Any] = []
+    for i in which:  # ARGV[5]'s 9 strings per job
+        job = jobs[i]
+        rows += (
+            job.id, str(seqs[i]), job.task, job.payload, str(int(job.priority)),
+            job.options or "",  # '' = none
+            "" if job.run_at is None else repr(job.run_at),  # '' = none
+            states[i],  # 'waiting' or 'delayed'
+            "" if job.generated_id else "1",  # '1' when the caller chose the id
+        )  # fmt: skip
     keys = [
         k.waiting,  # KEYS[1] waiting  LIST
         k.prioritized,  # KEYS[2] prioritized  ZSET
@@ -197,14 +209,16 @@ def fail(
     now: float,
     job_id: str,
     token: str,
-    error: str,
+    error: AttemptError,
     state: str,
     retry_at: float | None,
 ) -> Command:
     """fail.lua: record a failed run of a held job, then retry it later or
-    send it dead. ``error``: the error as JSON without its first field,
-    ``',"type":...,"at":now}'``; ``state``: 'delayed', 'waiting' or 'dead'.
-    Replies 1, or 0 when the lease was lost (nothing changed)."""
+    send it dead. ``state``: 'delayed', 'waiting' or 'dead'. Replies 1, or 0
+    when the lease was lost (nothing changed)."""
+    entry = {"type": error.type, "message": error.message, "traceback": error.traceback}
+    # Without its opening brace: the script puts "attempt" first.
+    entry_json = "," + orjson.dumps({**entry, "at": now}).decode()[1:]
     return (
         "EVALSHA", SHAS["fail"], 4,
         k.prioritized,  # KEYS[1] prioritized  ZSET
@@ -215,7 +229,7 @@ def fail(
         repr(now),  # ARGV[2] now
         job_id,  # ARGV[3] id
         token,  # ARGV[4] token
-        error,  # ARGV[5] the error as JSON without its first field
+        entry_json,  # ARGV[5] the error as JSON without its first field
         state,  # ARGV[6] next state
         "" if retry_at is None else repr(retry_at),  # ARGV[7] retry_at ('' when dead)
         k.channel,  # ARGV[8] channel to PUBLISH on when work appears ('' = none)

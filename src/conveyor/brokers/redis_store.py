@@ -49,7 +49,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import hiredis
-import orjson
 
 from conveyor.brokers import redis_scripts as scripts
 from conveyor.brokers.base import (
@@ -116,6 +115,7 @@ class RedisBroker(Broker):
         self._execute = self.topology.execute
         self._known: frozenset[str] = frozenset()  # queue names seen in P:queues
         self._known_at = self._promoted_at = -1e9  # time.monotonic() of the last look
+        # The waits know of the operations only what they are given here.
         self._waits = open_waits(
             self.topology,
             clock,
@@ -129,9 +129,10 @@ class RedisBroker(Broker):
         """The URL with any password masked."""
         return self.target.safe
 
-    # -- plumbing --------------------------------------------------------
+    # -- one call per queue ------------------------------------------------
 
     def _learn(self, members: set[str]) -> frozenset[str]:
+        """Note queue names seen in ``P:queues`` (or enqueued to here)."""
         self._known, self._known_at = self._known | members, time.monotonic()
         return self._known
 
@@ -191,18 +192,12 @@ class RedisBroker(Broker):
         commands, queues_key = self.topology.register(by_queue)
         for chunk in chunks:
             queue = jobs[chunk[0]].queue
-            k = self._keys(queue)
-            rows: list[str] = []
-            for i in chunk:
-                job = jobs[i]
-                run_at = "" if job.run_at is None else repr(job.run_at)
-                rows += (job.id, str(seqs[i]), job.task, job.payload, str(int(job.priority)),
-                         job.options or "", run_at, states[i], "" if job.generated_id else "1")  # fmt: skip
             commands.append(
                 scripts.enqueue(
-                    k, store=store, queue=queue, created_at=made, rows=rows, queues=queues_key
+                    self._keys(queue), store=store, queue=queue, created_at=made,
+                    jobs=jobs, seqs=seqs, states=states, which=chunk, queues=queues_key,
                 )
-            )
+            )  # fmt: skip
         read = self.topology.send(commands)
         try:  # while the server stores them: the records, as if every job were new
             records = [
@@ -373,12 +368,10 @@ class RedisBroker(Broker):
         if (queue := queue_of(lease.token)) is None:
             return False
         now = self.clock.now()
-        entry = {"type": error.type, "message": error.message, "traceback": error.traceback}
-        entry_json = "," + orjson.dumps({**entry, "at": now}).decode()[1:]  # "attempt" goes first
         state = "dead" if retry_at is None else "delayed" if retry_at > now else "waiting"
         command = scripts.fail(
             self._keys(queue), now=now, job_id=lease.job_id, token=lease.token,
-            error=entry_json, state=state, retry_at=retry_at,
+            error=error, state=state, retry_at=retry_at,
         )  # fmt: skip
         return self._execute([command])[0] == 1
 
