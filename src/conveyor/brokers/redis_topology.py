@@ -9,11 +9,13 @@ from the URL (``open_topology``):
   slots, so an id is unique within its queue only.
 - ``register``: how ``enqueue`` adds its queues to ``P:queues``: the script
   does it (the SET is its KEYS[5]) on one server; in a Cluster, where that
-  key lives in another slot, a SADD goes beside the scripts.
+  key lives in another slot, a SADD goes beside the scripts until one went
+  through (``registered``).
 - ``keys(queue).channel``: where the scripts PUBLISH new work: nowhere on one
   server (idle workers block on the markers), ``P:ready:<queue>`` in a
   Cluster, where one BZPOPMIN cannot watch keys of several slots.
-- ``wakes_by_pubsub``: how an idle wait blocks (``redis_waits``).
+- ``wakes_by_pubsub``: how an idle wait blocks (``redis_waits``): BZPOPMIN
+  on the queues' markers, or the pub/sub ``Waker`` in a Cluster.
 - ``thread_client`` and ``send``: one server sends single commands on this
   thread's own connection; a Cluster's go to the node of their slot.
 - ``loop_pipelines``: whether commands can go out as one pipeline on a
