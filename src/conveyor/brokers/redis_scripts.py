@@ -86,7 +86,10 @@ class QueueKeys(NamedTuple):
     def of(cls, store_prefix: str, queue: str, channel: str) -> QueueKeys:
         """The keys of ``queue`` under ``?prefix=`` ``store_prefix``."""
         p = f"{store_prefix}:{{{queue}}}:"
-        return cls(p, *(p + name for name in cls._fields[1:-1]), channel)
+        return cls(
+            p, p + "waiting", p + "prioritized", p + "delayed", p + "active", p + "completed",
+            p + "dead", p + "cancelled", p + "counter", p + "marker", channel,
+        )  # fmt: skip
 
 
 # -- one function per script: KEYS, then ARGV, in the order of its header ------
@@ -97,7 +100,7 @@ def enqueue(
     *,
     store: str,
     queue: str,
-    created_at: int | str,
+    created_at: int | None,
     jobs: Sequence[NewJob],
     seqs: Sequence[int],
     states: Sequence[str],
@@ -107,10 +110,11 @@ def enqueue(
     """enqueue.lua: store new jobs of one queue, in order, each id at most once.
 
     The jobs are ``jobs[i]`` for each i of ``which``, with seq ``seqs[i]`` and
-    state ``states[i]``. ``queues``: the SET of queue names, when the script
-    may add this queue to it and look for a chosen id in every queue (one
-    server or Sentinel). Replies one item per job: 1 when stored, else
-    [queue, HGETALL] of the job holding the id."""
+    state ``states[i]``; ``created_at`` None: each job's seq tells it.
+    ``queues``: the SET of queue names, when the script may add this queue to
+    it and look for a chosen id in every queue (one server or Sentinel).
+    Replies one item per job: 1 when stored, else [queue, HGETALL] of the job
+    holding the id."""
     rows: list[Any] = []
     for i in which:  # ARGV[5]'s 9 strings per job
         job = jobs[i]
@@ -133,7 +137,8 @@ def enqueue(
         "EVALSHA", SHAS["enqueue"], len(keys), *keys,
         store,  # ARGV[1] store prefix 'P:'
         queue,  # ARGV[2] queue
-        created_at,  # ARGV[3] created_at in whole microseconds; '' = each job's seq
+        # ARGV[3] created_at in whole microseconds; '' = each job's seq tells it
+        "" if created_at is None else created_at,
         k.channel,  # ARGV[4] channel to PUBLISH on when work appears ('' = none)
         # ARGV[5] the jobs as one JSON array of 9 strings per job; a single
         # job as those 9 strings in ARGV[5..13] instead (no JSON to encode)

@@ -175,10 +175,9 @@ class RedisBroker(Broker):
         # the float). A seq is wall-clock microseconds too: when the clock's
         # time is within a millisecond of the call's first seq (the wall
         # clock), each job's seq tells its created_at already and it is not
-        # stored twice ('' tells the script); another clock's time is stored.
-        made: int | str = round(now * 1e6)
-        if abs(made - seqs.start) <= SAME_TIME_US:
-            made = ""
+        # stored twice (None); another clock's time is stored.
+        now_us = round(now * 1e6)
+        made = None if abs(now_us - seqs.start) <= SAME_TIME_US else now_us
         states = ["waiting" if j.run_at is None or j.run_at <= now else "delayed" for j in jobs]
         first: dict[str, int] = {}  # id -> its first job here; later ones repeat that one
         by_queue: dict[str, list[int]] = {}
@@ -299,7 +298,8 @@ class RedisBroker(Broker):
     ) -> tuple[list[Any], list[JobRecord]]:
         """Run ``before``, then claim: the first queue in the same round trip, a
         later one only when the earlier ones did not fill ``limit``."""
-        calls, head, jobs = list(before), None, []
+        calls, head = list(before), None
+        jobs: list[JobRecord] = []
         if limit > 0 and self._promotion_due():
             if time.monotonic() - self._known_at > QUEUES_TTL:
                 self._learn(self._run([lambda c: c.smembers(self.topology.queues_key)])[0])

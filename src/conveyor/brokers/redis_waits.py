@@ -127,8 +127,9 @@ class MarkerWaits(Waits):
     ) -> list[JobRecord]:
         deadline = time.monotonic() + timeout
         while limit > 0 and timeout >= 0.001:
-            wait = self._send(queues, limit, lease_seconds, worker, timeout)
-            woken_by, jobs = wait.wait()
+            sent = self._send(queues, limit, lease_seconds, worker, timeout)
+            woken: tuple[str | None, list[JobRecord]] = sent.wait()
+            woken_by, jobs = woken
             if woken_by == self._interrupt_key:
                 return jobs
             if len(jobs) < limit and len(queues) > 1:
