@@ -358,7 +358,7 @@ def queue_of(token: str) -> str | None:
     return token[17:] if len(token) > 17 and token[16] == ":" else None
 
 
-def by_queue(leases: Sequence[Lease]) -> dict[str, list[int]]:
+def leases_by_queue(leases: Sequence[Lease]) -> dict[str, list[int]]:
     """The indexes of ``leases`` by the queue their token names (a token we
     never made names none: its lease is lost)."""
     groups: dict[str, list[int]] = {}

@@ -66,16 +66,16 @@ from conveyor.brokers.redis_connection import SentPipeline, parse_url
 from conveyor.brokers.redis_scripts import (
     Command,
     QueueKeys,
-    by_queue,
     lease_pairs,
     lease_token,
+    leases_by_queue,
     pairs,
     queue_of,
     read_claim,
     record,
     result_triples,
 )
-from conveyor.brokers.redis_topology import REPLY_MARGIN, Call, call, open_topology
+from conveyor.brokers.redis_topology import REPLY_MARGIN, Call, as_call, open_topology
 from conveyor.brokers.redis_waits import open_waits
 from conveyor.clock import Clock
 
@@ -144,7 +144,7 @@ class RedisBroker(Broker):
         if queues is None:
             plan = {q: calls_for(self._keys(q)) for q in sorted(self._known)}
             head = [lambda c: c.smembers(self.topology.queues_key)]
-            replies = self._run(head + [call for calls in plan.values() for call in calls])
+            replies = self._run(head + [c for calls in plan.values() for c in calls])
             queues, replies = sorted(self._learn(replies[0]) - plan.keys()), replies[1:]
             out = self._split(plan, replies)
         else:
@@ -163,7 +163,7 @@ class RedisBroker(Broker):
         """The replies of the script ``command(keys of a queue)`` builds, run on
         ``queue``, or on every queue."""
         queues = None if queue is None else [queue]
-        found = self._per_queue(lambda k: [call(command(k))], queues)
+        found = self._per_queue(lambda k: [as_call(command(k))], queues)
         return [reply for (reply,) in found.values()]
 
     # -- producing -------------------------------------------------------
@@ -238,7 +238,7 @@ class RedisBroker(Broker):
         worker: str,
     ) -> tuple[list[bool], list[JobRecord]]:
         groups, commands = self._complete_commands(done)
-        before = list(map(call, commands))
+        before = list(map(as_call, commands))
         replies, claimed = self._claim(before, queues, limit, lease_seconds, worker)
         return self._outcome(len(done), groups, replies), claimed
 
@@ -274,7 +274,7 @@ class RedisBroker(Broker):
                         self.topology.raise_(reply)
                     # A restarted server lost the scripts (that one did
                     # nothing): load them and run it again, blocking, this once.
-                    replies[i] = self.topology.noscript(call(commands[i]))
+                    replies[i] = self.topology.noscript(as_call(commands[i]))
             if learn:
                 self._learn(set(replies[-2]))
             jobs = read_claim(queues[0], replies[-1]) if limit > 0 else []
@@ -303,12 +303,12 @@ class RedisBroker(Broker):
         if limit > 0 and self._promotion_due():
             if time.monotonic() - self._known_at > QUEUES_TTL:
                 self._learn(self._run([lambda c: c.smembers(self.topology.queues_key)])[0])
-            calls += map(call, self._promotions(queues))
+            calls += map(as_call, self._promotions(queues))
         for queue in dict.fromkeys(queues) if limit > 0 else ():
             if len(jobs) >= limit:
                 break
             claim = self._claim_command(queue, limit - len(jobs), lease, worker)
-            replies = self._run([*calls, call(claim)])
+            replies = self._run([*calls, as_call(claim)])
             head, calls = head or replies[: len(before)], []
             jobs += read_claim(queue, replies[-1])
         return (self._run(calls)[: len(before)] if head is None else head), jobs
@@ -332,7 +332,7 @@ class RedisBroker(Broker):
 
     def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
         expiry = self.clock.now() + lease_seconds
-        groups = by_queue(leases)
+        groups = leases_by_queue(leases)
         commands = [
             scripts.extend(self._keys(queue), expiry=expiry, pairs=lease_pairs(leases, idx))
             for queue, idx in groups.items()
@@ -345,7 +345,7 @@ class RedisBroker(Broker):
         self, done: Sequence[tuple[Lease, str]]
     ) -> tuple[list[list[int]], list[Command]]:
         """complete.lua per queue the leases name, and the indexes of ``done`` each covers."""
-        now, groups = self.clock.now(), by_queue([lease for lease, _ in done])
+        now, groups = self.clock.now(), leases_by_queue([lease for lease, _ in done])
         commands = [
             scripts.complete(self._keys(queue), now=now, triples=result_triples(done, idx))
             for queue, idx in groups.items()
@@ -378,7 +378,7 @@ class RedisBroker(Broker):
     def release(self, leases: Sequence[Lease]) -> int:
         commands = [
             scripts.release(self._keys(queue), pairs=lease_pairs(leases, idx))
-            for queue, idx in by_queue(leases).items()
+            for queue, idx in leases_by_queue(leases).items()
         ]
         return sum(self._execute(commands))
 

@@ -53,7 +53,7 @@ REPLY_MARGIN = 10.0  # seconds a pipeline's reply may take beyond any block, as 
 Call = Callable[[Any], Any]  # one command, given the client or a pipeline
 
 
-def call(command: Command) -> Call:
+def as_call(command: Command) -> Call:
     """A command as a call: execute_command, as redis-py refuses ``.evalsha()``
     in Cluster pipelines."""
     return lambda client: client.execute_command(*command)
@@ -123,7 +123,7 @@ class Topology:
 
     def execute(self, commands: Sequence[Command]) -> list[Any]:
         """``run`` for commands given as tuples."""
-        return self.run(list(map(call, commands)))
+        return self.run(list(map(as_call, commands)))
 
     def settle(self, calls: Sequence[Call], replies: list[Any]) -> list[Any]:
         """The replies of ``calls`` sent together: a script the server lost
@@ -219,7 +219,7 @@ class OneServer(Topology):
     def send(self, commands: Sequence[Command]) -> Callable[[], list[Any]]:
         """On this thread's connection: the server runs them while the thread
         goes on."""
-        calls = list(map(call, commands))
+        calls = list(map(as_call, commands))
         try:
             connection = self.thread_client().connection
         except REDIS_ERRORS as exc:
@@ -290,7 +290,7 @@ class Cluster(Topology):
 
     def send(self, commands: Sequence[Command]) -> Callable[[], list[Any]]:
         """As a pipeline when the replies are read."""
-        calls = list(map(call, commands))
+        calls = list(map(as_call, commands))
         return lambda: self.run(calls)
 
 
