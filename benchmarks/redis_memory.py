@@ -71,7 +71,7 @@ def memory(client: Any) -> dict[str, Any]:
 
 def slowest(client: Any) -> str:
     """The slowest script call in SLOWLOG, named (a conveyor script by its file)."""
-    from conveyor.brokers.redis_store import SHAS
+    from conveyor.brokers.redis_scripts import SHAS
 
     names = {sha: name for name, sha in SHAS.items()}
     scripts = []  # the job system's own calls; this benchmark's KEYS, MEMORY... are left out
@@ -98,7 +98,7 @@ def slowest(client: Any) -> str:
 def conveyor_run(folder: Path, jobs: int, concurrency: int) -> dict[str, Any]:
     import redis
 
-    from conveyor.brokers.redis_store import SOURCES
+    from conveyor.brokers.redis_scripts import SOURCES
 
     out: dict[str, Any] = {}
     with PrivateRedis(folder / "conveyor") as server:

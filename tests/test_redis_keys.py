@@ -147,7 +147,7 @@ def check_layout(store: Store, jobs: list[NewJob]) -> None:
             assert rest in KINDS, key
         if isinstance(store, Cluster):  # every key of a queue in the queue's slot
             assert slot == store.slot(f"{{{queue}}}"), (key, slot)
-    assert set(store.broker._r.smembers(f"{store.prefix}:queues")) == set(QUEUES)
+    assert set(store.broker.topology.client.smembers(f"{store.prefix}:queues")) == set(QUEUES)
 
 
 def records(broker: Broker) -> dict[tuple[str, str], JobRecord]:

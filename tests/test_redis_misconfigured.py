@@ -180,7 +180,7 @@ def test_the_loop_read_calls_are_refused_too(locked: RedisServer) -> None:
     broker = open_broker(url)
     try:
         refusal(lambda: broker.send_wait(["default"], 5, 30.0, "w", 1.0), url, "wrong")
-        assert broker._stamps == set()
+        assert broker.waiting() == 0
         refusal(lambda: broker.send_complete_and_claim([], ["default"], 5, 30.0, "w"), url)
     finally:
         broker.close()
@@ -233,7 +233,7 @@ def test_the_loop_read_calls_without_permission(acl_server: RedisServer) -> None
         started = time.monotonic()
         message = refusal(lambda: poll_until_done(pending), url, ":pw@")
         assert time.monotonic() - started < 1  # BZPOPMIN refused too: no wait
-        assert "lacks a permission" in message and broker._stamps == set()
+        assert "lacks a permission" in message and broker.waiting() == 0
 
         pending = broker.send_complete_and_claim([], ["default"], 5, 30.0, "w")
         assert "lacks a permission" in refusal(lambda: poll_until_done(pending), url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -9,8 +10,8 @@ import uuid
 import pytest
 
 from conveyor.brokers import open_broker
-from conveyor.brokers.base import Lease, NewJob
-from conveyor.clock import SystemClock
+from conveyor.brokers.base import STATES, Lease, NewJob
+from conveyor.clock import FakeClock, SystemClock
 from conveyor.errors import StoreMisconfigured, StoreUnavailable
 from helpers import poll_until_done
 
@@ -20,7 +21,7 @@ def broker(default_redis):
     prefix = f"conveyor-test-{uuid.uuid4().hex[:12]}"
     broker = open_broker(f"redis://127.0.0.1:6379/0?prefix={prefix}", SystemClock())
     yield broker
-    client = broker._r
+    client = broker.topology.client
     keys = list(client.scan_iter(f"{prefix}:*", count=1000))
     if keys:
         client.delete(*keys)
@@ -35,7 +36,7 @@ def test_a_claim_behind_an_interrupted_wait_takes_nothing(broker):
 
     claim = broker._claim_command("default", 5, 30.0, "w", stamp="conveyor:stamp:deleted")
 
-    assert broker._r.execute_command(*claim) == []
+    assert broker.topology.client.execute_command(*claim) == []
     assert broker.get("ready").state == "waiting"
     assert [job.id for job in broker.claim(["default"], 5, 30.0, "w")] == ["ready"]
 
@@ -51,8 +52,8 @@ def test_interrupt_ends_a_wait_and_leaves_ready_work_alone(broker):
     thread.join(3)
 
     assert not thread.is_alive() and results == [[]]
-    assert broker._stamps == set()
-    assert broker._r.keys(f"{broker.target.prefix}:stamp:*") == []
+    assert broker.waiting() == 0
+    assert broker.topology.client.keys(f"{broker.target.prefix}:stamp:*") == []
 
 
 def test_a_stamped_claim_moves_the_callers_clock_on_by_the_wait(broker):
@@ -82,7 +83,7 @@ def test_send_wait_is_read_without_blocking_and_claims_what_arrives(broker):
 
     assert [job.id for job in claimed] == ["new"]
     assert broker.get("new").state == "active"
-    assert broker._stamps == set()
+    assert broker.waiting() == 0
 
 
 def test_send_wait_ends_empty_when_interrupted(broker):
@@ -98,13 +99,13 @@ def test_send_wait_ends_empty_when_interrupted(broker):
 def test_send_wait_after_the_server_lost_its_scripts(broker):
     """A restarted server forgets the scripts: the wait ends without claiming
     (the script did nothing), and the next one loads them again first."""
-    broker._r.script_flush()
+    broker.topology.client.script_flush()
     pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
     broker.enqueue([NewJob("a", "t", "default", "[[],{}]")])  # loads them, sets the marker
     assert poll_until_done(pending) == []
     assert broker.get("a").state == "waiting"
 
-    broker._r.script_flush()  # the wait below times out, then claims: with its scripts
+    broker.topology.client.script_flush()  # the wait below times out, then claims: with its scripts
     pending = broker.send_wait(["default"], 5, 30.0, "w", 0.2)
     assert [job.id for job in poll_until_done(pending)] == ["a"]
 
@@ -114,11 +115,11 @@ def test_send_wait_on_a_connection_the_server_dropped_is_a_clear_error(broker):
     broker.claim(["default"], 1, 30.0, "other")  # so the wait below blocks
     pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
     time.sleep(0.1)
-    broker._r.client_kill_filter(_type="normal", skipme=True)
+    broker.topology.client.client_kill_filter(_type="normal", skipme=True)
 
     with pytest.raises(StoreUnavailable, match=r"redis://127\.0\.0\.1:6379"):
         poll_until_done(pending)
-    assert broker._stamps == set()
+    assert broker.waiting() == 0
     assert broker.get("kept").state == "active"
     assert broker.send_wait(["default"], 5, 30.0, "w", 0.05) is not None  # a new connection
 
@@ -126,7 +127,7 @@ def test_send_wait_on_a_connection_the_server_dropped_is_a_clear_error(broker):
 def test_on_the_wall_clock_created_at_is_the_seq_stored_once(broker):
     before = time.time()
     [result] = broker.enqueue([NewJob("one", "t", "default", "[[],{}]")])
-    stored = broker._r.hgetall(f"{broker.target.prefix}:{{default}}:job:one")
+    stored = broker.topology.client.hgetall(f"{broker.target.prefix}:{{default}}:job:one")
 
     assert set(stored) == {"t", "d", "s", "q", "n"}  # task, data, state, seq, ord: no created_at
     record = broker.get("one")
@@ -134,17 +135,50 @@ def test_on_the_wall_clock_created_at_is_the_seq_stored_once(broker):
     assert before - 0.001 <= record.created_at <= time.time() + 0.001
 
 
+class WallClock:
+    """The wall clock, but no SystemClock: the store goes by the time it tells."""
+
+    def now(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+def test_created_at_is_stored_only_when_the_seq_does_not_tell_it(broker):
+    """Any clock that tells the wall time leaves created_at out, as the
+    SystemClock does; one that tells another time (a test's FakeClock) has
+    it stored, exactly."""
+    client = broker.topology.client
+    for job_id, clock, stored in (("wall", WallClock(), False), ("fake", FakeClock(), True)):
+        other = open_broker(broker.url, clock)
+        try:
+            before = clock.now()
+            [result] = other.enqueue([NewJob(job_id, "t", "default", "[[],{}]")])
+            fields = client.hgetall(f"{broker.target.prefix}:{{default}}:job:{job_id}")
+            record = other.get(job_id)
+        finally:
+            other.close()
+
+        assert ("c" in fields) is stored, job_id
+        assert record.created_at == result.record.created_at
+        if stored:
+            assert record.created_at == clock.now()
+        else:
+            assert before - 0.001 <= record.created_at <= clock.now() + 0.001
+
+
 def test_send_wait_on_a_damaged_marker_is_an_error_not_a_spin(broker):
     """A marker key of the wrong type fails the BZPOPMIN at once: the wait
     raises StoreMisconfigured (another program writes under the prefix: the
     worker stops) instead of ending empty again and again."""
-    broker._r.set(broker._keys("default").marker, "not a sorted set")
+    broker.topology.client.set(broker._keys("default").marker, "not a sorted set")
     pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
 
     with pytest.raises(StoreMisconfigured, match=r"wrong type.*\?prefix=") as raised:
         poll_until_done(pending)
     assert str(raised.value).startswith(broker.target.safe + ": ")
-    assert broker._stamps == set()
+    assert broker.waiting() == 0
 
 
 # -- send_complete_and_claim: the busy worker's call, read by its event loop --
@@ -174,7 +208,7 @@ def test_send_complete_and_claim_after_the_server_lost_its_scripts(broker):
     broker.enqueue([NewJob(f"j{i}", "t", "default", "[[],{}]") for i in range(3)])
     [held] = broker.claim(["default"], 1, 30.0, "w")
     lease = Lease(held.id, held.lease_token or "")
-    broker._r.script_flush()
+    broker.topology.client.script_flush()
 
     pending = broker.send_complete_and_claim([(lease, "1")], ["default"], 2, 30.0, "w")
     accepted, claimed = poll_until_done(pending)
@@ -184,25 +218,54 @@ def test_send_complete_and_claim_after_the_server_lost_its_scripts(broker):
 
 def test_send_complete_and_claim_on_a_damaged_key_raises_and_keeps_the_jobs(broker):
     broker.enqueue([NewJob("kept", "t", "default", "[[],{}]")])
-    broker._r.set(broker._keys("default").waiting, "not a list")
+    client = broker.topology.client
+    client.set(broker._keys("default").waiting, "not a list")
 
     pending = broker.send_complete_and_claim([], ["default"], 5, 30.0, "w")
     with pytest.raises(StoreMisconfigured, match=r"wrong type.*\?prefix="):
         poll_until_done(pending)
-    assert broker._r.hget(f"{broker.target.prefix}:{{default}}:job:kept", "s") == "waiting"
+    assert client.hget(f"{broker.target.prefix}:{{default}}:job:kept", "s") == "waiting"
 
 
 def test_send_complete_and_claim_on_a_dropped_connection_is_a_clear_error(broker):
     broker.enqueue([NewJob("kept", "t", "default", "[[],{}]")])
     [held] = broker.claim(["default"], 1, 30.0, "w")
-    broker._r.client_pause(2000, all=False)  # hold the write back: the kill lands first
+    client = broker.topology.client
+    client.client_pause(2000, all=False)  # hold the write back: the kill lands first
     try:
         pending = broker.send_complete_and_claim(
             [(Lease(held.id, held.lease_token or ""), "1")], ["default"], 0, 30.0, "w"
         )
-        broker._r.client_kill_filter(_type="normal", skipme=True)
+        client.client_kill_filter(_type="normal", skipme=True)
         with pytest.raises(StoreUnavailable, match=r"redis://127\.0\.0\.1:6379"):
             poll_until_done(pending)
     finally:
-        broker._r.client_unpause()
+        client.client_unpause()
     assert broker.get("kept").state == "active"  # not written: the worker sends it again
+
+
+# -- Redis Cluster ------------------------------------------------------------
+
+
+def test_a_cluster_queue_is_registered_after_a_failed_first_enqueue(redis_cluster):
+    """In a Cluster the SADD to P:queues goes beside the enqueue script (that
+    key lives in another slot). One lost with its enqueue (the store out of
+    reach) is sent again with the next, so other processes see the queue."""
+    url = f"{redis_cluster.url}&prefix=conveyor-test-{uuid.uuid4().hex[:12]}"
+    producer, reader = open_broker(url), open_broker(url)
+    try:
+
+        def out_of_reach(calls):
+            raise StoreUnavailable("out of reach, for the test")
+
+        producer.topology.run = out_of_reach
+        with pytest.raises(StoreUnavailable):
+            producer.enqueue([NewJob("lost", "t", "late", "[[],{}]")])
+        del producer.topology.run  # back to the class's
+        producer.enqueue([NewJob("kept", "t", "late", "[[],{}]")])
+
+        assert reader.counts() == {"late": {**dict.fromkeys(STATES, 0), "waiting": 1}}
+    finally:
+        producer.close()
+        reader.close()
+        redis_cluster.flushall()

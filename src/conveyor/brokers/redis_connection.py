@@ -1,24 +1,22 @@
-"""Reaching Redis: URLs, clients, the idle wait's connection, and the pub/sub
-thread that wakes idle workers in a Cluster.
+"""Reaching Redis: URLs, clients, what an error from Redis means, and
+pipelines an event loop reads.
 
 The Redis store (``redis_store``) keeps the contract's operations; this module
-keeps what is about connections: checking a URL without connecting, building
-the redis-py client for one server, Sentinel or Cluster, telling what an error
-from Redis means (``store_error``), ``SentPipeline`` and ``Waker``.
+keeps what is about connections: checking a URL without connecting
+(``parse_url``, ``Target``), building the redis-py client for one server,
+Sentinel or Cluster (``connect``), telling what an error from Redis means
+(``store_error``), and ``SentPipeline``. It imports nothing of the other
+Redis modules: they build on it.
 """
 
 from __future__ import annotations
 
 import inspect
-import os
-import secrets
 import select
 import ssl
-import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import suppress
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import hiredis
@@ -46,11 +44,7 @@ from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from conveyor.brokers import mask
-from conveyor.clock import Clock
 from conveyor.errors import ConfigurationError, StoreMisconfigured, StoreUnavailable
-
-if TYPE_CHECKING:
-    from conveyor.brokers.redis_store import RedisBroker
 
 REDIS_OPTIONS = {  # what redis-py takes from a URL's query: its connections' arguments
     name
@@ -397,143 +391,3 @@ class SentPipeline:
             conn, self._conn = self._conn, None
             conn.disconnect()
             self._pool.release(conn)
-
-
-class Waker:
-    """The broker's pub/sub connection, read by one thread started on the first
-    ``wait_for_work``: it counts messages per channel and wakes the waiters.
-    Only that thread touches the connection. It retries, with back-off, while
-    the store is unavailable; when the server refuses us for good (a wrong
-    password, no permission for the channels...) it ends, and the waiters
-    raise ``StoreMisconfigured`` (the next wait starts it again)."""
-
-    def __init__(self, broker: RedisBroker) -> None:
-        self._broker = broker
-        self._cond = threading.Condition()
-        self._hits: dict[str, int] = {}  # channel -> messages seen
-        self._epoch = 0  # bumped by interrupt() and reconnects: every waiter returns
-        self._interrupts = 0  # bumped by interrupt() only
-        self._subscribed: set[str] = set()  # confirmed by the server
-        self._wanted: set[str] = set()  # asked for, not sent yet
-        self._private = f"{broker.target.prefix}:wake:{secrets.token_hex(8)}"
-        self._thread: threading.Thread | None = None
-        self._error: StoreMisconfigured | None = None  # why the thread ended, for the waiters
-        self._pid = os.getpid()
-        self._closed = False
-
-    def _mark(self, channels: set[str]) -> tuple[int, int]:
-        return self._epoch, sum(self._hits.get(c, 0) for c in channels)
-
-    def _nudge(self) -> None:
-        """Wake the reader thread: to subscribe, or to leave."""
-        self._broker._run([lambda c: c.publish(self._private, "")])
-
-    def wait(
-        self, channels: set[str], deadline: float, look: Callable[[], float | None], clock: Clock
-    ) -> bool:
-        """Subscribe to ``channels`` (once per process), call ``look()`` for the
-        next due time, then sleep until a message, interrupt(), that time or
-        ``deadline``. False when interrupt() was called meanwhile."""
-        interrupts = self._interrupts
-        self._wait(channels, deadline, look, clock)
-        return self._interrupts == interrupts
-
-    def _wait(
-        self, channels: set[str], deadline: float, look: Callable[[], float | None], clock: Clock
-    ) -> None:
-        with self._cond:
-            if self._pid != os.getpid():  # a forked child: the thread stayed behind
-                self._thread, self._pid, self._subscribed = None, os.getpid(), set()
-            mark = self._mark(channels)
-            self._wanted |= channels - self._subscribed
-            nudge = bool(self._wanted) and self._thread is not None
-            if self._wanted and self._thread is None:
-                self._error = None
-                self._thread = threading.Thread(target=self._read, daemon=True)
-                self._thread.start()
-        if nudge:
-            self._nudge()
-        with self._cond:
-            while not channels <= self._subscribed:
-                self._raise_error()
-                remaining = deadline - time.monotonic()
-                if self._closed or self._epoch != mark[0] or not self._cond.wait(remaining):
-                    return
-        due = look()
-        with self._cond:
-            while not self._closed and self._mark(channels) == mark:
-                self._raise_error()
-                remaining = deadline - time.monotonic()
-                if due is not None:
-                    remaining = min(remaining, due - clock.now())
-                if remaining <= 0:
-                    return
-                self._cond.wait(remaining)
-
-    def _raise_error(self) -> None:
-        """In a waiter, holding the lock: raise why the reader thread ended, if it did."""
-        if self._error is not None:  # a copy: waiters of several threads raise it at once
-            raise StoreMisconfigured(str(self._error)) from None
-
-    def interrupt(self) -> None:
-        with self._cond:
-            self._interrupts += 1
-            self._epoch += 1
-            self._cond.notify_all()
-
-    def _reconnected(self, _connection: Any = None) -> None:
-        # What was published while we were away is lost: every waiter looks again.
-        with self._cond:
-            self._epoch += 1
-            self._subscribed.clear()
-            self._cond.notify_all()
-
-    def _read(self) -> None:
-        pubsub, backoff = None, 0.05
-        while not self._closed:
-            with self._cond:
-                wanted, self._wanted = self._wanted, set()
-            try:
-                if pubsub is None:
-                    pubsub = self._broker._r.pubsub()
-                    pubsub.subscribe(self._private, *wanted)
-                    pubsub.connection.register_connect_callback(self._reconnected)
-                elif wanted:
-                    pubsub.subscribe(*wanted)
-                message = pubsub.get_message(timeout=1.0)  # also sends health checks
-                backoff = 0.05
-            except REDIS_ERRORS as exc:
-                if pubsub is not None and pubsub.connection is None:
-                    pubsub = None  # never connected: start over
-                with self._cond:
-                    self._wanted |= wanted
-                error = store_error(exc, self._broker.target, self._broker._r)
-                if isinstance(error, StoreMisconfigured):  # retrying cannot help: tell the waiters
-                    with self._cond:
-                        self._error, self._thread = error, None
-                        self._subscribed.clear()
-                        self._cond.notify_all()
-                    break
-                self._reconnected()
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
-                continue
-            with self._cond:
-                if message and message["type"] == "subscribe":
-                    self._subscribed.add(message["channel"])
-                elif message and message["type"] == "message":
-                    self._hits[message["channel"]] = self._hits.get(message["channel"], 0) + 1
-                self._cond.notify_all()
-        if pubsub is not None:
-            with suppress(*REDIS_ERRORS):
-                pubsub.close()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread.is_alive() and self._pid == os.getpid():
-            with suppress(StoreUnavailable, StoreMisconfigured):
-                self._nudge()  # else the reader leaves within a second on its own
-            thread.join(timeout=1.0)

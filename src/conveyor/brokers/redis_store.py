@@ -1,60 +1,30 @@
 """The Redis store: ``redis://``, ``rediss://`` (TLS), ``redis+sentinel://``, Cluster.
 
-Every move of a job is one Lua script, ``lua/<operation>.lua``, whose header
-names its KEYS, ARGV and reply; scripts run with EVALSHA and are loaded again
-after a NOSCRIPT (a restarted server). This module builds keys and arguments,
-batches calls into pipelines (one round trip each) and reads the replies.
+This module holds ``RedisBroker``, the contract's operations. Every move of a
+job is one Lua script, ``lua/<operation>.lua``, whose header names its KEYS,
+ARGV and reply; scripts run with EVALSHA and are loaded again after a
+NOSCRIPT (a restarted server). The operations batch the script calls into
+pipelines (one round trip each) and read the replies. Around them:
 
-Keys (``P`` is ``?prefix=``, default ``conveyor``). Every key of queue ``Q``
-carries the hash tag ``{Q}``, so a script touches one Cluster slot and queues
-spread over the shards:
-
-- ``P:{Q}:job:<id>``: one HASH per job, holding only the fields that are set.
-  Field names are one letter, because every job pays for them (16 of the
-  239 bytes of a small waiting job): ``t`` task, ``d`` data (payload),
-  ``s`` state, ``q`` seq, ``n`` ord, ``c`` created_at, ``p`` priority,
-  ``o`` options, ``r`` run_at, ``a`` attempts (tries), ``k`` stalls,
-  ``b`` started_at, ``e`` finished_at, ``f`` lease token (the fence),
-  ``l`` lease expiry, ``w`` worker, ``v`` result (value), ``x`` errors.
-  The scripts name them through constants (``lua/_shared.lua``). ``seq`` and
-  ``created_at`` are whole microseconds, integers Redis packs in half the
-  bytes of a float; ``created_at`` is left out when it equals ``seq`` (the
-  wall clock's case).
-- Ready jobs (``lua/_shared.lua`` tells the whole rule): ``P:{Q}:waiting``, a
-  LIST of the ids of new priority-0 jobs in enqueue order (a few bytes a job:
-  most jobs), and ``P:{Q}:prioritized``, a ZSET scored ``-priority`` whose
-  members are the job's ``ord`` in 12 hex digits, then its id: jobs of other
-  priorities, and every job ready again (due, released, recovered, retried).
-  ``ord`` is taken from ``P:{Q}:counter`` at enqueue, so equal priorities
-  leave in enqueue order whatever the number of producers, and a released
-  job gets its place back.
-- ``P:{Q}:delayed`` by run_at (promoted inside ``claim``), ``P:{Q}:active`` by
-  lease expiry (``recover`` is one range query), ``P:{Q}:completed|dead|
-  cancelled`` by finished_at (``trim``).
-- ``P:{Q}:marker``: a ZSET holding one member while the queue may have ready
-  work nobody claimed.
-- ``P:queues``: SET of queue names, so ``get``, ``counts``, ``cancel``... can
-  pipeline one call per queue.
+- ``redis_scripts``: the key layout, and one function per script naming its
+  KEYS and ARGV in the order of its header;
+- ``redis_topology``: one server (or Sentinel) or a Cluster, chosen once from
+  the URL: the client, running calls, and every place a Cluster differs;
+- ``redis_waits``: the idle waits and wake-ups (no polling);
+- ``redis_connection``: URLs, clients, what an error from Redis means,
+  and pipelines an event loop reads (``SentPipeline``);
+- ``redis_async``: the worker's door, reading those pipelines on its loop.
 
 ``seq`` orders ``list`` across queues: wall-clock microseconds, strictly
 increasing within a process. ``list`` reads the ids of the states and queues
 it filters on and sorts them here: O(jobs in those states).
 
-A job id is unique in the whole store on one server or behind Sentinel (the
-enqueue script looks in every queue for an id the caller chose; a generated
-id, 96 random bits, is not looked up). In a Cluster it is unique within its
-queue only: the other queues live in other slots.
+A job id is unique in the whole store on one server or behind Sentinel, and
+within its queue in a Cluster (``redis_topology``). The enqueue script looks
+for an id the caller chose; a generated id (96 random bits) is not looked up.
 
 ``claim`` promotes the due jobs of its own queues every time, those of other
-queues at most once a second per process. A lease token is ``<16 hex>:<queue>``,
-so a ``Lease`` tells which queue's keys to use.
-
-No polling. An idle worker calls ``wait_and_claim``: one pipeline stamps the
-server clock, blocks in BZPOPMIN on its queues' markers, and claims; Redis
-runs the claim the moment a script sets a marker, with no round trip back to
-the worker first. In a Cluster one BZPOPMIN cannot watch keys of several
-slots, so the scripts also publish on ``P:ready:<queue>`` when they set a
-marker, and one pub/sub thread per broker wakes the waiters.
+queues at most once a second per process.
 
 Errors, on every path to Redis, are told apart in one place
 (``redis_connection.store_error``), and only once one happened:
@@ -71,22 +41,16 @@ node); the others go to redis-py. Sentinel:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from importlib.resources import files
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import hiredis
-import orjson
-import redis
-from redis.exceptions import NoScriptError
 
+from conveyor.brokers import redis_scripts as scripts
 from conveyor.brokers.base import (
     ENDED_STATES,
     STATES,
@@ -98,31 +62,29 @@ from conveyor.brokers.base import (
     NewJob,
     Recovered,
 )
-from conveyor.brokers.redis_connection import (
-    REDIS_ERRORS,
-    SentPipeline,
-    Waker,
-    connect,
-    parse_url,
-    store_error,
+from conveyor.brokers.redis_connection import SentPipeline, parse_url
+from conveyor.brokers.redis_scripts import (
+    Command,
+    QueueKeys,
+    lease_pairs,
+    lease_token,
+    leases_by_queue,
+    pairs,
+    queue_of,
+    read_claim,
+    record,
+    result_triples,
 )
-from conveyor.clock import Clock, SystemClock
-from conveyor.errors import StoreMisconfigured, StoreUnavailable
+from conveyor.brokers.redis_topology import REPLY_MARGIN, Call, as_call, open_topology
+from conveyor.brokers.redis_waits import open_waits
+from conveyor.clock import Clock
 
 if TYPE_CHECKING:
     from conveyor.brokers.redis_async import RedisAsyncStore
 
-NAMES = ["enqueue", "claim", "extend", "complete", "fail", "release", "recover", "cancel",
-         "retry", "promote", "trim", "stamp"]  # fmt: skip
-LUA = files("conveyor.brokers").joinpath("lua")
-SHARED = LUA.joinpath("_shared.lua").read_text()  # helpers every script starts with
-SOURCES = {name: SHARED + LUA.joinpath(f"{name}.lua").read_text() for name in NAMES}
-SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in SOURCES.items()}
 BATCH = 1000  # jobs per script call: a long script blocks the server for everyone
-MAX_BLOCK = 5.0  # seconds one BZPOPMIN may block
-REPLY_MARGIN = 10.0  # seconds a reply may come after that, as the socket timeout
 QUEUES_TTL = 1.0  # seconds claim trusts this process's list of queues
-Call = Callable[[Any], Any]  # one command, given the client or a pipeline
+SAME_TIME_US = 1000  # a clock this close to a seq, in microseconds, tells the same time
 
 _seq_lock = threading.Lock()
 _last_seq = 0
@@ -137,63 +99,6 @@ def _next_seqs(n: int) -> range:
     return range(first, first + n)
 
 
-class _Keys(NamedTuple):
-    prefix: str  # of every key of the queue; a job is prefix + "job:" + id
-    waiting: str  # LIST: new jobs of priority 0
-    prioritized: str  # ZSET: every other ready job
-    delayed: str
-    active: str
-    completed: str
-    dead: str
-    cancelled: str
-    counter: str
-    marker: str  # ZSET: set while work may be ready; idle workers BZPOPMIN it
-    channel: str  # pub/sub, not a key; '' unless in a Cluster
-
-
-def _pairs(flat: list[str]) -> dict[str, str]:
-    it = iter(flat)
-    return dict(zip(it, it, strict=True))
-
-
-def _float(text: str | None) -> float | None:
-    return None if text is None else float(text)
-
-
-def _record(job_id: str, queue: str, h: dict[str, str]) -> JobRecord:
-    """A job from its HASH (field letters: the module docstring)."""
-    g, seq = h.get, h["q"]
-    return JobRecord(
-        job_id, int(seq), h["t"], queue, h["s"], int(g("p", 0)), h["d"], g("o"),
-        int(g("a", 0)), int(g("k", 0)), int(g("c", seq)) / 1e6, _float(g("r")),
-        _float(g("b")), _float(g("e")), g("f"), _float(g("l")), g("w"),
-        g("v"), g("x", "[]"),
-    )  # fmt: skip
-
-
-def _records(queue: str, flat: list[Any]) -> list[JobRecord]:
-    """claim.lua's reply: id, the job's fields as a flat list, id, ..."""
-    return [_record(flat[i], queue, _pairs(flat[i + 1])) for i in range(0, len(flat), 2)]
-
-
-def _queue_of(token: str) -> str | None:
-    """The queue a lease token was handed out for; None for a token we never made."""
-    return token[17:] if len(token) > 17 and token[16] == ":" else None
-
-
-def _evalsha(name: str, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, ...]:
-    return ("EVALSHA", SHAS[name], len(keys), *keys, *args)
-
-
-def _call(command: tuple[Any, ...]) -> Call:
-    # execute_command: redis-py refuses .evalsha() in Cluster pipelines
-    return lambda client: client.execute_command(*command)
-
-
-def _script(name: str, keys: Sequence[str], args: Sequence[Any]) -> Call:
-    return _call(_evalsha(name, keys, args))
-
-
 class RedisBroker(Broker):
     """The broker contract as Lua scripts on Redis."""
 
@@ -201,181 +106,45 @@ class RedisBroker(Broker):
         self.url = url
         self.clock = clock
         self.target = parse_url(url)
-        self.ids_unique_across_queues = not self.target.cluster
-        try:
-            self._r = connect(self.target)  # a Cluster client asks a node for the slots
-        except REDIS_ERRORS as exc:
-            self._raise(exc)
-        self._queues_key = f"{self.target.prefix}:queues"
-        self._keys_cache: dict[str, _Keys] = {}
+        # One server (or Sentinel) or a Cluster: where they differ, the code
+        # below asks the topology (redis_topology's docstring lists how).
+        self.topology = open_topology(self.target)
+        self.ids_unique_across_queues = self.topology.ids_unique_across_queues
+        self._keys = self.topology.keys
+        self._run = self.topology.run
+        self._execute = self.topology.execute
         self._known: frozenset[str] = frozenset()  # queue names seen in P:queues
         self._known_at = self._promoted_at = -1e9  # time.monotonic() of the last look
-        self._added: frozenset[str] = frozenset()  # Cluster: queues this process added
-        self._waker = Waker(self)  # Cluster only: pub/sub wakes the waiters
-        self._interrupt_key = f"{self.target.prefix}:interrupt:{secrets.token_hex(8)}"
-        self._interrupted = False  # the key may exist: close() deletes it
-        self._stamps: set[str] = set()  # of the waits in progress (wait_and_claim)
-        self._waits_lock = threading.Lock()
-        self._blocked = 0  # threads inside _sleep
-        self._scripts_lost = False  # a wait's reply said NOSCRIPT (see _send_wait)
-        self._local = threading.local()
+        # The waits know of the operations only what they are given here.
+        self._waits = open_waits(
+            self.topology,
+            clock,
+            claim=self.claim,
+            heads=self._heads,
+            claim_command=self._claim_command,
+        )
 
     @property
     def location(self) -> str:
         """The URL with any password masked."""
         return self.target.safe
 
-    # -- plumbing --------------------------------------------------------
-
-    def _keys(self, queue: str) -> _Keys:
-        if (keys := self._keys_cache.get(queue)) is None:
-            p = f"{self.target.prefix}:{{{queue}}}:"
-            channel = f"{self.target.prefix}:ready:{queue}" if self.target.cluster else ""
-            names = [p + field for field in _Keys._fields[1:-1]]
-            keys = self._keys_cache[queue] = _Keys(p, *names, channel)
-        return keys
-
-    def _run(self, calls: Sequence[Call]) -> list[Any]:
-        """Run calls in one round trip, in order; a script the server lost is loaded again."""
-        try:
-            if len(calls) <= 1:
-                return [self._noscript(call) for call in calls]
-            pipe = self._r.pipeline(transaction=False)
-            for call in calls:
-                call(pipe)
-            return self._settle(calls, pipe.execute(raise_on_error=False))
-        except REDIS_ERRORS as exc:
-            self._raise(exc)
-
-    def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """``_run`` for commands given as tuples."""
-        return self._run(list(map(_call, commands)))
-
-    def _send(self, commands: Sequence[tuple[Any, ...]]) -> Callable[[], list[Any]]:
-        """Send ``commands`` now; the returned function reads their replies.
-        One round trip, as a pipeline, but the server runs them while this
-        thread goes on (it must call the function, whatever happens). On one
-        server or Sentinel they go on this thread's connection; in a Cluster,
-        as a pipeline when the replies are read."""
-        calls = [lambda c, command=command: c.execute_command(*command) for command in commands]
-        if self.target.cluster:
-            return lambda: self._run(calls)
-        try:
-            connection = self._client().connection
-        except REDIS_ERRORS as exc:
-            self._raise(exc)
-        packed = [hiredis.pack_command(command) for command in commands]
-
-        def send() -> None:
-            try:
-                connection.send_packed_command(packed)
-            except REDIS_ERRORS as exc:
-                connection.disconnect()
-                self._raise(exc)
-
-        def collect() -> list[Any]:
-            replies: list[Any] = []
-            try:
-                for _ in commands:
-                    try:
-                        replies.append(connection.read_response())
-                    except redis.ResponseError as exc:
-                        replies.append(exc)
-            except REDIS_ERRORS as exc:
-                connection.disconnect()
-                self._raise(exc)
-            return replies
-
-        def read() -> list[Any]:
-            try:
-                replies = collect()
-            except StoreUnavailable:  # a connection the server had closed: as redis-py's
-                send()  # retry, once more on a new one (the scripts are safe to repeat)
-                replies = collect()
-            return self._settle(calls, replies)
-
-        try:
-            send()
-        except StoreUnavailable:
-            send()
-        return read
-
-    def _settle(self, calls: Sequence[Call], replies: list[Any]) -> list[Any]:
-        """The replies of ``calls`` sent together: a script the server lost
-        (NOSCRIPT: it did nothing) is run again; another error is raised."""
-        for i, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError):
-                replies[i] = self._noscript(calls[i])
-            elif isinstance(reply, Exception):
-                self._raise(reply)
-        return replies
-
-    def _error(self, exc: BaseException) -> BaseException:
-        """What to raise for an error from Redis: the conveyor error it means
-        (``store_error``: StoreMisconfigured or StoreUnavailable), else
-        ``exc`` itself, a raw reply of the loop-read path as redis-py's
-        ResponseError. Only ever called once something went wrong."""
-        if (error := store_error(exc, self.target, getattr(self, "_r", None))) is not None:
-            return error
-        return redis.ResponseError(str(exc)) if isinstance(exc, hiredis.ReplyError) else exc
-
-    def _raise(self, exc: BaseException) -> NoReturn:
-        """Raise what ``_error`` makes of ``exc`` (chained to it, when it is another)."""
-        error = self._error(exc)
-        if error is exc:
-            raise exc
-        raise error from exc
-
-    def _client(self) -> Any:
-        """For single commands: this thread's own connection on one server or
-        Sentinel (taking one from the pool for every command costs a check of
-        the socket, a quarter of a round trip here); the client itself in a
-        Cluster, whose commands go to different nodes."""
-        if self.target.cluster:
-            return self._r
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid():  # new thread, or a forked child
-            local.client = redis.Redis(
-                connection_pool=self._r.connection_pool, single_connection_client=True
-            )
-            local.pid = os.getpid()
-        return local.client
-
-    def _noscript(self, call: Call) -> Any:
-        """Run one call on this thread's connection; a script the server lost
-        is loaded again. Errors are raised as ``_error`` makes them: this is
-        also how the replies of ``_send`` and the loop-read calls rerun one."""
-        try:
-            client = self._client()
-            try:
-                return call(client)
-            except NoScriptError:
-                self._load_scripts()
-                return call(client)
-        except REDIS_ERRORS as exc:
-            self._raise(exc)
-
-    def _load_scripts(self) -> None:
-        try:
-            for source in SOURCES.values():
-                self._r.script_load(source)  # on every primary of a Cluster
-        except REDIS_ERRORS as exc:  # e.g. a user who may run scripts but not load them
-            self._raise(exc)
-        self._scripts_lost = False
+    # -- one call per queue ------------------------------------------------
 
     def _learn(self, members: set[str]) -> frozenset[str]:
+        """Note queue names seen in ``P:queues`` (or enqueued to here)."""
         self._known, self._known_at = self._known | members, time.monotonic()
         return self._known
 
     def _per_queue(
-        self, calls_for: Callable[[_Keys], list[Call]], queues: Sequence[str] | None = None
+        self, calls_for: Callable[[QueueKeys], list[Call]], queues: Sequence[str] | None = None
     ) -> dict[str, list[Any]]:
         """``calls_for(keys of a queue)`` for ``queues``, or for every queue in the
         store: one round trip, plus one for queues this process had not seen."""
         if queues is None:
             plan = {q: calls_for(self._keys(q)) for q in sorted(self._known)}
-            head = [lambda c: c.smembers(self._queues_key)]
-            replies = self._run(head + [call for calls in plan.values() for call in calls])
+            head = [lambda c: c.smembers(self.topology.queues_key)]
+            replies = self._run(head + [c for calls in plan.values() for c in calls])
             queues, replies = sorted(self._learn(replies[0]) - plan.keys()), replies[1:]
             out = self._split(plan, replies)
         else:
@@ -390,30 +159,12 @@ class RedisBroker(Broker):
             out[queue], i = replies[i : i + len(calls)], i + len(calls)
         return out
 
-    def _each(self, name: str, spec: Callable[[_Keys], tuple], queue: str | None = None) -> list:
-        """The replies of script ``name`` run on ``queue``, or on every queue, with
-        the (keys, args) ``spec(keys of the queue)`` gives."""
+    def _each(self, command: Callable[[QueueKeys], Command], queue: str | None = None) -> list[Any]:
+        """The replies of the script ``command(keys of a queue)`` builds, run on
+        ``queue``, or on every queue."""
         queues = None if queue is None else [queue]
-        found = self._per_queue(lambda k: [_script(name, *spec(k))], queues)
+        found = self._per_queue(lambda k: [as_call(command(k))], queues)
         return [reply for (reply,) in found.values()]
-
-    def _per_lease(
-        self, name: str, leases: Sequence[Lease], keys: Callable, head: Callable, extra: Callable
-    ) -> tuple[list[list[int]], list[tuple[Any, ...]]]:
-        """One command of script ``name`` per queue the leases' tokens name, with
-        ``keys(k)``, then ``k.prefix``, ``head(k)`` and (id, token, *extra(i)) per lease."""
-        groups: dict[str, list[int]] = {}
-        for i, lease in enumerate(leases):
-            if (queue := _queue_of(lease.token)) is not None:
-                groups.setdefault(queue, []).append(i)
-        commands = []
-        for queue, idx in groups.items():
-            k = self._keys(queue)
-            args = [k.prefix, *head(k)]
-            for i in idx:
-                args += (leases[i].job_id, leases[i].token, *extra(i))
-            commands.append(_evalsha(name, keys(k), args))
-        return list(groups.values()), commands
 
     # -- producing -------------------------------------------------------
 
@@ -421,9 +172,12 @@ class RedisBroker(Broker):
         now = self.clock.now()
         seqs = _next_seqs(len(jobs))
         # created_at: whole microseconds (an integer packs in half the bytes of
-        # the float). On the wall clock each job's seq is that already, so it
-        # is not stored twice ('' tells the script); another clock's time is.
-        made: int | str = "" if type(self.clock) is SystemClock else round(now * 1e6)
+        # the float). A seq is wall-clock microseconds too: when the clock's
+        # time is within a millisecond of the call's first seq (the wall
+        # clock), each job's seq tells its created_at already and it is not
+        # stored twice (None); another clock's time is stored.
+        now_us = round(now * 1e6)
+        made = None if abs(now_us - seqs.start) <= SAME_TIME_US else now_us
         states = ["waiting" if j.run_at is None or j.run_at <= now else "delayed" for j in jobs]
         first: dict[str, int] = {}  # id -> its first job here; later ones repeat that one
         by_queue: dict[str, list[int]] = {}
@@ -433,24 +187,17 @@ class RedisBroker(Broker):
         chunks = [
             idx[n : n + BATCH] for idx in by_queue.values() for n in range(0, len(idx), BATCH)
         ]
-        commands, queues_key = [], [] if self.target.cluster else [self._queues_key]
-        if self.target.cluster and (new := set(by_queue) - self._added):
-            commands.append(("SADD", self._queues_key, *new))  # the scripts cannot
-            self._added |= new
+        store = f"{self.target.prefix}:"
+        commands, queues_key = self.topology.register(by_queue)
         for chunk in chunks:
             queue = jobs[chunk[0]].queue
-            k = self._keys(queue)
-            rows: list[str] = []
-            for i in chunk:
-                job = jobs[i]
-                run_at = "" if job.run_at is None else repr(job.run_at)
-                rows += (job.id, str(seqs[i]), job.task, job.payload, str(int(job.priority)),
-                         job.options or "", run_at, states[i], "" if job.generated_id else "1")  # fmt: skip
-            rows_arg = rows if len(chunk) == 1 else [orjson.dumps(rows)]  # one job: no JSON
-            args = [f"{self.target.prefix}:", queue, made, k.channel, *rows_arg]
-            keys = [k.waiting, k.prioritized, k.delayed, k.counter, *queues_key]
-            commands.append(("EVALSHA", SHAS["enqueue"], len(keys), *keys, *args))
-        read = self._send(commands)
+            commands.append(
+                scripts.enqueue(
+                    self._keys(queue), store=store, queue=queue, created_at=made,
+                    jobs=jobs, seqs=seqs, states=states, which=chunk, queues=queues_key,
+                )
+            )  # fmt: skip
+        read = self.topology.send(commands)
         try:  # while the server stores them: the records, as if every job were new
             records = [
                 JobRecord(j.id, seqs[i], j.task, j.queue, states[i], int(j.priority), j.payload,
@@ -459,6 +206,7 @@ class RedisBroker(Broker):
             ]  # fmt: skip
         finally:
             replies = read()[len(commands) - len(chunks) :]
+        self.topology.registered(by_queue)
         self._learn(set(by_queue))
         results: list[Any] = [None] * len(jobs)
         for chunk, reply in zip(chunks, replies, strict=True):
@@ -466,7 +214,7 @@ class RedisBroker(Broker):
                 if item == 1:
                     results[i] = EnqueueResult(records[i], True)
                 else:  # [queue, fields] of the job that holds the id
-                    results[i] = EnqueueResult(_record(jobs[i].id, item[0], _pairs(item[1])), False)
+                    results[i] = EnqueueResult(record(jobs[i].id, item[0], pairs(item[1])), False)
         for i, job in enumerate(jobs):
             if results[i] is None:  # the same id earlier in this call
                 results[i] = EnqueueResult(
@@ -490,7 +238,7 @@ class RedisBroker(Broker):
         worker: str,
     ) -> tuple[list[bool], list[JobRecord]]:
         groups, commands = self._complete_commands(done)
-        before = list(map(_call, commands))
+        before = list(map(as_call, commands))
         replies, claimed = self._claim(before, queues, limit, lease_seconds, worker)
         return self._outcome(len(done), groups, replies), claimed
 
@@ -507,7 +255,7 @@ class RedisBroker(Broker):
         look at the list of queues) as one pipeline whose replies the
         worker's event loop reads. A worker of several queues claims from
         them in turn, a round trip each: ``complete_and_claim``, on a thread."""
-        if self.target.cluster or len(queues) != 1 or self._scripts_lost:
+        if not self.topology.loop_pipelines or len(queues) != 1 or self.topology.scripts_lost:
             return None
         groups, commands = self._complete_commands(done)
         completes, learn = len(commands), False
@@ -516,53 +264,54 @@ class RedisBroker(Broker):
                 commands += self._promotions(queues)
                 learn = time.monotonic() - self._known_at > QUEUES_TTL
                 if learn:  # for the next promotion: this one goes by what it knew
-                    commands.append(("SMEMBERS", self._queues_key))
+                    commands.append(("SMEMBERS", self.topology.queues_key))
             commands.append(self._claim_command(queues[0], limit, lease_seconds, worker))
 
         def finish(replies: list[Any]) -> tuple[list[bool], list[JobRecord]]:
             for i, reply in enumerate(replies):
                 if isinstance(reply, hiredis.ReplyError):
                     if not str(reply).startswith("NOSCRIPT"):
-                        self._raise(reply)
+                        self.topology.raise_(reply)
                     # A restarted server lost the scripts (that one did
                     # nothing): load them and run it again, blocking, this once.
-                    replies[i] = self._noscript(_call(commands[i]))
+                    replies[i] = self.topology.noscript(as_call(commands[i]))
             if learn:
                 self._learn(set(replies[-2]))
-            claimed = _records(queues[0], replies[-1]) if limit > 0 else []
-            return self._outcome(len(done), groups, replies[:completes]), claimed
+            jobs = read_claim(queues[0], replies[-1]) if limit > 0 else []
+            return self._outcome(len(done), groups, replies[:completes]), jobs
 
-        return SentPipeline(self._r.connection_pool, commands, REPLY_MARGIN, finish, self._error)
+        return self.topology.sent_pipeline(commands, REPLY_MARGIN, finish, self.topology.error)
 
     def _claim_command(
         self, queue: str, limit: int, lease: float, worker: str, stamp: str | None = None
-    ) -> tuple[Any, ...]:
+    ) -> Command:
         """claim.lua for ``queue``; ``stamp``: the key stamp.lua set before a
-        wait that this claim follows (see wait_and_claim)."""
-        now, k = self.clock.now(), self._keys(queue)
-        keys = (k.waiting, k.prioritized, k.delayed, k.active, *([stamp] if stamp else ()))
-        token = f"{secrets.token_hex(8)}:{queue}"
-        args = (k.prefix, repr(now), repr(now + lease), worker, token, limit, k.channel)
-        return ("EVALSHA", SHAS["claim"], len(keys), *keys, *args)
+        wait that this claim follows (redis_waits)."""
+        now = self.clock.now()
+        return scripts.claim(
+            self._keys(queue), now=now, expiry=now + lease, worker=worker,
+            token=lease_token(queue), limit=limit, stamp=stamp,
+        )  # fmt: skip
 
     def _claim(
         self, before: list[Call], queues: Sequence[str], limit: int, lease: float, worker: str
     ) -> tuple[list[Any], list[JobRecord]]:
         """Run ``before``, then claim: the first queue in the same round trip, a
         later one only when the earlier ones did not fill ``limit``."""
-        calls, head, claimed = list(before), None, []
+        calls, head = list(before), None
+        jobs: list[JobRecord] = []
         if limit > 0 and self._promotion_due():
             if time.monotonic() - self._known_at > QUEUES_TTL:
-                self._learn(self._run([lambda c: c.smembers(self._queues_key)])[0])
-            calls += map(_call, self._promotions(queues))
+                self._learn(self._run([lambda c: c.smembers(self.topology.queues_key)])[0])
+            calls += map(as_call, self._promotions(queues))
         for queue in dict.fromkeys(queues) if limit > 0 else ():
-            if len(claimed) >= limit:
+            if len(jobs) >= limit:
                 break
-            claim = self._claim_command(queue, limit - len(claimed), lease, worker)
-            replies = self._run([*calls, lambda c, claim=claim: c.execute_command(*claim)])
+            claim = self._claim_command(queue, limit - len(jobs), lease, worker)
+            replies = self._run([*calls, as_call(claim)])
             head, calls = head or replies[: len(before)], []
-            claimed += _records(queue, replies[-1])
-        return (self._run(calls)[: len(before)] if head is None else head), claimed
+            jobs += read_claim(queue, replies[-1])
+        return (self._run(calls)[: len(before)] if head is None else head), jobs
 
     def _promotion_due(self) -> bool:
         """Whether a claim should promote the due jobs of other queues too:
@@ -573,27 +322,35 @@ class RedisBroker(Broker):
         self._promoted_at = time.monotonic()
         return True
 
-    def _promotions(self, queues: Sequence[str]) -> list[tuple[Any, ...]]:
+    def _promotions(self, queues: Sequence[str]) -> list[Command]:
         """promote.lua for the due jobs of every known queue but ``queues``."""
-        now = repr(self.clock.now())
+        now = self.clock.now()
         return [
-            _evalsha("promote", (k.prioritized, k.delayed), (k.prefix, k.channel, "due", now))
+            scripts.promote(k, due_by=now)
             for k in map(self._keys, sorted(self._known - set(queues)))
         ]
 
     def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
-        expires = repr(self.clock.now() + lease_seconds)
-        groups, commands = self._per_lease(
-            "extend", leases, lambda k: (k.active,), lambda k: (expires,), lambda i: ()
-        )
+        expiry = self.clock.now() + lease_seconds
+        groups = leases_by_queue(leases)
+        commands = [
+            scripts.extend(self._keys(queue), expiry=expiry, pairs=lease_pairs(leases, idx))
+            for queue, idx in groups.items()
+        ]
         lost = {job_id for reply in self._execute(commands) for job_id in reply}
-        held = {i for idx in groups for i in idx}
+        held = {i for idx in groups.values() for i in idx}
         return [x.job_id for i, x in enumerate(leases) if i not in held or x.job_id in lost]
 
-    def _complete_commands(self, done: Sequence[tuple[Lease, str]]) -> tuple[list, list]:
-        now, leases = repr(self.clock.now()), [lease for lease, _ in done]
-        keys = lambda k: (k.active, k.completed)  # noqa: E731
-        return self._per_lease("complete", leases, keys, lambda k: (now,), lambda i: done[i][1:])
+    def _complete_commands(
+        self, done: Sequence[tuple[Lease, str]]
+    ) -> tuple[list[list[int]], list[Command]]:
+        """complete.lua per queue the leases name, and the indexes of ``done`` each covers."""
+        now, groups = self.clock.now(), leases_by_queue([lease for lease, _ in done])
+        commands = [
+            scripts.complete(self._keys(queue), now=now, triples=result_triples(done, idx))
+            for queue, idx in groups.items()
+        ]
+        return list(groups.values()), commands
 
     @staticmethod
     def _outcome(n: int, groups: list[list[int]], replies: list[Any]) -> list[bool]:
@@ -608,27 +365,27 @@ class RedisBroker(Broker):
         return self._outcome(len(done), groups, self._execute(commands))
 
     def fail(self, lease: Lease, error: AttemptError, retry_at: float | None) -> bool:
-        if (queue := _queue_of(lease.token)) is None:
+        if (queue := queue_of(lease.token)) is None:
             return False
-        now, k = self.clock.now(), self._keys(queue)
-        entry = {"type": error.type, "message": error.message, "traceback": error.traceback}
-        entry_json = "," + orjson.dumps({**entry, "at": now}).decode()[1:]  # "attempt" goes first
+        now = self.clock.now()
         state = "dead" if retry_at is None else "delayed" if retry_at > now else "waiting"
-        retry = "" if retry_at is None else repr(retry_at)
-        args = (k.prefix, repr(now), lease.job_id, lease.token, entry_json, state, retry, k.channel)
-        keys = (k.prioritized, k.delayed, k.active, k.dead)
-        return self._run([_script("fail", keys, args)])[0] == 1
+        command = scripts.fail(
+            self._keys(queue), now=now, job_id=lease.job_id, token=lease.token,
+            error=error, state=state, retry_at=retry_at,
+        )  # fmt: skip
+        return self._execute([command])[0] == 1
 
     def release(self, leases: Sequence[Lease]) -> int:
-        keys, head = (lambda k: (k.prioritized, k.active)), (lambda k: (k.channel,))
-        commands = self._per_lease("release", leases, keys, head, lambda i: ())[1]
+        commands = [
+            scripts.release(self._keys(queue), pairs=lease_pairs(leases, idx))
+            for queue, idx in leases_by_queue(leases).items()
+        ]
         return sum(self._execute(commands))
 
     def recover(self, max_stalled: int) -> list[Recovered]:
-        now = repr(self.clock.now())
-        keys = lambda k: (k.prioritized, k.active, k.dead)  # noqa: E731
-        spec = lambda k: (keys(k), (k.prefix, now, max_stalled, k.channel))  # noqa: E731
-        replies = self._each("recover", spec)
+        replies = self._each(
+            partial(scripts.recover, now=self.clock.now(), max_stalled=max_stalled)
+        )
         found = sorted(
             (int(f[i + 2]), f[i], f[i + 1]) for f in replies for i in range(0, len(f), 3)
         )
@@ -637,40 +394,28 @@ class RedisBroker(Broker):
     # -- controlling -----------------------------------------------------
 
     def cancel(self, job_id: str) -> bool:
-        now = repr(self.clock.now())
-        return 1 in self._each(
-            "cancel",
-            lambda k: (
-                (k.waiting, k.prioritized, k.delayed, k.cancelled),
-                (k.prefix, job_id, now, k.channel),
-            ),
-        )
+        return 1 in self._each(partial(scripts.cancel, job_id=job_id, now=self.clock.now()))
 
     def retry(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
         if job_ids is not None and not job_ids:
             return 0
-        ids = job_ids or ()
-        spec = lambda k: ((k.prioritized, k.dead, k.cancelled), (k.prefix, k.channel, *ids))  # noqa: E731
-        return sum(self._each("retry", spec, queue))
+        return sum(self._each(partial(scripts.retry, job_ids=job_ids or ()), queue))
 
     def promote(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
         if job_ids is not None and not job_ids:
             return 0
-        mode = ("all",) if job_ids is None else ("ids", *job_ids)
-        spec = lambda k: ((k.prioritized, k.delayed), (k.prefix, k.channel, *mode))  # noqa: E731
-        return sum(self._each("promote", spec, queue))
+        return sum(self._each(partial(scripts.promote, job_ids=job_ids), queue))
 
     def trim(
         self, queue: str, state: str, keep: int | None = None, older_than: float | None = None
     ) -> int:
         if state not in ENDED_STATES:
             raise ValueError(f"trim deletes ended jobs only, not {state!r} ones")
-        keep_arg = "" if keep is None else max(keep, 0)
-        older = "" if older_than is None else repr(older_than)
+        keep = None if keep is None else max(keep, 0)
+        command = partial(scripts.trim, state=state, keep=keep, older_than=older_than, limit=BATCH)
         total = 0
         while True:  # BATCH a call: a long script would block the server for everyone
-            args = lambda k: ((k.prefix + state,), (k.prefix, keep_arg, older, BATCH))  # noqa: E731
-            deleted = self._each("trim", args, queue)[0]
+            deleted = self._each(command, queue)[0]
             total += deleted
             if deleted < BATCH:
                 return total
@@ -679,7 +424,7 @@ class RedisBroker(Broker):
 
     def get(self, job_id: str) -> JobRecord | None:
         found = self._per_queue(lambda k: [lambda c: c.hgetall(f"{k.prefix}job:{job_id}")])
-        return next((_record(job_id, q, h) for q, (h,) in found.items() if h), None)
+        return next((record(job_id, q, h) for q, (h,) in found.items() if h), None)
 
     def list(
         self,
@@ -713,13 +458,13 @@ class RedisBroker(Broker):
         ranked = sorted((int(s), n) for n, s in enumerate(seqs) if s and int(s) > floor)[:limit]
         records = self._run([lambda c, key=keys[n]: c.hgetall(key) for _, n in ranked])
         return [
-            _record(found[n][1], found[n][0], h)
+            record(found[n][1], found[n][0], h)
             for (_, n), h in zip(ranked, records, strict=True)
             if h and state in (None, h["s"])
         ]
 
     @staticmethod
-    def _ready_calls(k: _Keys) -> list[Call]:
+    def _ready_calls(k: QueueKeys) -> list[Call]:
         """The two counts that add up to a queue's waiting jobs."""
         return [lambda c: c.llen(k.waiting), lambda c: c.zcard(k.prioritized)]
 
@@ -755,161 +500,28 @@ class RedisBroker(Broker):
     def next_due(self, queues: Sequence[str]) -> float | None:
         return self._heads(queues)[1]
 
+    # -- waiting (redis_waits) ---------------------------------------------
+
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
-        ready, due = self._heads(queues)
-        if not ready:
-            self._sleep(queues, self._until_due(timeout, due))
+        self._waits.wait_for_work(queues, timeout)
 
     def wait_and_claim(
-        self,
-        queues: Sequence[str],
-        limit: int,
-        lease_seconds: float,
-        worker: str,
-        timeout: float,
-    ) -> list[JobRecord]:
-        if self.target.cluster:
-            return self._wait_then_claim(queues, limit, lease_seconds, worker, timeout)
-        deadline = time.monotonic() + timeout
-        while limit > 0 and timeout >= 0.001:
-            wait = self._send_wait(queues, limit, lease_seconds, worker, timeout)
-            woken_by, claimed = wait.wait()
-            if woken_by == self._interrupt_key:
-                return claimed
-            if len(claimed) < limit and len(queues) > 1:
-                more = self._claim([], queues[1:], limit - len(claimed), lease_seconds, worker)
-                claimed += more[1]
-            if claimed:
-                return claimed
-            # A stale marker (its job went to a busy worker, or it announced a
-            # sooner delayed job): wait again, until the next due job.
-            timeout = self._until_due(deadline - time.monotonic(), self.next_due(queues))
-        return self.claim(queues, limit, lease_seconds, worker) if limit > 0 else []
-
-    def send_wait(
-        self,
-        queues: Sequence[str],
-        limit: int,
-        lease_seconds: float,
-        worker: str,
-        timeout: float,
-    ) -> SentPipeline | None:
-        if self.target.cluster or limit <= 0:
-            return None
-        return self._send_wait(queues, limit, lease_seconds, worker, timeout, jobs_only=True)
-
-    def _send_wait(
-        self,
-        queues: Sequence[str],
-        limit: int,
-        lease: float,
-        worker: str,
-        timeout: float,
-        jobs_only: bool = False,
-    ) -> SentPipeline:
-        """One server or Sentinel: the idle wait, sent as one pipeline on a
-        connection of its own. It stamps the server clock, blocks in BZPOPMIN
-        on the queues' markers (and this broker's interrupt key), and claims
-        from the first queue: the server runs the claim the moment a script
-        sets a marker, with no round trip back here in between (the claim
-        moves the clock it was given on by the time the wait took). The
-        caller just claimed and found nothing, so a job enqueued since then
-        has set its marker: no look is needed first. Its result: the key
-        that woke it (None: the timeout) and the jobs claimed; or the jobs
-        only."""
-        if self._scripts_lost:  # a wait found them gone: load them before this one
-            self._load_scripts()
-        stamp = f"{self.target.prefix}:stamp:{secrets.token_hex(8)}"
-        markers = [self._keys(q).marker for q in queues] + [self._interrupt_key]
-        block = round(min(max(timeout, 0.001), MAX_BLOCK), 3)
-        commands = [
-            ("EVALSHA", SHAS["stamp"], 1, stamp),
-            ("BZPOPMIN", *markers, block),
-            self._claim_command(queues[0], limit, lease, worker, stamp),
-        ]
-
-        def finish(replies: list[Any]) -> Any:
-            self._stamps.discard(stamp)
-            _, popped, claim = replies
-            errors = [r for r in replies if isinstance(r, hiredis.ReplyError)]
-            if any(str(e).startswith("NOSCRIPT") for e in errors):
-                self._scripts_lost = True  # a restarted server: the claim took nothing
-            jobs = [] if isinstance(claim, hiredis.ReplyError) else _records(queues[0], claim)
-            other = [e for e in errors if not str(e).startswith("NOSCRIPT")]
-            if other and not jobs:  # jobs it claimed are the caller's all the same
-                self._raise(other[0])  # the worker backs off, loudly, or stops
-            woken_by = popped[0] if isinstance(popped, list) and popped else None
-            return jobs if jobs_only else (woken_by, jobs)
-
-        def failed(exc: BaseException) -> BaseException:
-            self._stamps.discard(stamp)
-            return self._error(exc)
-
-        self._stamps.add(stamp)  # interrupt() deletes it: the claim then takes nothing
-        return SentPipeline(self._r.connection_pool, commands, block + REPLY_MARGIN, finish, failed)
-
-    def _wait_then_claim(
         self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str, timeout: float
     ) -> list[JobRecord]:
-        """Cluster: wake by pub/sub, then claim; again after a stale wake."""
-        deadline = time.monotonic() + timeout
-        while self._sleep(queues, timeout) and limit > 0:
-            if claimed := self.claim(queues, limit, lease_seconds, worker):
-                return claimed
-            timeout = self._until_due(deadline - time.monotonic(), self.next_due(queues))
-            if timeout < 0.001:
-                break
-        return []
+        return self._waits.wait_and_claim(queues, limit, lease_seconds, worker, timeout)
 
-    def _until_due(self, timeout: float, due: float | None) -> float:
-        # Blocking is real time; the store clock only says when the next
-        # delayed job is due (a test's FakeClock may stand still).
-        return timeout if due is None else min(timeout, due - self.clock.now())
-
-    def _sleep(self, queues: Sequence[str], timeout: float) -> bool:
-        """Block until work may be ready in ``queues``, for up to ``timeout``
-        seconds; False when interrupted. One server or Sentinel: BZPOPMIN on
-        the queues' markers and this broker's interrupt key, on this thread's
-        connection. Cluster: one BZPOPMIN cannot watch keys of several slots,
-        so the pub/sub thread wakes the waiters."""
-        if timeout < 0.001:  # BZPOPMIN 0 would block for ever
-            return True
-        with self._waits_lock:
-            self._blocked += 1
-        try:
-            return self._block(queues, timeout)
-        finally:
-            with self._waits_lock:
-                self._blocked -= 1
-
-    def _block(self, queues: Sequence[str], timeout: float) -> bool:
-        if self.target.cluster:
-            channels = {self._keys(q).channel for q in queues}
-            deadline = time.monotonic() + timeout
-
-            def look() -> float | None:  # once subscribed: what happened before?
-                ready, due = self._heads(queues)
-                return -1.0 if ready else due
-
-            return self._waker.wait(channels, deadline, look, self.clock)
-        keys = [self._keys(q).marker for q in queues] + [self._interrupt_key]
-        timeout = min(timeout, MAX_BLOCK)
-        popped = self._run([lambda c: c.bzpopmin(keys, round(timeout, 3))])[0]
-        return not popped or popped[0] != self._interrupt_key
+    def send_wait(
+        self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str, timeout: float
+    ) -> SentPipeline | None:
+        """The idle wait and its claim as a pipeline the worker's event loop
+        reads (one server or Sentinel); None where it cannot be one."""
+        return self._waits.send_wait(queues, limit, lease_seconds, worker, timeout)
 
     def waiting(self) -> int:
-        """Threads blocked in ``_sleep``, and waits sent (``_send_wait``)
-        whose replies are not read yet."""
-        return self._blocked + len(self._stamps)
+        return self._waits.waiting()
 
     def interrupt(self) -> None:
-        if self.target.cluster:
-            self._waker.interrupt()
-        else:  # wakes the BZPOPMIN of any thread of this broker; its claim takes nothing
-            stamps = list(self._stamps)
-            wake = [lambda c: c.delete(*stamps)] if stamps else []
-            self._interrupted = True
-            self._run([*wake, lambda c: c.zadd(self._interrupt_key, {"0": 0})])
+        self._waits.interrupt()
 
     def async_store(self) -> RedisAsyncStore:
         """The worker's door, with the loop-read complete-and-claim and wait."""
@@ -918,10 +530,5 @@ class RedisBroker(Broker):
         return RedisAsyncStore(self)
 
     def close(self) -> None:
-        self._waker.close()
-        # The interrupt key exists only after interrupt(): else no round trip
-        # (nor a wait on a host that is gone) on the way out.
-        if self._interrupted:
-            with contextlib.suppress(StoreUnavailable, StoreMisconfigured):
-                self._run([lambda c: c.delete(self._interrupt_key)])
-        self._r.close()
+        self._waits.close()
+        self.topology.close()

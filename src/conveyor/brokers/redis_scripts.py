@@ -1,0 +1,405 @@
+"""The Redis store's keys, and each Lua script's KEYS and ARGV named in one place.
+
+Every move of a job is one Lua script, ``lua/<name>.lua``, whose header
+names its KEYS, ARGV and reply. Here is one function per script, taking
+named parameters and listing KEYS and ARGV in the order of that header, with
+its comments: the operations (``redis_store``) call these, never build a
+script's arguments themselves. Each returns the EVALSHA command as a tuple,
+sent as it is (``execute_command``: redis-py refuses ``.evalsha()`` in Cluster
+pipelines) or packed for a pipeline read by an event loop.
+
+Keys (``P`` is ``?prefix=``, default ``conveyor``). Every key of queue ``Q``
+carries the hash tag ``{Q}``, so a script touches one Cluster slot and queues
+spread over the shards:
+
+- ``P:{Q}:job:<id>``: one HASH per job, holding only the fields that are set.
+  Field names are one letter, because every job pays for them (16 of the
+  239 bytes of a small waiting job): ``t`` task, ``d`` data (payload),
+  ``s`` state, ``q`` seq, ``n`` ord, ``c`` created_at, ``p`` priority,
+  ``o`` options, ``r`` run_at, ``a`` attempts (tries), ``k`` stalls,
+  ``b`` started_at, ``e`` finished_at, ``f`` lease token (the fence),
+  ``l`` lease expiry, ``w`` worker, ``v`` result (value), ``x`` errors.
+  The scripts name them through constants (``lua/_shared.lua``). ``seq`` and
+  ``created_at`` are whole microseconds, integers Redis packs in half the
+  bytes of a float; ``created_at`` is left out when the job's ``seq`` already
+  tells it, to within a millisecond (the wall clock's case: ``enqueue`` in
+  ``redis_store``).
+- Ready jobs (``lua/_shared.lua`` tells the whole rule): ``P:{Q}:waiting``, a
+  LIST of the ids of new priority-0 jobs in enqueue order (a few bytes a job:
+  most jobs), and ``P:{Q}:prioritized``, a ZSET scored ``-priority`` whose
+  members are the job's ``ord`` in 12 hex digits, then its id: jobs of other
+  priorities, and every job ready again (due, released, recovered, retried).
+  ``ord`` is taken from ``P:{Q}:counter`` at enqueue, so equal priorities
+  leave in enqueue order whatever the number of producers, and a released
+  job gets its place back.
+- ``P:{Q}:delayed`` by run_at (promoted inside ``claim``), ``P:{Q}:active`` by
+  lease expiry (``recover`` is one range query), ``P:{Q}:completed|dead|
+  cancelled`` by finished_at (``trim``).
+- ``P:{Q}:marker``: a ZSET holding one member while the queue may have ready
+  work nobody claimed.
+- ``P:queues``: SET of queue names, so ``get``, ``counts``, ``cancel``... can
+  pipeline one call per queue.
+
+A lease token is ``<16 hex>:<queue>``, so a ``Lease`` tells which queue's keys
+to use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from importlib.resources import files
+from typing import Any, NamedTuple
+
+import orjson
+
+from conveyor.brokers.base import AttemptError, JobRecord, Lease, NewJob
+
+NAMES = ["enqueue", "claim", "extend", "complete", "fail", "release", "recover", "cancel",
+         "retry", "promote", "trim", "stamp"]  # fmt: skip
+LUA = files("conveyor.brokers").joinpath("lua")
+SHARED = LUA.joinpath("_shared.lua").read_text()  # helpers every script starts with
+SOURCES = {name: SHARED + LUA.joinpath(f"{name}.lua").read_text() for name in NAMES}
+SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in SOURCES.items()}
+
+#: One Redis command: its name and arguments, as ``execute_command`` takes them.
+Command = tuple[Any, ...]
+
+
+class QueueKeys(NamedTuple):
+    """The keys of one queue (the module docstring tells what each holds)."""
+
+    prefix: str  # of every key of the queue, 'P:{Q}:'; a job is prefix + "job:" + id
+    waiting: str  # LIST: new jobs of priority 0
+    prioritized: str  # ZSET: every other ready job
+    delayed: str
+    active: str
+    completed: str
+    dead: str
+    cancelled: str
+    counter: str
+    marker: str  # ZSET: set while work may be ready; idle workers BZPOPMIN it
+    channel: str  # pub/sub, not a key: where scripts PUBLISH new work; '' = none
+
+    @classmethod
+    def of(cls, store_prefix: str, queue: str, channel: str) -> QueueKeys:
+        """The keys of ``queue`` under ``?prefix=`` ``store_prefix``."""
+        p = f"{store_prefix}:{{{queue}}}:"
+        return cls(
+            p, p + "waiting", p + "prioritized", p + "delayed", p + "active", p + "completed",
+            p + "dead", p + "cancelled", p + "counter", p + "marker", channel,
+        )  # fmt: skip
+
+
+# -- one function per script: KEYS, then ARGV, in the order of its header ------
+
+
+def enqueue(
+    k: QueueKeys,
+    *,
+    store: str,
+    queue: str,
+    created_at: int | None,
+    jobs: Sequence[NewJob],
+    seqs: Sequence[int],
+    states: Sequence[str],
+    which: Sequence[int],
+    queues: str | None = None,
+) -> Command:
+    """enqueue.lua: store new jobs of one queue, in order, each id at most once.
+
+    The jobs are ``jobs[i]`` for each i of ``which``, with seq ``seqs[i]`` and
+    state ``states[i]``; ``created_at`` None: each job's seq tells it.
+    ``queues``: the SET of queue names, when the script may add this queue to
+    it and look for a chosen id in every queue (one server or Sentinel).
+    Replies one item per job: 1 when stored, else [queue, HGETALL] of the job
+    holding the id."""
+    rows: list[Any] = []
+    for i in which:  # ARGV[5]'s 9 strings per job
+        job = jobs[i]
+        rows += (
+            job.id, str(seqs[i]), job.task, job.payload, str(int(job.priority)),
+            job.options or "",  # '' = none
+            "" if job.run_at is None else repr(job.run_at),  # '' = none
+            states[i],  # 'waiting' or 'delayed'
+            "" if job.generated_id else "1",  # '1' when the caller chose the id
+        )  # fmt: skip
+    keys = [
+        k.waiting,  # KEYS[1] waiting  LIST
+        k.prioritized,  # KEYS[2] prioritized  ZSET
+        k.delayed,  # KEYS[3] delayed  ZSET  score run_at, member id
+        k.counter,  # KEYS[4] counter  STRING  the queue's FIFO counter
+    ]
+    if queues:
+        keys.append(queues)  # KEYS[5] (optional) queues  SET of every queue name
+    return (
+        "EVALSHA", SHAS["enqueue"], len(keys), *keys,
+        store,  # ARGV[1] store prefix 'P:'
+        queue,  # ARGV[2] queue
+        # ARGV[3] created_at in whole microseconds; '' = each job's seq tells it
+        "" if created_at is None else created_at,
+        k.channel,  # ARGV[4] channel to PUBLISH on when work appears ('' = none)
+        # ARGV[5] the jobs as one JSON array of 9 strings per job; a single
+        # job as those 9 strings in ARGV[5..13] instead (no JSON to encode)
+        *(rows if len(rows) == 9 else (orjson.dumps(rows),)),
+    )  # fmt: skip
+
+
+def claim(
+    k: QueueKeys,
+    *,
+    now: float,
+    expiry: float,
+    worker: str,
+    token: str,
+    limit: int,
+    stamp: str | None = None,
+) -> Command:
+    """claim.lua: promote the queue's due delayed jobs, then lease up to
+    ``limit`` (>= 1) of its ready jobs in claim order. ``stamp``: the key
+    stamp.lua set before a wait this claim is queued behind (``now`` and
+    ``expiry`` are then moved on by the time since; the key gone, the wait
+    was interrupted and nothing is claimed). Replies pairs, in claim order:
+    id, the job's HGETALL (``read_claim`` reads them)."""
+    keys: tuple[str, ...] = (
+        k.waiting,  # KEYS[1] waiting  LIST
+        k.prioritized,  # KEYS[2] prioritized  ZSET
+        k.delayed,  # KEYS[3] delayed  ZSET  score run_at
+        k.active,  # KEYS[4] active  ZSET  score lease expiry
+    )
+    if stamp:
+        keys += (stamp,)  # KEYS[5] (optional) stamp  STRING, set by stamp.lua
+    return (
+        "EVALSHA", SHAS["claim"], len(keys), *keys,
+        k.prefix,  # ARGV[1] key prefix of the queue
+        repr(now),  # ARGV[2] now
+        repr(expiry),  # ARGV[3] lease expiry
+        worker,  # ARGV[4] worker
+        token,  # ARGV[5] lease token
+        limit,  # ARGV[6] limit (>= 1)
+        k.channel,  # ARGV[7] channel to PUBLISH on when jobs are left for others
+    )  # fmt: skip
+
+
+def extend(k: QueueKeys, *, expiry: float, pairs: Sequence[str]) -> Command:
+    """extend.lua: push back the expiry of held leases of one queue.
+    ``pairs``: id, token, id, token... Replies the ids whose lease was lost."""
+    return (
+        "EVALSHA", SHAS["extend"], 1,
+        k.active,  # KEYS[1] active  ZSET  score lease expiry, member id
+        k.prefix,  # ARGV[1] key prefix of the queue
+        repr(expiry),  # ARGV[2] new expiry
+        *pairs,  # ARGV[3..] pairs: id, token
+    )  # fmt: skip
+
+
+def complete(k: QueueKeys, *, now: float, triples: Sequence[str]) -> Command:
+    """complete.lua: held jobs of one queue end as completed with their
+    result. ``triples``: id, token, result JSON... Replies one 1 (completed)
+    or 0 (lease lost, nothing changed) per job."""
+    return (
+        "EVALSHA", SHAS["complete"], 2,
+        k.active,  # KEYS[1] active  ZSET  score lease expiry, member id
+        k.completed,  # KEYS[2] completed  ZSET  score finished_at, member id
+        k.prefix,  # ARGV[1] key prefix of the queue
+        repr(now),  # ARGV[2] now
+        *triples,  # ARGV[3..] triples: id, token, result
+    )  # fmt: skip
+
+
+def fail(
+    k: QueueKeys,
+    *,
+    now: float,
+    job_id: str,
+    token: str,
+    error: AttemptError,
+    state: str,
+    retry_at: float | None,
+) -> Command:
+    """fail.lua: record a failed run of a held job, then retry it later or
+    send it dead. ``state``: 'delayed', 'waiting' or 'dead'. Replies 1, or 0
+    when the lease was lost (nothing changed)."""
+    entry = {"type": error.type, "message": error.message, "traceback": error.traceback}
+    # Without its opening brace: the script puts "attempt" first.
+    entry_json = "," + orjson.dumps({**entry, "at": now}).decode()[1:]
+    return (
+        "EVALSHA", SHAS["fail"], 4,
+        k.prioritized,  # KEYS[1] prioritized  ZSET
+        k.delayed,  # KEYS[2] delayed  ZSET  score run_at
+        k.active,  # KEYS[3] active  ZSET  score lease expiry
+        k.dead,  # KEYS[4] dead  ZSET  score finished_at
+        k.prefix,  # ARGV[1] key prefix of the queue
+        repr(now),  # ARGV[2] now
+        job_id,  # ARGV[3] id
+        token,  # ARGV[4] token
+        entry_json,  # ARGV[5] the error as JSON without its first field
+        state,  # ARGV[6] next state
+        "" if retry_at is None else repr(retry_at),  # ARGV[7] retry_at ('' when dead)
+        k.channel,  # ARGV[8] channel to PUBLISH on when work appears ('' = none)
+    )  # fmt: skip
+
+
+def release(k: QueueKeys, *, pairs: Sequence[str]) -> Command:
+    """release.lua: held jobs of one queue go back to waiting, in their old
+    place, without spending an attempt. ``pairs``: id, token... Replies how
+    many were released."""
+    return (
+        "EVALSHA", SHAS["release"], 2,
+        k.prioritized,  # KEYS[1] prioritized  ZSET
+        k.active,  # KEYS[2] active  ZSET  score lease expiry
+        k.prefix,  # ARGV[1] key prefix of the queue
+        k.channel,  # ARGV[2] channel to PUBLISH on when work appears ('' = none)
+        *pairs,  # ARGV[3..] pairs: id, token
+    )  # fmt: skip
+
+
+def recover(k: QueueKeys, *, now: float, max_stalled: int) -> Command:
+    """recover.lua: active jobs of one queue whose lease expired. Replies
+    triples: id, new state ('waiting' or 'dead'), seq."""
+    return (
+        "EVALSHA", SHAS["recover"], 3,
+        k.prioritized,  # KEYS[1] prioritized  ZSET
+        k.active,  # KEYS[2] active  ZSET  score lease expiry
+        k.dead,  # KEYS[3] dead  ZSET  score finished_at
+        k.prefix,  # ARGV[1] key prefix of the queue
+        repr(now),  # ARGV[2] now
+        max_stalled,  # ARGV[3] max_stalled
+        k.channel,  # ARGV[4] channel to PUBLISH on when work appears ('' = none)
+    )  # fmt: skip
+
+
+def cancel(k: QueueKeys, *, job_id: str, now: float) -> Command:
+    """cancel.lua: a waiting or delayed job of one queue ends as cancelled.
+    Replies 1, or 0 when the job is not here or has started."""
+    return (
+        "EVALSHA", SHAS["cancel"], 4,
+        k.waiting,  # KEYS[1] waiting  LIST
+        k.prioritized,  # KEYS[2] prioritized  ZSET
+        k.delayed,  # KEYS[3] delayed  ZSET  score run_at
+        k.cancelled,  # KEYS[4] cancelled  ZSET  score finished_at
+        k.prefix,  # ARGV[1] key prefix of the queue
+        job_id,  # ARGV[2] id
+        repr(now),  # ARGV[3] now
+        k.channel,  # ARGV[4] channel ('' = none)
+    )  # fmt: skip
+
+
+def retry(k: QueueKeys, *, job_ids: Sequence[str]) -> Command:
+    """retry.lua: dead (or, by id, cancelled) jobs of one queue start over in
+    waiting. ``job_ids`` empty: every dead job of the queue. Replies how many
+    moved."""
+    return (
+        "EVALSHA", SHAS["retry"], 3,
+        k.prioritized,  # KEYS[1] prioritized  ZSET
+        k.dead,  # KEYS[2] dead  ZSET  score finished_at
+        k.cancelled,  # KEYS[3] cancelled  ZSET  score finished_at
+        k.prefix,  # ARGV[1] key prefix of the queue
+        k.channel,  # ARGV[2] channel to PUBLISH on when work appears ('' = none)
+        *job_ids,  # ARGV[3..] job ids; none means every dead job of the queue
+    )  # fmt: skip
+
+
+def promote(
+    k: QueueKeys, *, due_by: float | None = None, job_ids: Sequence[str] | None = None
+) -> Command:
+    """promote.lua: delayed jobs of one queue become waiting now: those due
+    by ``due_by`` when it is given, else those of ``job_ids``, else all of
+    them. Replies how many moved."""
+    if due_by is not None:
+        which: tuple[Any, ...] = ("due", repr(due_by))  # run_at <= ARGV[4]
+    elif job_ids is not None:
+        which = ("ids", *job_ids)  # the ids in ARGV[4..]
+    else:
+        which = ("all",)
+    return (
+        "EVALSHA", SHAS["promote"], 2,
+        k.prioritized,  # KEYS[1] prioritized  ZSET
+        k.delayed,  # KEYS[2] delayed  ZSET  score run_at, member id
+        k.prefix,  # ARGV[1] key prefix of the queue
+        k.channel,  # ARGV[2] channel to PUBLISH on when work appears ('' = none)
+        *which,  # ARGV[3] 'due', 'all' or 'ids', then ARGV[4..]
+    )  # fmt: skip
+
+
+def trim(
+    k: QueueKeys, *, state: str, keep: int | None, older_than: float | None, limit: int
+) -> Command:
+    """trim.lua: delete ended jobs of one queue in ``state``: all but the
+    ``keep`` most recently finished, and all finished before ``older_than``,
+    at most ``limit`` of them. Replies how many were deleted."""
+    return (
+        "EVALSHA", SHAS["trim"], 1,
+        k.prefix + state,  # KEYS[1] the state's ZSET  score finished_at, member id
+        k.prefix,  # ARGV[1] key prefix of the queue
+        "" if keep is None else keep,  # ARGV[2] keep ('' = no limit)
+        "" if older_than is None else repr(older_than),  # ARGV[3] older_than ('' = none)
+        limit,  # ARGV[4] limit: most jobs deleted by this call
+    )  # fmt: skip
+
+
+def stamp(key: str) -> Command:
+    """stamp.lua: note the server's clock in ``key`` for the claim queued
+    behind a BZPOPMIN in the same pipeline (see ``claim``'s ``stamp``)."""
+    return ("EVALSHA", SHAS["stamp"], 1, key)  # KEYS[1] the stamp  STRING
+
+
+# -- lease tokens, and what the scripts hand back -----------------------------
+
+
+def lease_token(queue: str) -> str:
+    """A fresh lease token for a job of ``queue``: ``<16 hex>:<queue>``."""
+    return f"{secrets.token_hex(8)}:{queue}"
+
+
+def queue_of(token: str) -> str | None:
+    """The queue a lease token was handed out for; None for a token we never made."""
+    return token[17:] if len(token) > 17 and token[16] == ":" else None
+
+
+def leases_by_queue(leases: Sequence[Lease]) -> dict[str, list[int]]:
+    """The indexes of ``leases`` by the queue their token names (a token we
+    never made names none: its lease is lost)."""
+    groups: dict[str, list[int]] = {}
+    for i, lease in enumerate(leases):
+        if (queue := queue_of(lease.token)) is not None:
+            groups.setdefault(queue, []).append(i)
+    return groups
+
+
+def lease_pairs(leases: Sequence[Lease], idx: list[int]) -> list[str]:
+    """id, token, id, token... of ``leases[i]`` for each i of ``idx``: the
+    ARGV of extend.lua and release.lua."""
+    return [x for i in idx for x in (leases[i].job_id, leases[i].token)]
+
+
+def result_triples(done: Sequence[tuple[Lease, str]], idx: list[int]) -> list[str]:
+    """id, token, result... of ``done[i]`` for each i of ``idx``: complete.lua's ARGV."""
+    return [x for i in idx for x in (done[i][0].job_id, done[i][0].token, done[i][1])]
+
+
+def pairs(flat: list[str]) -> dict[str, str]:
+    """A HASH from its flat HGETALL reply: field, value, field, value..."""
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+def _float(text: str | None) -> float | None:
+    return None if text is None else float(text)
+
+
+def record(job_id: str, queue: str, h: dict[str, str]) -> JobRecord:
+    """A job from its HASH (field letters: the module docstring)."""
+    g, seq = h.get, h["q"]
+    return JobRecord(
+        job_id, int(seq), h["t"], queue, h["s"], int(g("p", 0)), h["d"], g("o"),
+        int(g("a", 0)), int(g("k", 0)), int(g("c", seq)) / 1e6, _float(g("r")),
+        _float(g("b")), _float(g("e")), g("f"), _float(g("l")), g("w"),
+        g("v"), g("x", "[]"),
+    )  # fmt: skip
+
+
+def read_claim(queue: str, flat: list[Any]) -> list[JobRecord]:
+    """claim.lua's reply: id, the job's fields as a flat list, id, ..."""
+    return [record(flat[i], queue, pairs(flat[i + 1])) for i in range(0, len(flat), 2)]
