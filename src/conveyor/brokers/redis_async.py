@@ -69,7 +69,8 @@ class RedisAsyncStore(AsyncStore):
         sent = await self._call(self.broker.send_wait, *args)
         if sent is None:
             return await super().wait_and_claim(*args)
-        return await _read(sent)
+        claimed: list[JobRecord] = await _read(sent)
+        return claimed
 
 
 async def _read(sent: SentPipeline) -> Any:
@@ -79,6 +80,7 @@ async def _read(sent: SentPipeline) -> Any:
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
     fd = sent.fileno()
+    late: asyncio.TimerHandle
 
     def check() -> None:
         nonlocal late

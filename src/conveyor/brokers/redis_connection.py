@@ -51,7 +51,7 @@ REDIS_OPTIONS = {  # what redis-py takes from a URL's query: its connections' ar
     for cls in (redis.connection.Connection, redis.connection.SSLConnection)
     for klass in cls.__mro__
     if "__init__" in vars(klass)
-    for name in inspect.signature(klass.__init__).parameters
+    for name in inspect.signature(vars(klass)["__init__"]).parameters
 } - {"self", "kwargs", "args"}
 SENTINEL_FORM = "write redis+sentinel://host:port[,host:port]/service_name[/db]"
 
@@ -88,7 +88,8 @@ def parse_url(url: str) -> Target:
         elif unknown := [k for k, _ in parse_qsl(parts.query) if k not in REDIS_OPTIONS]:
             problem = f"unknown option {unknown[0]!r} (conveyor's: prefix, cluster)"
         else:
-            db = int(redis.connection.parse_url(urlunsplit(parts)).get("db", 0))
+            redis_parse: Any = redis.connection.parse_url  # untyped in redis-py
+            db = int(redis_parse(urlunsplit(parts)).get("db", 0))
     except ValueError as exc:
         problem = problem or str(exc)
     if problem is None and (not prefix or "{" in prefix or "}" in prefix):
@@ -110,7 +111,9 @@ class BlipRetry(Retry):
     as redis-py's own loop); only after a blip does redis-py's retry take
     over, from the start, with its clean-up and back-off."""
 
-    def call_with_retry(self, do: Callable[[], Any], fail: Callable, *args: Any, **kwargs: Any):
+    def call_with_retry(
+        self, do: Callable[[], Any], fail: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
         try:
             return do()
         except AuthenticationError:
@@ -136,7 +139,8 @@ def connect(target: Target) -> Any:
     auth = {"username": unquote(parts.username or "") or None,
             "password": unquote(parts.password or "") or None}  # fmt: skip
     timeouts = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
-    sentinel = Sentinel(target.sentinels, sentinel_kwargs=timeouts)
+    make_sentinel: Any = Sentinel  # untyped in redis-py
+    sentinel = make_sentinel(target.sentinels, sentinel_kwargs=timeouts)
     return sentinel.master_for(service, db=target.db, **auth, **options)
 
 
@@ -272,7 +276,8 @@ def _unknown_service(client: Any) -> tuple[str, set[str]] | None:
     pool = getattr(client, "connection_pool", None)
     if (manager := getattr(pool, "sentinel_manager", None)) is None:
         return None
-    service, known = pool.service_name, set()
+    service: str = getattr(pool, "service_name", "")
+    known: set[str] = set()
     for sentinel in manager.sentinels:
         try:
             masters = sentinel.sentinel_masters()
@@ -337,7 +342,8 @@ class SentPipeline:
             raise
 
     def fileno(self) -> int:
-        return self._sock.fileno()
+        fd: int = self._sock.fileno()
+        return fd
 
     def poll(self) -> Any:
         """None while replies are missing; then ``finish(replies)``, once."""

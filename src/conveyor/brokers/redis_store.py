@@ -41,6 +41,7 @@ node); the others go to redis-py. Sentinel:
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import threading
 import time
@@ -373,7 +374,7 @@ class RedisBroker(Broker):
             self._keys(queue), now=now, job_id=lease.job_id, token=lease.token,
             error=error, state=state, retry_at=retry_at,
         )  # fmt: skip
-        return self._execute([command])[0] == 1
+        return bool(self._execute([command])[0] == 1)
 
     def release(self, leases: Sequence[Lease]) -> int:
         commands = [
@@ -415,7 +416,7 @@ class RedisBroker(Broker):
         command = partial(scripts.trim, state=state, keep=keep, older_than=older_than, limit=BATCH)
         total = 0
         while True:  # BATCH a call: a long script would block the server for everyone
-            deleted = self._each(command, queue)[0]
+            deleted: int = self._each(command, queue)[0]
             total += deleted
             if deleted < BATCH:
                 return total
@@ -440,12 +441,15 @@ class RedisBroker(Broker):
         # A waiting job is in the list, or in the ZSET as 12 hex digits of ord and its id.
         keys_of = {"waiting": ("waiting", "prioritized")}  # the others: one key each
         names = [n for s in states for n in keys_of.get(s, (s,))]
-        calls_for = lambda k: [  # noqa: E731
-            (lambda c: c.lrange(k.waiting, 0, -1))
-            if name == "waiting"
-            else (lambda c, key=k.prefix + name: c.zrange(key, 0, -1))
-            for name in names
-        ]
+
+        def calls_for(k: QueueKeys) -> builtins.list[Call]:
+            return [
+                as_call(("LRANGE", k.waiting, 0, -1))
+                if name == "waiting"
+                else as_call(("ZRANGE", k.prefix + name, 0, -1))
+                for name in names
+            ]
+
         found = list({  # (queue, id), each once
             (q, m[12:] if name == "prioritized" else m): None
             for q, replies in self._per_queue(calls_for, None if queue is None else [queue]).items()
@@ -453,10 +457,10 @@ class RedisBroker(Broker):
             for m in members
         })  # fmt: skip
         keys = [f"{self._keys(q).prefix}job:{job_id}" for q, job_id in found]
-        seqs = self._run([lambda c, key=key: c.hget(key, "q") for key in keys])
+        seqs = self._run([as_call(("HGET", key, "q")) for key in keys])
         floor = -1 if after is None else after
         ranked = sorted((int(s), n) for n, s in enumerate(seqs) if s and int(s) > floor)[:limit]
-        records = self._run([lambda c, key=keys[n]: c.hgetall(key) for _, n in ranked])
+        records = self._run([_hgetall(keys[n]) for _, n in ranked])
         return [
             record(found[n][1], found[n][0], h)
             for (_, n), h in zip(ranked, records, strict=True)
@@ -464,7 +468,7 @@ class RedisBroker(Broker):
         ]
 
     @staticmethod
-    def _ready_calls(k: QueueKeys) -> list[Call]:
+    def _ready_calls(k: QueueKeys) -> builtins.list[Call]:
         """The two counts that add up to a queue's waiting jobs."""
         return [lambda c: c.llen(k.waiting), lambda c: c.zcard(k.prioritized)]
 
@@ -507,7 +511,7 @@ class RedisBroker(Broker):
 
     def wait_and_claim(
         self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str, timeout: float
-    ) -> list[JobRecord]:
+    ) -> builtins.list[JobRecord]:
         return self._waits.wait_and_claim(queues, limit, lease_seconds, worker, timeout)
 
     def send_wait(
@@ -532,3 +536,8 @@ class RedisBroker(Broker):
     def close(self) -> None:
         self._waits.close()
         self.topology.close()
+
+
+def _hgetall(key: str) -> Call:
+    """HGETALL through redis-py, whose reply for it is a dict, not a flat list."""
+    return lambda c: c.hgetall(key)
