@@ -138,6 +138,11 @@ class JobDefaults(Mapping[str, Any]):
     def __getitem__(self, name: str) -> Any:
         return self._values[name]
 
+    def get(self, name: str, default: Any = None) -> Any:
+        # Mapping's own get goes through a KeyError for every missing key:
+        # too slow for enqueue, which asks for a priority on every job.
+        return self._values.get(name, default)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._values)
 
