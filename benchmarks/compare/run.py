@@ -76,6 +76,23 @@ class System:
 
 
 SYSTEMS = [
+    System(
+        "conveyor-def",
+        "conveyor (Redis, plain def)",
+        "conveyor_def",
+        "project",
+        [],
+        "1 process, plain `def`, blocking redis-py, `-c 10` (default)",
+        concurrency=10,
+    ),
+    System(
+        "conveyor-def-c50",
+        "conveyor (Redis, plain def, -c 50)",
+        "conveyor_def",
+        "project",
+        [],
+        "1 process, plain `def`, blocking redis-py, `-c 50`",
+    ),
     System("conveyor", "conveyor (Redis)", "conveyor", "project", [], "1 process, async, `-c 50`"),
     System(
         "celery",
@@ -134,6 +151,16 @@ SYSTEMS = [
         "node",
         ["bullmq", "ioredis"],
         "`concurrency: 50`",
+    ),
+    System(
+        "conveyor-def-sqlite",
+        "conveyor (SQLite, plain def)",
+        "conveyor_def",
+        "project",
+        [],
+        "1 process, plain `def`, `-c 10`, `synchronous=full`",
+        store="sqlite",
+        concurrency=10,
     ),
     System(
         "conveyor-sqlite",

@@ -4,8 +4,8 @@
   one store call for as many jobs as there are free slots, and waits for
   work when nothing is ready.
 - ``run.Runner``: where a job is **run**. Async jobs run on the loop,
-  plain functions on threads (``execution.run_job`` decides complete, retry
-  or dead); a job that stalled before runs alone.
+  plain functions on slot threads (``slots.py``); ``execution.py`` decides
+  complete, retry or dead; a job that stalled before runs alone.
 - ``ack.Acknowledger``: where a job is **acknowledged**. Outcomes are
   buffered and written together, the completions with the next claim.
 - ``leases.LeaseKeeper`` renews every held lease in one call;
@@ -235,11 +235,12 @@ class Worker:
         deadline = loop.time() + self.grace
         forced = asyncio.ensure_future(control.forced.wait())
         while len(runner) and not forced.done() and loop.time() < deadline:
+            control.wake.clear()  # set again as soon as a job ends
+            woken = asyncio.ensure_future(control.wake.wait())
             await asyncio.wait(
-                runner.tasks() | {forced},
-                timeout=deadline - loop.time(),
-                return_when=asyncio.FIRST_COMPLETED,
+                {woken, forced}, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
             )
+            woken.cancel()
         forced.cancel()
         if control.exit_code == EXIT_STORE_REFUSED:  # the store takes nothing from us
             runner.cancel_all()

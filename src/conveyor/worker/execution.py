@@ -25,7 +25,6 @@ from conveyor.serialization import ResultTooLarge, decode_payload, encode_result
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
     from conveyor.task import Task
-    from conveyor.threads import ThreadRunner
 
 # What one failed run may keep: a store holds every attempt's error, so a
 # task that raises a 50 MB message must not grow its job by 50 MB a run.
@@ -106,9 +105,19 @@ def internal_error(record: JobRecord, exc: BaseException) -> Outcome:
     return decide(record, resolve(), describe(exc, "InternalError"))
 
 
-async def run_job(app: Conveyor, threads: ThreadRunner, record: JobRecord) -> Outcome:
-    """Run one claimed job to its outcome. Raises only ``CancelledError``,
-    when the worker itself cancels the run (a forced shutdown)."""
+@dataclass(slots=True)
+class Prepared:
+    """A claimed job made ready to call: its task, arguments and options."""
+
+    task: Task[Any, Any]
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: RunOptions
+
+
+def prepare(app: Conveyor, record: JobRecord) -> Prepared | Outcome:
+    """What a run needs, or the outcome of a job that cannot run at all: an
+    unknown task or a corrupt payload goes dead at once, without retries."""
     task = app.tasks.get(record.task)
     if task is None:
         known = ", ".join(sorted(app.tasks)) or "none"
@@ -121,19 +130,13 @@ async def run_job(app: Conveyor, threads: ThreadRunner, record: JobRecord) -> Ou
         options = app.run_options(record.task, record.queue, record.options)
     except Exception as exc:
         return Outcome(error=describe(exc, "CorruptJob"))
+    return Prepared(task, args, kwargs, options)
 
-    try:
-        if task.is_async and options.timeout is None:  # the common case, without a layer
-            ok, value = True, await task.fn(*args, **kwargs)
-        else:
-            ok, value = await _call(task, args, kwargs, options.timeout, threads)
-    except asyncio.CancelledError as exc:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise  # the worker is stopping this run
-        ok, value = False, exc  # the task's own code raised it
-    except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the job, not the worker
-        ok, value = False, exc
+
+def outcome_of(
+    app: Conveyor, record: JobRecord, options: RunOptions, ok: bool, value: Any
+) -> Outcome:
+    """A finished call's outcome: its result as stored, or its failure decided."""
     if not ok:
         return decide(record, options, describe(value))
     try:
@@ -145,39 +148,48 @@ async def run_job(app: Conveyor, threads: ThreadRunner, record: JobRecord) -> Ou
     return decide(record, options, error)
 
 
-async def _call(
-    task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any], timeout: float | None,
-    threads: ThreadRunner,
-) -> tuple[bool, Any]:  # fmt: skip
-    """``(True, the task's value)``, or ``(False, what it raised)`` where
-    raising it again here would change it (a coroutine turns StopIteration
-    into RuntimeError); an async task's error is simply raised."""
-    if task.is_async:
-        if timeout is None:
-            return True, await task.fn(*args, **kwargs)
-        scope = asyncio.timeout(timeout)
-        try:
-            async with scope:
-                return True, await task.fn(*args, **kwargs)
-        except TimeoutError:
-            if scope.expired():  # our deadline, not a TimeoutError of the task's own
-                raise JobTimeout(f"timed out after {timeout:g} s") from None
-            raise
-    future, thread = threads.submit(_call_sync, task.fn, args, kwargs)
-    if timeout is None:
-        return await future
+def timed_out(record: JobRecord, options: RunOptions, detail: str = "") -> Outcome:
+    """A run that passed its timeout: a failure like any other."""
+    assert options.timeout is not None
+    return decide(record, options, describe(JobTimeout(f"timed out after {options.timeout:g} s{detail}")))
+
+
+async def run_async_job(app: Conveyor, record: JobRecord, prepared: Prepared) -> Outcome:
+    """Run an ``async def`` job on this loop to its outcome. Raises only
+    ``CancelledError``, when the worker itself cancels the run (a forced
+    shutdown)."""
+    task, options = prepared.task, prepared.options
     try:
-        return await asyncio.wait_for(asyncio.shield(future), timeout)
-    except TimeoutError:
-        if future.done():  # it ended just as the deadline came
-            return future.result()
-        # The slot is freed now; the thread is asked to stop and, if it is
-        # stuck in C code, abandoned (the worker caps how many there may be).
-        thread.abandon(future, JobTimeout)
-        raise JobTimeout(
-            f"timed out after {timeout:g} s (its thread could not be stopped at once)"
-        ) from None
+        if options.timeout is None:  # the common case: no timer to arm
+            ok, value = True, await task.fn(*prepared.args, **prepared.kwargs)
+        else:
+            scope = asyncio.timeout(options.timeout)
+            try:
+                async with scope:
+                    ok, value = True, await task.fn(*prepared.args, **prepared.kwargs)
+            except TimeoutError:
+                if not scope.expired():  # a TimeoutError of the task's own
+                    raise
+                return timed_out(record, options)
+    except asyncio.CancelledError as exc:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # the worker is stopping this run
+        ok, value = False, exc  # the task's own code raised it
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the job, not the worker
+        ok, value = False, exc
+    return outcome_of(app, record, options, ok, value)
 
 
-def _call_sync(fn: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    return fn(*args, **kwargs)
+def run_sync_job(app: Conveyor, record: JobRecord, prepared: Prepared) -> Outcome:
+    """Run a plain-function job to its outcome, on the calling thread (a
+    slot thread: ``slots.py``). Never raises: whatever the function raises,
+    ``SystemExit`` and ``KeyboardInterrupt`` included, is the job's failure."""
+    try:
+        ok, value = True, prepared.task.fn(*prepared.args, **prepared.kwargs)
+    except BaseException as exc:
+        ok, value = False, exc
+    try:
+        return outcome_of(app, record, prepared.options, ok, value)
+    except Exception as exc:  # a bug of ours: the job still gets an outcome
+        return internal_error(record, exc)

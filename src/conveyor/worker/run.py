@@ -1,9 +1,10 @@
 """Running: the claimed jobs that run now, and the slots they take.
 
-``start_claimed`` is the one route by which claimed jobs start; each runs
-as an asyncio task (``execution.run_job``: async jobs on the loop, plain
-functions on the threads of ``threads``), and its outcome goes to the
-acknowledger the moment it ends.
+``start_claimed`` is the one route by which claimed jobs start. An ``async
+def`` job runs as an asyncio task on the loop (``execution.run_async_job``);
+a plain function runs on a slot thread (``slots.SyncSlots``), which hands
+outcomes back in batches. Either way its outcome goes to the acknowledger
+the moment it ends.
 
 Two guards live here because they are about what runs beside what:
 
@@ -22,10 +23,16 @@ import logging
 
 from conveyor.app import Conveyor
 from conveyor.brokers.base import JobRecord, Lease
-from conveyor.threads import ThreadRunner
 from conveyor.worker.ack import Acknowledger
 from conveyor.worker.control import EXIT_STUCK_THREADS, Control
-from conveyor.worker.execution import internal_error, run_job
+from conveyor.worker.execution import (
+    Outcome,
+    Prepared,
+    internal_error,
+    prepare,
+    run_async_job,
+)
+from conveyor.worker.slots import SyncJob, SyncSlots
 
 log = logging.getLogger("conveyor.worker")
 
@@ -44,12 +51,14 @@ class Runner:
         self.app = app
         self.concurrency = concurrency
         self.max_abandoned_threads = max_abandoned_threads
-        self.threads = ThreadRunner("jobs", max_idle=concurrency)
+        self.slots = SyncSlots(app, self._sync_finished, max_idle=concurrency)
         self.processed = 0
         self.failed = 0
         self._acks = acks
         self._control = control
-        self._active: dict[str, tuple[Lease, asyncio.Task[None]]] = {}
+        self._active: dict[str, Lease] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # the async jobs' own
+        self._sync: dict[str, SyncJob] = {}  # the plain functions' own
         self._alone: str | None = None  # the suspect running alone
         self._isolating = False  # suspects were given back: claim nothing until idle
 
@@ -64,10 +73,7 @@ class Runner:
         return self.concurrency - len(self._active)
 
     def leases(self) -> list[Lease]:
-        return [lease for lease, _ in self._active.values()]
-
-    def tasks(self) -> set[asyncio.Task[None]]:
-        return {task for _, task in self._active.values()}
+        return list(self._active.values())
 
     def start_claimed(self, records: list[JobRecord]) -> None:
         """Start claimed jobs. A suspect starts only when nothing else runs
@@ -102,30 +108,49 @@ class Runner:
 
     def _start(self, record: JobRecord) -> None:
         lease = _lease(record)
-        self._active[record.id] = (lease, asyncio.create_task(self._run(record, lease)))
+        self._active[record.id] = lease
+        prepared = prepare(self.app, record)
+        if isinstance(prepared, Outcome):  # it cannot run at all
+            self._finished(record, lease, prepared)
+        elif prepared.task.is_async:
+            self._tasks[record.id] = asyncio.create_task(self._run(record, lease, prepared))
+        else:
+            job = self._sync[record.id] = SyncJob(record, lease, prepared)
+            self.slots.run(job)
 
-    async def _run(self, record: JobRecord, lease: Lease) -> None:
+    async def _run(self, record: JobRecord, lease: Lease, prepared: Prepared) -> None:
         try:
-            try:
-                outcome = await run_job(self.app, self.threads, record)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug of ours: the job still gets an outcome
-                log.exception("internal error while running job %s", record.id)
-                outcome = internal_error(record, exc)
-            if outcome.error is None:
-                self._acks.completed(lease, outcome.result_json or "null")
-                self.processed += 1
-            else:
-                self._acks.failed(record, lease, outcome)
-                self.failed += 1
-                if self.threads.abandoned > self.max_abandoned_threads:  # after a timeout
-                    self._too_many_stuck_threads()
+            outcome = await run_async_job(self.app, record, prepared)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug of ours: the job still gets an outcome
+            log.exception("internal error while running job %s", record.id)
+            outcome = internal_error(record, exc)
         finally:
-            self._active.pop(record.id, None)
-            if self._alone == record.id:
-                self._alone = None
-            self._control.wake.set()
+            self._tasks.pop(record.id, None)
+        self._finished(record, lease, outcome)
+
+    def _sync_finished(self, finished: list[tuple[SyncJob, Outcome]]) -> None:
+        """A batch of plain-function jobs ended (on the loop, one wake-up)."""
+        for job, outcome in finished:
+            self._sync.pop(job.record.id, None)
+            self._finished(job.record, job.lease, outcome)
+
+    def _finished(self, record: JobRecord, lease: Lease, outcome: Outcome) -> None:
+        """Every job's end: its outcome to the acknowledger, its slot freed."""
+        if self._active.pop(record.id, None) is None:
+            return  # given back already (a forced shutdown)
+        if self._alone == record.id:
+            self._alone = None
+        if outcome.error is None:
+            self._acks.completed(lease, outcome.result_json or "null")
+            self.processed += 1
+        else:
+            self._acks.failed(record, lease, outcome)
+            self.failed += 1
+            if self.slots.abandoned > self.max_abandoned_threads:  # after a timeout
+                self._too_many_stuck_threads()
+        self._control.wake.set()
 
     def _too_many_stuck_threads(self) -> None:
         if self._control.stopping.is_set():
@@ -134,18 +159,23 @@ class Runner:
             "%d threads of sync jobs that passed their timeout are still running "
             "(the cap is %d, --max-abandoned-threads): claiming no more jobs and "
             "shutting down so that a restart frees them",
-            self.threads.abandoned,
+            self.slots.abandoned,
             self.max_abandoned_threads,
         )
         self._control.stop(EXIT_STUCK_THREADS)
 
     def cancel_all(self) -> None:
-        for _, task in list(self._active.values()):
+        """Stop caring about every active job (their leases are given back):
+        async ones are cancelled; plain functions' outcomes are dropped."""
+        for task in list(self._tasks.values()):
             task.cancel()
+        for job in list(self._sync.values()):
+            self.slots.drop(job)
+        self._active.clear()
 
     def close(self) -> None:
-        """Let idle job threads end (busy ones end when their call returns)."""
-        self.threads.close()
+        """Let idle slot threads end (busy ones end when their job returns)."""
+        self.slots.close()
 
 
 def _lease(record: JobRecord) -> Lease:
