@@ -12,10 +12,13 @@ Redis modules: they build on it.
 from __future__ import annotations
 
 import inspect
+import os
 import select
 import ssl
+import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple, NoReturn
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -302,6 +305,79 @@ def _clean(text: str, target: Target) -> str:
     return text
 
 
+class LoopConnections:
+    """Connections kept for the pipelines an event loop reads: each is made
+    and connected once (outside redis-py's pool, so no pool bookkeeping or
+    health check on every call), switched to non-blocking for good, and
+    reused. On a busy worker that saves a handful of system calls a round
+    trip, and each of them let a job's thread take the GIL from the loop."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._free: list[Any] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def take(self) -> tuple[Any, bool]:
+        """A connected connection, and whether it was used before."""
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the parent's are not ours
+                self._free, self._pid = [], os.getpid()
+            if self._free:
+                return self._free.pop(), True
+        conn = self._pool.make_connection()
+        conn.connect()  # the handshake (AUTH, SELECT, TLS), blocking, once
+        conn._sock.setblocking(False)  # redis-py keeps no public name for it
+        return conn, False
+
+    def give(self, conn: Any) -> None:
+        with self._lock:
+            self._free.append(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            free, self._free = self._free, []
+        for conn in free:
+            conn.disconnect()
+
+
+def as_connection_error(exc: BaseException) -> BaseException:
+    """A socket's own error as a lost connection, as redis-py calls it."""
+    if isinstance(exc, OSError) and not isinstance(exc, REDIS_ERRORS):
+        return redis.ConnectionError(f"Error {exc.errno or ''} on the connection: {exc}")
+    return exc
+
+
+def _send_all(sock: Any, data: bytes) -> None:
+    """``data`` written to a non-blocking socket; waits (rarely: a payload
+    larger than the socket buffer) until it can write the rest."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view) :]
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            select.select([], [sock], [], REPLY_WAIT)
+
+
+REPLY_WAIT = 1.0  # seconds a pipeline's send waits for room in the socket buffer
+
+
+@dataclass(slots=True)
+class Pipeline:
+    """Commands to send together in one round trip, and what to make of
+    their replies: ``finish(replies)`` is the call's result; an error is
+    raised as ``failed(exc)`` makes it (``exc`` itself, when it returns that).
+    No reply within ``reply_within`` seconds: the store is unreachable."""
+
+    commands: Sequence[tuple[Any, ...]]
+    reply_within: float
+    finish: Callable[[list[Any]], Any]
+    failed: Callable[[BaseException], BaseException]
+
+    def packed(self) -> bytes:
+        return b"".join(hiredis.pack_command(command) for command in self.commands)
+
+
 class SentPipeline:
     """Commands sent now on a connection of their own, whose replies are read
     without ever blocking: ``poll()`` takes what has arrived and returns None
@@ -310,32 +386,32 @@ class SentPipeline:
     needs no thread, and its job reaches the loop with no hop between
     threads; ``wait()`` is the same for a thread.
 
-    The connection comes from redis-py's pool and goes back once the replies
-    are read (dropped, if the pipeline is closed before). No reply within
-    ``reply_within`` seconds: the store is unreachable. Errors are raised as
-    ``failed(exc)`` makes them (``exc`` itself, when it returns that).
+    The connection comes from ``LoopConnections`` and goes back once the
+    replies are read (dropped, if the pipeline is closed before). No reply
+    within ``reply_within`` seconds: the store is unreachable. Errors are
+    raised as ``failed(exc)`` makes them (``exc`` itself, when it returns that).
     """
 
-    def __init__(
-        self,
-        pool: Any,
-        commands: Sequence[tuple[Any, ...]],
-        reply_within: float,
-        finish: Callable[[list[Any]], Any],
-        failed: Callable[[BaseException], BaseException],
-    ) -> None:
-        self._pool, self._count, self._finish, self._failed = pool, len(commands), finish, failed
-        self._deadline = time.monotonic() + reply_within
+    def __init__(self, connections: LoopConnections, pipeline: Pipeline) -> None:
+        self._connections, self._count = connections, len(pipeline.commands)
+        self._finish, self._failed = pipeline.finish, pipeline.failed
+        self._deadline = time.monotonic() + pipeline.reply_within
         self._reader = hiredis.Reader(encoding="utf-8")  # as the client's decode_responses
         self._replies: list[Any] = []
         self._conn = None
+        data = pipeline.packed()
         try:
-            self._conn = pool.get_connection()
-            self._conn.send_packed_command([hiredis.pack_command(c) for c in commands])
-            self._sock = self._conn._sock  # redis-py keeps no public name for it
-            self._timeout = self._sock.gettimeout()
-            self._sock.settimeout(0)
-        except REDIS_ERRORS as exc:
+            self._conn, reused = connections.take()
+            try:
+                _send_all(self._conn._sock, data)
+            except (*REDIS_ERRORS, OSError):
+                if not reused:
+                    raise
+                self._conn.disconnect()  # the server closed it while it was idle: once more
+                self._conn, _ = connections.take()
+                _send_all(self._conn._sock, data)
+            self._sock = self._conn._sock
+        except (*REDIS_ERRORS, OSError) as exc:
             self._fail(exc)
         except BaseException:
             self.close()
@@ -364,16 +440,17 @@ class SentPipeline:
                 if time.monotonic() > self._deadline:
                     raise redis.TimeoutError("no reply from the server in time")
                 return None
-        except REDIS_ERRORS as exc:
+        except (*REDIS_ERRORS, OSError) as exc:
             self._fail(exc)
-        self._sock.settimeout(self._timeout)
-        self._pool.release(self._conn)
+        self._connections.give(self._conn)
         self._conn = None
         return self._finish(self._replies)
 
     def _fail(self, exc: BaseException) -> NoReturn:
-        """Drop the connection, then raise what ``failed`` makes of ``exc``."""
+        """Drop the connection, then raise what ``failed`` makes of ``exc``
+        (a socket's own error is a lost connection, as redis-py calls it)."""
         self.close()
+        exc = as_connection_error(exc)
         error = self._failed(exc)
         if error is exc:
             raise exc
@@ -396,4 +473,3 @@ class SentPipeline:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             conn.disconnect()
-            self._pool.release(conn)

@@ -63,7 +63,7 @@ from conveyor.brokers.base import (
     NewJob,
     Recovered,
 )
-from conveyor.brokers.redis_connection import SentPipeline, parse_url
+from conveyor.brokers.redis_connection import Pipeline, SentPipeline, parse_url
 from conveyor.brokers.redis_scripts import (
     Command,
     QueueKeys,
@@ -251,11 +251,24 @@ class RedisBroker(Broker):
         lease_seconds: float,
         worker: str,
     ) -> SentPipeline | None:
+        """``plan_complete_and_claim``, sent now on a connection of its own."""
+        plan = self.plan_complete_and_claim(done, queues, limit, lease_seconds, worker)
+        return None if plan is None else self.topology.send_pipeline(plan)
+
+    def plan_complete_and_claim(
+        self,
+        done: Sequence[tuple[Lease, str]],
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        worker: str,
+    ) -> Pipeline | None:
         """One server or Sentinel, one queue: the complete and claim scripts
         (and, once a second, the promotion of other queues' due jobs and a
-        look at the list of queues) as one pipeline whose replies the
-        worker's event loop reads. A worker of several queues claims from
-        them in turn, a round trip each: ``complete_and_claim``, on a thread."""
+        look at the list of queues) as one pipeline for the worker's event
+        loop to send and read. None where it cannot be one: a worker of
+        several queues claims from them in turn, a round trip each
+        (``complete_and_claim``, on a thread)."""
         if not self.topology.loop_pipelines or len(queues) != 1 or self.topology.scripts_lost:
             return None
         groups, commands = self._complete_commands(done)
@@ -281,7 +294,7 @@ class RedisBroker(Broker):
             jobs = read_claim(queues[0], replies[-1]) if limit > 0 else []
             return self._outcome(len(done), groups, replies[:completes]), jobs
 
-        return self.topology.sent_pipeline(commands, REPLY_MARGIN, finish, self.topology.error)
+        return Pipeline(commands, REPLY_MARGIN, finish, self.topology.error)
 
     def _claim_command(
         self, queue: str, limit: int, lease: float, worker: str, stamp: str | None = None
@@ -517,9 +530,18 @@ class RedisBroker(Broker):
     def send_wait(
         self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str, timeout: float
     ) -> SentPipeline | None:
-        """The idle wait and its claim as a pipeline the worker's event loop
-        reads (one server or Sentinel); None where it cannot be one."""
-        return self._waits.send_wait(queues, limit, lease_seconds, worker, timeout)
+        """``plan_wait``, sent now on a connection of its own."""
+        plan = self.plan_wait(queues, limit, lease_seconds, worker, timeout)
+        return None if plan is None else self.topology.send_pipeline(plan)
+
+    def plan_wait(
+        self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str, timeout: float
+    ) -> Pipeline | None:
+        """The idle wait and its claim as a pipeline for the worker's event
+        loop to send and read (one server or Sentinel); None where it cannot
+        be one. Once planned it counts as waiting (``waiting()``): send it,
+        or end it with its ``failed``."""
+        return self._waits.plan_wait(queues, limit, lease_seconds, worker, timeout)
 
     def waiting(self) -> int:
         return self._waits.waiting()

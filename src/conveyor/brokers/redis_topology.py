@@ -41,6 +41,8 @@ from redis.exceptions import NoScriptError
 
 from conveyor.brokers.redis_connection import (
     REDIS_ERRORS,
+    LoopConnections,
+    Pipeline,
     SentPipeline,
     Target,
     connect,
@@ -72,6 +74,7 @@ class Topology:
         self.queues_key = f"{target.prefix}:queues"
         self.scripts_lost = False  # a wait's reply said NOSCRIPT: load them before the next
         self._keys: dict[str, QueueKeys] = {}
+        self._loop_connections: LoopConnections | None = None
         try:
             self.client = connect(target)  # a Cluster client asks a node for the slots
         except REDIS_ERRORS as exc:
@@ -173,18 +176,23 @@ class Topology:
             raise exc
         raise error from exc
 
-    def sent_pipeline(
-        self,
-        commands: Sequence[Command],
-        reply_within: float,
-        finish: Callable[[list[Any]], Any],
-        failed: Callable[[BaseException], BaseException],
-    ) -> SentPipeline:
-        """``commands`` sent now as a ``SentPipeline`` on a pooled connection
-        of their own; only where ``loop_pipelines``."""
-        return SentPipeline(self.client.connection_pool, commands, reply_within, finish, failed)
+    def send_pipeline(self, pipeline: Pipeline) -> SentPipeline:
+        """``pipeline`` sent now, on a connection of its own, for a thread or
+        an event loop to read; only where ``loop_pipelines``."""
+        if self._loop_connections is None:
+            self._loop_connections = LoopConnections(self.client.connection_pool)
+        return SentPipeline(self._loop_connections, pipeline)
+
+    def connect_raw(self) -> Any:
+        """A new connection made for an event loop to own (its handshake done:
+        AUTH, SELECT, TLS), outside redis-py's pool; only where ``loop_pipelines``."""
+        conn = self.client.connection_pool.make_connection()
+        conn.connect()
+        return conn
 
     def close(self) -> None:
+        if self._loop_connections is not None:
+            self._loop_connections.close()
         self.client.close()
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import hiredis
 
 from conveyor.brokers.base import JobRecord
-from conveyor.brokers.redis_connection import REDIS_ERRORS, SentPipeline
+from conveyor.brokers.redis_connection import REDIS_ERRORS, Pipeline
 from conveyor.brokers.redis_scripts import Command, read_claim, stamp
 from conveyor.brokers.redis_topology import REPLY_MARGIN, Topology
 from conveyor.clock import Clock
@@ -72,9 +72,9 @@ class Waits:
     ) -> list[JobRecord]:
         raise NotImplementedError
 
-    def send_wait(
+    def plan_wait(
         self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str, timeout: float
-    ) -> SentPipeline | None:
+    ) -> Pipeline | None:
         """The idle wait as a pipeline an event loop reads; None where it
         cannot be one (the caller waits on a thread)."""
         return None
@@ -127,7 +127,9 @@ class MarkerWaits(Waits):
     ) -> list[JobRecord]:
         deadline = time.monotonic() + timeout
         while limit > 0 and timeout >= 0.001:
-            sent = self._send(queues, limit, lease_seconds, worker, timeout)
+            sent = self.topology.send_pipeline(
+                self._plan(queues, limit, lease_seconds, worker, timeout)
+            )
             woken: tuple[str | None, list[JobRecord]] = sent.wait()
             woken_by, jobs = woken
             if woken_by == self._interrupt_key:
@@ -141,14 +143,14 @@ class MarkerWaits(Waits):
             timeout = self._until_due(deadline - time.monotonic(), self._heads(queues)[1])
         return self._claim(queues, limit, lease_seconds, worker) if limit > 0 else []
 
-    def send_wait(
+    def plan_wait(
         self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str, timeout: float
-    ) -> SentPipeline | None:
+    ) -> Pipeline | None:
         if limit <= 0:
             return None
-        return self._send(queues, limit, lease_seconds, worker, timeout, jobs_only=True)
+        return self._plan(queues, limit, lease_seconds, worker, timeout, jobs_only=True)
 
-    def _send(
+    def _plan(
         self,
         queues: Sequence[str],
         limit: int,
@@ -156,8 +158,8 @@ class MarkerWaits(Waits):
         worker: str,
         timeout: float,
         jobs_only: bool = False,
-    ) -> SentPipeline:
-        """The idle wait, sent as one pipeline on a connection of its own. It
+    ) -> Pipeline:
+        """The idle wait, as one pipeline on a connection of its own. It
         stamps the server clock, blocks in BZPOPMIN on the queues' markers
         (and this broker's interrupt key), and claims from the first queue:
         the server runs the claim the moment a script sets a marker, with no
@@ -195,7 +197,7 @@ class MarkerWaits(Waits):
             return self.topology.error(exc)
 
         self._stamps.add(key)  # interrupt() deletes it: the claim then takes nothing
-        return self.topology.sent_pipeline(commands, block + REPLY_MARGIN, finish, failed)
+        return Pipeline(commands, block + REPLY_MARGIN, finish, failed)
 
     def _block(self, queues: Sequence[str], timeout: float) -> bool:
         """BZPOPMIN on this thread's connection."""
@@ -205,7 +207,7 @@ class MarkerWaits(Waits):
         return not popped or popped[0] != self._interrupt_key
 
     def waiting(self) -> int:
-        """Threads blocked in ``_sleep``, and waits sent (``_send``) whose
+        """Threads blocked in ``_sleep``, and waits planned (``_plan``) whose
         replies are not read yet."""
         return self._blocked + len(self._stamps)
 

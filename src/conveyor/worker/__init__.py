@@ -24,6 +24,7 @@ attempt. A second signal skips the rest of the grace period.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -163,7 +164,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         control = self._control = Control()
         store = self.broker.async_store()
-        acks = Acknowledger(store, self.app.clock)
+        acks = Acknowledger(store, self.app.clock, batch=max(1, self.concurrency // 2))
         runner = self._runner = Runner(
             self.app, self.concurrency, self.max_abandoned_threads, acks, control
         )
@@ -234,7 +235,11 @@ class Worker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.grace
         forced = asyncio.ensure_future(control.forced.wait())
-        while len(runner) and not forced.done() and loop.time() < deadline:
+        waiting = runner.give_back_waiting()  # claimed ahead, never started: back at once
+        if waiting and control.exit_code != EXIT_STORE_REFUSED:
+            with contextlib.suppress(Exception):  # else their leases expire
+                await store.release(waiting)
+        while runner.running() and not forced.done() and loop.time() < deadline:
             control.wake.clear()  # set again as soon as a job ends
             woken = asyncio.ensure_future(control.wake.wait())
             await asyncio.wait(

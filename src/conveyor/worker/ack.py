@@ -11,6 +11,7 @@ when it is back.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -21,13 +22,19 @@ from conveyor.worker.execution import Outcome
 
 log = logging.getLogger("conveyor.worker")
 
+#: The longest a finished job's outcome waits to share a round trip with
+#: others (seconds): a busy worker writes once per batch, never much later.
+FLUSH_DELAY = 0.005
+
 
 class Acknowledger:
     """The outcomes not written yet, and how they are written."""
 
-    def __init__(self, store: AsyncStore, clock: Clock) -> None:
+    def __init__(self, store: AsyncStore, clock: Clock, batch: int = 1) -> None:
         self._store = store
         self._clock = clock
+        self.batch = batch  # completions worth a round trip of their own
+        self._first_at = 0.0  # loop time of the oldest completion not written
         self._completions: list[tuple[Lease, str]] = []
         self._failures: list[tuple[JobRecord, Lease, Outcome]] = []
         self._give_back: list[Lease] = []
@@ -35,6 +42,8 @@ class Acknowledger:
     # -- as jobs end --------------------------------------------------------
 
     def completed(self, lease: Lease, result_json: str) -> None:
+        if not self._completions:
+            self._first_at = asyncio.get_running_loop().time()
         self._completions.append((lease, result_json))
 
     def failed(self, record: JobRecord, lease: Lease, outcome: Outcome) -> None:
@@ -58,6 +67,20 @@ class Acknowledger:
     def must_write(self) -> bool:
         """Anything to write even when no slot is free to claim for."""
         return bool(self._completions or self._failures or self._give_back)
+
+    def write_due(self, idle: bool) -> float | None:
+        """Whether to write now without claiming: 0 when due, else the
+        seconds until it will be (None: nothing to write). Failures and
+        given-back jobs go at once, and everything when the worker is idle;
+        completions once a batch is in, or FLUSH_DELAY after the first."""
+        if self._failures or self._give_back or (idle and self._completions):
+            return 0.0
+        if not self._completions:
+            return None
+        if len(self._completions) >= self.batch:
+            return 0.0
+        waited = asyncio.get_running_loop().time() - self._first_at
+        return max(0.0, FLUSH_DELAY - waited)
 
     # -- writing ------------------------------------------------------------
 

@@ -151,7 +151,9 @@ def outcome_of(
 def timed_out(record: JobRecord, options: RunOptions, detail: str = "") -> Outcome:
     """A run that passed its timeout: a failure like any other."""
     assert options.timeout is not None
-    return decide(record, options, describe(JobTimeout(f"timed out after {options.timeout:g} s{detail}")))
+    return decide(
+        record, options, describe(JobTimeout(f"timed out after {options.timeout:g} s{detail}"))
+    )
 
 
 async def run_async_job(app: Conveyor, record: JobRecord, prepared: Prepared) -> Outcome:

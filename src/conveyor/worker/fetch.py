@@ -83,17 +83,20 @@ class Fetcher:
                     # thread would take the GIL from them (latency of a wake).
                     await asyncio.sleep(0)
                 free = self._runner.free_slots() - self._reserved
-                if free <= 0 and not self._acks.must_write():
-                    await control.wake.wait()
-                    continue
+                claim = self._runner.refill_due(free)
+                if not claim:
+                    due = self._acks.write_due(idle=not self._runner.running())
+                    if due is None or due > 0:  # nothing worth a round trip yet
+                        await self._sleep_until_woken(due)
+                        continue
                 claimed = await self._acks.write_and_claim(
-                    self.queues, max(free, 0), self.lease, self.worker
+                    self.queues, free if claim else 0, self.lease, self.worker
                 )
                 self._store_is_back()
                 if claimed:
                     self._runner.start_claimed(claimed)
                     continue
-                if free <= 0:
+                if not claim:
                     continue
                 if self.burst and await self._queues_drained():
                     log.info("burst: queues %s are empty", ",".join(self.queues))
@@ -102,6 +105,15 @@ class Fetcher:
             except Exception as exc:
                 if not control.fatal(exc, "fetching jobs"):
                     await self._store_is_down(exc)
+
+    async def _sleep_until_woken(self, seconds: float | None) -> None:
+        """Wait for the wake (None: for ever), at most ``seconds`` of real time."""
+        wake = self._control.wake
+        if seconds is None:
+            await wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), seconds)
 
     # -- the store going away and coming back -----------------------------
 

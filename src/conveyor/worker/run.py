@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 
 from conveyor.app import Conveyor
 from conveyor.brokers.base import JobRecord, Lease
@@ -35,6 +36,10 @@ from conveyor.worker.execution import (
 from conveyor.worker.slots import SyncJob, SyncSlots
 
 log = logging.getLogger("conveyor.worker")
+
+#: Jobs that typically run for less than this (seconds) are claimed ahead of
+#: free slots, so the round trip to the store is paid once per batch.
+SHORT_JOB = 0.05
 
 
 class Runner:
@@ -59,21 +64,54 @@ class Runner:
         self._active: dict[str, Lease] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}  # the async jobs' own
         self._sync: dict[str, SyncJob] = {}  # the plain functions' own
+        # Jobs claimed ahead, waiting here for a slot: a slot that frees
+        # starts the next at once, with no round trip to the store, and the
+        # store is asked for more (and told the outcomes) once per batch.
+        # Only while jobs are short (SHORT_JOB): a long job's round trip
+        # costs nothing beside it, and a job claimed ahead of long ones would
+        # wait here while another worker sits idle.
+        self._ready: deque[JobRecord] = deque()
+        self._started: dict[str, float] = {}  # job id -> loop time it started
+        self._typical: float | None = None  # moving average of run times, seconds
         self._alone: str | None = None  # the suspect running alone
         self._isolating = False  # suspects were given back: claim nothing until idle
 
     def __len__(self) -> int:
+        """Jobs held here: running, or claimed and waiting for a slot."""
+        return len(self._active) + len(self._ready)
+
+    def running(self) -> int:
         return len(self._active)
 
+    @property
+    def prefetch(self) -> int:
+        """How many jobs to claim ahead of free slots: the concurrency while
+        jobs take under SHORT_JOB, else none."""
+        typical = self._typical
+        return 2 * self.concurrency if typical is not None and typical < SHORT_JOB else 0
+
     def free_slots(self) -> int:
-        """How many jobs to claim now: the free slots, but none while a
-        suspect runs alone, nor while isolating until nothing runs."""
-        if self._alone is not None or (self._isolating and self._active):
+        """How many jobs may be claimed now: free slots and room to claim
+        ahead, but none while a suspect runs alone, nor while isolating
+        until nothing runs."""
+        if self._alone is not None or (self._isolating and len(self)):
             return 0
-        return self.concurrency - len(self._active)
+        return self.concurrency + self.prefetch - len(self)
+
+    def refill_due(self, free: int) -> bool:
+        """Whether to claim now: a slot is free with nothing waiting for it,
+        or the jobs claimed ahead have run down to half (one round trip
+        brings a batch, not a job)."""
+        return free > 0 and (not self._ready or len(self._ready) <= self.prefetch // 2)
 
     def leases(self) -> list[Lease]:
-        return list(self._active.values())
+        return [*self._active.values(), *(_lease(r) for r in self._ready)]
+
+    def give_back_waiting(self) -> list[Lease]:
+        """The jobs claimed ahead, taken out to be released (shutdown)."""
+        leases = [_lease(record) for record in self._ready]
+        self._ready.clear()
+        return leases
 
     def start_claimed(self, records: list[JobRecord]) -> None:
         """Start claimed jobs. A suspect starts only when nothing else runs
@@ -85,9 +123,9 @@ class Runner:
         if not suspects:
             self._isolating = False
             for record in records:
-                self._start(record)
+                self._admit(record)
             return
-        if not self._active:
+        if not len(self):
             alone = suspects[0]
             self._isolating = False
             self._alone = alone.id
@@ -104,11 +142,19 @@ class Runner:
         self._acks.give_back([_lease(r) for r in suspects])
         for record in records:
             if not record.stalls:
-                self._start(record)
+                self._admit(record)
+
+    def _admit(self, record: JobRecord) -> None:
+        """Start ``record`` if a slot is free, else keep it for the next one."""
+        if len(self._active) < self.concurrency and not self._ready:
+            self._start(record)
+        else:
+            self._ready.append(record)
 
     def _start(self, record: JobRecord) -> None:
         lease = _lease(record)
         self._active[record.id] = lease
+        self._started[record.id] = asyncio.get_running_loop().time()
         prepared = prepare(self.app, record)
         if isinstance(prepared, Outcome):  # it cannot run at all
             self._finished(record, lease, prepared)
@@ -140,6 +186,9 @@ class Runner:
         """Every job's end: its outcome to the acknowledger, its slot freed."""
         if self._active.pop(record.id, None) is None:
             return  # given back already (a forced shutdown)
+        took = asyncio.get_running_loop().time() - self._started.pop(record.id)
+        typical = self._typical
+        self._typical = took if typical is None else typical + (took - typical) / 16
         if self._alone == record.id:
             self._alone = None
         if outcome.error is None:
@@ -150,6 +199,8 @@ class Runner:
             self.failed += 1
             if self.slots.abandoned > self.max_abandoned_threads:  # after a timeout
                 self._too_many_stuck_threads()
+        if self._ready and self._alone is None and not self._control.stopping.is_set():
+            self._start(self._ready.popleft())  # the freed slot takes the next at once
         self._control.wake.set()
 
     def _too_many_stuck_threads(self) -> None:
@@ -172,6 +223,8 @@ class Runner:
         for job in list(self._sync.values()):
             self.slots.drop(job)
         self._active.clear()
+        self._ready.clear()
+        self._started.clear()
 
     def close(self) -> None:
         """Let idle slot threads end (busy ones end when their job returns)."""
