@@ -56,7 +56,9 @@ class Runner:
         self.app = app
         self.concurrency = concurrency
         self.max_abandoned_threads = max_abandoned_threads
-        self.slots = SyncSlots(app, self._sync_finished, max_idle=concurrency)
+        self.slots = SyncSlots(
+            app, self._sync_finished, size=concurrency, max_abandoned=max_abandoned_threads
+        )
         self.processed = 0
         self.failed = 0
         self._acks = acks
@@ -108,9 +110,14 @@ class Runner:
         return [*self._active.values(), *(_lease(r) for r in self._ready)]
 
     def give_back_waiting(self) -> list[Lease]:
-        """The jobs claimed ahead, taken out to be released (shutdown)."""
+        """The jobs claimed ahead and not started, taken out to be released
+        (shutdown): those waiting here and those no slot thread took yet."""
         leases = [_lease(record) for record in self._ready]
         self._ready.clear()
+        for job in list(self._sync.values()):
+            if self.slots.drop(job, unless_started=True):
+                del self._sync[job.record.id]
+                leases.append(self._active.pop(job.record.id))
         return leases
 
     def start_claimed(self, records: list[JobRecord]) -> None:
@@ -145,8 +152,13 @@ class Runner:
                 self._admit(record)
 
     def _admit(self, record: JobRecord) -> None:
-        """Start ``record`` if a slot is free, else keep it for the next one."""
-        if len(self._active) < self.concurrency and not self._ready:
+        """Start ``record`` if a slot is free, else keep it for the next one.
+        A plain function goes to the slot threads at once: a thread that
+        finishes a job takes the next from there, without the loop."""
+        task = self.app.tasks.get(record.task)
+        if (task is not None and not task.is_async) or (
+            len(self._active) < self.concurrency and not self._ready
+        ):
             self._start(record)
         else:
             self._ready.append(record)
@@ -154,11 +166,11 @@ class Runner:
     def _start(self, record: JobRecord) -> None:
         lease = _lease(record)
         self._active[record.id] = lease
-        self._started[record.id] = asyncio.get_running_loop().time()
         prepared = prepare(self.app, record)
         if isinstance(prepared, Outcome):  # it cannot run at all
-            self._finished(record, lease, prepared)
+            self._finished(record, lease, prepared, 0.0)
         elif prepared.task.is_async:
+            self._started[record.id] = asyncio.get_running_loop().time()
             self._tasks[record.id] = asyncio.create_task(self._run(record, lease, prepared))
         else:
             job = self._sync[record.id] = SyncJob(record, lease, prepared)
@@ -174,19 +186,20 @@ class Runner:
             outcome = internal_error(record, exc)
         finally:
             self._tasks.pop(record.id, None)
-        self._finished(record, lease, outcome)
+        took = asyncio.get_running_loop().time() - self._started.pop(record.id, 0.0)
+        self._finished(record, lease, outcome, took)
 
     def _sync_finished(self, finished: list[tuple[SyncJob, Outcome]]) -> None:
         """A batch of plain-function jobs ended (on the loop, one wake-up)."""
         for job, outcome in finished:
             self._sync.pop(job.record.id, None)
-            self._finished(job.record, job.lease, outcome)
+            self._finished(job.record, job.lease, outcome, job.took)
 
-    def _finished(self, record: JobRecord, lease: Lease, outcome: Outcome) -> None:
-        """Every job's end: its outcome to the acknowledger, its slot freed."""
+    def _finished(self, record: JobRecord, lease: Lease, outcome: Outcome, took: float) -> None:
+        """Every job's end: its outcome to the acknowledger, its slot freed;
+        ``took``: how long it ran, in seconds."""
         if self._active.pop(record.id, None) is None:
             return  # given back already (a forced shutdown)
-        took = asyncio.get_running_loop().time() - self._started.pop(record.id)
         typical = self._typical
         self._typical = took if typical is None else typical + (took - typical) / 16
         if self._alone == record.id:
@@ -199,7 +212,12 @@ class Runner:
             self.failed += 1
             if self.slots.abandoned > self.max_abandoned_threads:  # after a timeout
                 self._too_many_stuck_threads()
-        if self._ready and self._alone is None and not self._control.stopping.is_set():
+        while (
+            self._ready
+            and len(self._active) < self.concurrency
+            and self._alone is None
+            and not self._control.stopping.is_set()
+        ):
             self._start(self._ready.popleft())  # the freed slot takes the next at once
         self._control.wake.set()
 

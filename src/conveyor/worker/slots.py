@@ -5,17 +5,20 @@ an ORM) must run on a thread of its own while the event loop goes on. How
 those threads and the loop hand jobs and outcomes to each other is what a
 sync job costs beyond its own work, so it is kept to the least:
 
-- Each thread runs job after job: it takes the next from one shared queue,
-  runs it, and builds its whole outcome there (the result's JSON, or the
-  failure decided: retry after the backoff, or dead), off the loop.
-- Outcomes go back in batches: the thread appends to a list and wakes the
-  loop only when the list was empty, so outcomes that end close together
-  cost the loop one wake-up, not one each. No asyncio task, future or
-  callback is made per job.
-- A job past its ``timeout`` fails at that moment (a timer on the loop, only
-  for jobs that have one) and its slot is freed; its thread is asked to stop
-  and, if it is stuck in C code, abandoned and counted (``abandoned``) until
-  it returns; a new thread takes its place.
+- ``size`` threads (the worker's concurrency) take jobs from one queue and
+  run them one after another: a thread that finishes a job takes the next
+  at once, without waiting for the loop. It builds the whole outcome there
+  too (the result's JSON, or the failure decided: retry after the backoff,
+  or dead), off the loop.
+- Outcomes go back in batches: a thread appends to a list and wakes the loop
+  only when the list was empty, so outcomes that end close together cost the
+  loop one wake-up, not one each. No asyncio task, future or callback is
+  made per job.
+- A job past its ``timeout`` fails at that moment (a timer on the loop,
+  armed when the job starts, only for jobs that have one) and its slot is
+  freed: its thread is asked to stop and, if it is stuck in C code,
+  abandoned and counted (``abandoned``) until it returns, while a new thread
+  takes its place.
 
 Threads are daemons, so a hung job never keeps the process alive at exit.
 """
@@ -26,6 +29,7 @@ import asyncio
 import ctypes
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,6 +47,8 @@ class SyncJob:
     lease: Lease
     prepared: Prepared
     thread: int | None = None  # the ident of the thread running it
+    started: float = 0.0  # time.monotonic() when it started
+    took: float = 0.0  # seconds it ran
     over: bool = False  # its outcome is decided: run, timed out or dropped
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -51,19 +57,27 @@ Finished = list[tuple[SyncJob, Outcome]]
 
 
 class SyncSlots:
-    """Threads running plain-function jobs for one worker; ``on_finished``
-    gets their outcomes, in batches, on the loop."""
+    """``size`` threads running plain-function jobs for one worker, in the
+    order they were handed over; ``on_finished`` gets their outcomes, in
+    batches, on the loop."""
 
     def __init__(
-        self, app: Conveyor, on_finished: Callable[[Finished], None], max_idle: int
+        self,
+        app: Conveyor,
+        on_finished: Callable[[Finished], None],
+        size: int,
+        max_abandoned: int,
     ) -> None:
         self.app = app
-        self.max_idle = max_idle
+        self.size = size
+        self.max_abandoned = max_abandoned  # beyond, no thread replaces a stuck one
         self._on_finished = on_finished
         self._todo: queue.SimpleQueue[SyncJob | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._finished: Finished = []
-        self._free = 0  # threads waiting for a job, or about to
+        self._serving = 0  # threads taking jobs (the abandoned ones not counted)
+        self._idle = 0  # of those, the ones waiting for a job
+        self._queued = 0  # jobs handed over and not taken yet
         self._abandoned = 0
         self._count = 0  # threads ever started, for their names
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -75,73 +89,92 @@ class SyncSlots:
         return self._abandoned
 
     def run(self, job: SyncJob) -> None:
-        """Start ``job`` now, on a free thread or a new one."""
-        loop = self._loop = self._loop or asyncio.get_running_loop()
-        timeout = job.prepared.options.timeout
-        if timeout is not None:
-            job.timer = loop.call_later(timeout, self._expire, job)
+        """Hand ``job`` over: it starts as soon as a thread is free."""
+        self._loop = self._loop or asyncio.get_running_loop()
         with self._lock:
-            if self._free:
-                self._free -= 1
-                start = False
-            else:
+            self._queued += 1
+            start = (
+                self._queued > self._idle
+                and self._serving < self.size
+                and self._abandoned <= self.max_abandoned
+            )
+            if start:
+                self._serving += 1
                 self._count += 1
-                start = True
         self._todo.put(job)
         if start:
-            name = f"conveyor-job-{self._count}"
-            threading.Thread(target=self._serve, name=name, daemon=True).start()
+            self._start_thread()
 
-    def drop(self, job: SyncJob) -> None:
-        """Forget ``job``'s outcome (the worker gave it back on shutdown)."""
+    def drop(self, job: SyncJob, unless_started: bool = False) -> bool:
+        """Forget ``job``'s outcome (the worker gave it back on shutdown);
+        with ``unless_started``, only if no thread took it yet. Whether it
+        was dropped."""
         with self._lock:
+            if job.over or (unless_started and job.started):
+                return False
             job.over = True
         if job.timer is not None:
             job.timer.cancel()
+        return True
 
     def close(self) -> None:
         """Let the threads end once idle (busy ones end when their job returns)."""
         with self._lock:
             self._closed = True
-            waiting = self._free
-        for _ in range(waiting):
+            threads = self._serving + self._abandoned
+        for _ in range(threads):
             self._todo.put(None)
+
+    def _start_thread(self) -> None:
+        name = f"conveyor-job-{self._count}"
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
 
     # -- on the slot threads ----------------------------------------------
 
     def _serve(self) -> None:
         while True:
-            job = self._todo.get()
-            if job is None:
-                return
-            self._run(job)
             with self._lock:
-                self._free += 1
-                if self._closed or self._free > self.max_idle:  # surplus: end
-                    self._free -= 1
+                self._idle += 1
+            job = self._todo.get()
+            with self._lock:
+                self._idle -= 1
+                if job is None:
+                    self._serving -= 1
                     return
+                self._queued -= 1
+            if not self._run(job):  # it was abandoned at its timeout, and is back
+                with self._lock:
+                    if self._closed or self._serving >= self.size:
+                        return  # another thread took its place for good
+                    self._serving += 1
 
-    def _run(self, job: SyncJob) -> None:
+    def _run(self, job: SyncJob) -> bool:
+        """Run ``job``; False when its thread was abandoned meanwhile."""
         with self._lock:
-            if job.over:  # timed out before it even started
-                return
+            if job.over:  # timed out or dropped before it started
+                return True
             job.thread = threading.get_ident()
+            job.started = time.monotonic()
+        if job.prepared.options.timeout is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._arm, job)
         try:
             outcome: Outcome | None = run_sync_job(self.app, job.record, job.prepared)
         except BaseException:  # the timeout's interrupt, landing after the job's own code
             outcome = None
         with self._lock:
             job.thread = None
+            job.took = time.monotonic() - job.started
             if job.over:  # the loop gave up on it at its timeout: it is back now
                 self._abandoned -= 1
                 _interrupt(threading.get_ident(), None)  # one not delivered yet is dropped
-                return
+                return False
             assert outcome is not None
             job.over = True
             self._finished.append((job, outcome))
             first = len(self._finished) == 1
         if first and self._loop is not None:
             self._loop.call_soon_threadsafe(self._deliver)
+        return True
 
     # -- on the loop ------------------------------------------------------
 
@@ -153,19 +186,34 @@ class SyncSlots:
                 job.timer.cancel()
         self._on_finished(finished)
 
+    def _arm(self, job: SyncJob) -> None:
+        """Start ``job``'s timeout clock (it started on its thread just now)."""
+        timeout = job.prepared.options.timeout
+        if timeout is not None and not job.over and self._loop is not None:
+            left = timeout - (time.monotonic() - job.started)
+            job.timer = self._loop.call_later(max(left, 0.0), self._expire, job)
+
     def _expire(self, job: SyncJob) -> None:
         """``job`` passed its timeout: it fails now and its slot is freed. Its
         thread is asked to stop (Python code sees JobTimeout at once; a call
         blocked in C only when it returns) and counted as abandoned."""
+        start = False
         with self._lock:  # held while interrupting: the thread then sees `over`
-            if job.over:
+            if job.over or job.thread is None:
                 return
             job.over = True
-            stuck = job.thread is not None
-            if job.thread is not None:
-                self._abandoned += 1  # its slot goes to a new thread meanwhile
-                _interrupt(job.thread, JobTimeout)
-        detail = " (its thread could not be stopped at once)" if stuck else ""
+            job.took = time.monotonic() - job.started
+            self._abandoned += 1
+            self._serving -= 1  # its slot goes to a new thread meanwhile
+            _interrupt(job.thread, JobTimeout)
+            replace = self._abandoned <= self.max_abandoned and not self._closed
+            if replace and self._queued > self._idle:
+                self._serving += 1
+                self._count += 1
+                start = True
+        if start:
+            self._start_thread()
+        detail = " (its thread could not be stopped at once)"
         self._on_finished([(job, timed_out(job.record, job.prepared.options, detail))])
 
 
