@@ -99,10 +99,13 @@ def decide(record: JobRecord, options: RunOptions, error: AttemptError) -> Outco
         )
 
 
-def internal_error(record: JobRecord, exc: BaseException) -> Outcome:
+def internal_error(
+    record: JobRecord, exc: BaseException, options: RunOptions | None = None
+) -> Outcome:
     """The outcome of a run whose handling failed in conveyor itself (a bug of
-    ours): one attempt spent, the traceback kept, retried by the default policy."""
-    return decide(record, resolve(), describe(exc, "InternalError"))
+    ours): one attempt spent, the traceback kept, retried by the job's options
+    (the default policy when they are not known)."""
+    return decide(record, options or resolve(), describe(exc, "InternalError"))
 
 
 @dataclass(slots=True)
@@ -194,4 +197,4 @@ def run_sync_job(app: Conveyor, record: JobRecord, prepared: Prepared) -> Outcom
     try:
         return outcome_of(app, record, prepared.options, ok, value)
     except Exception as exc:  # a bug of ours: the job still gets an outcome
-        return internal_error(record, exc)
+        return internal_error(record, exc, prepared.options)

@@ -153,10 +153,13 @@ class Runner:
 
     def _admit(self, record: JobRecord) -> None:
         """Start ``record`` if a slot is free, else keep it for the next one.
-        A plain function goes to the slot threads at once: a thread that
-        finishes a job takes the next from there, without the loop."""
+        While only plain functions run, one goes to the slot threads at once
+        (their queue holds it): a thread that finishes a job takes the next
+        from there, without the loop. Beside async jobs it waits here, so
+        that never more than ``concurrency`` jobs run at once."""
         task = self.app.tasks.get(record.task)
-        if (task is not None and not task.is_async) or (
+        plain = task is not None and not task.is_async
+        if (plain and not self._tasks) or (
             len(self._active) < self.concurrency and not self._ready
         ):
             self._start(record)
@@ -183,7 +186,7 @@ class Runner:
             raise
         except Exception as exc:  # a bug of ours: the job still gets an outcome
             log.exception("internal error while running job %s", record.id)
-            outcome = internal_error(record, exc)
+            outcome = internal_error(record, exc, prepared.options)
         finally:
             self._tasks.pop(record.id, None)
         took = asyncio.get_running_loop().time() - self._started.pop(record.id, 0.0)

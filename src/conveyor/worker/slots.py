@@ -36,7 +36,13 @@ from dataclasses import dataclass, field
 from conveyor.app import Conveyor
 from conveyor.brokers.base import JobRecord, Lease
 from conveyor.errors import JobTimeout
-from conveyor.worker.execution import Outcome, Prepared, run_sync_job, timed_out
+from conveyor.worker.execution import (
+    Outcome,
+    Prepared,
+    internal_error,
+    run_sync_job,
+    timed_out,
+)
 
 
 @dataclass(slots=True, eq=False)
@@ -158,9 +164,12 @@ class SyncSlots:
         if job.prepared.options.timeout is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._arm, job)
         try:
-            outcome: Outcome | None = run_sync_job(self.app, job.record, job.prepared)
-        except BaseException:  # the timeout's interrupt, landing after the job's own code
-            outcome = None
+            outcome = run_sync_job(self.app, job.record, job.prepared)
+        except BaseException as exc:
+            # The timeout's interrupt landing after the job's own code, or a
+            # bug of ours: either way the job gets an outcome and the thread
+            # lives on.
+            outcome = internal_error(job.record, exc, job.prepared.options)
         with self._lock:
             job.thread = None
             job.took = time.monotonic() - job.started
@@ -168,7 +177,6 @@ class SyncSlots:
                 self._abandoned -= 1
                 _interrupt(threading.get_ident(), None)  # one not delivered yet is dropped
                 return False
-            assert outcome is not None
             job.over = True
             self._finished.append((job, outcome))
             first = len(self._finished) == 1
