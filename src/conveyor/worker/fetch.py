@@ -189,10 +189,13 @@ class Fetcher:
         if self._wait is None:
             return
         wait, self._wait, self._reserved = self._wait, None, 0
-        if not wait.done():
+        deadline = asyncio.get_running_loop().time() + self.poll_interval + 1.0
+        while not wait.done() and asyncio.get_running_loop().time() < deadline:
+            # Again until it ends: an interrupt that comes while the wait is
+            # still claiming, before it blocks, may not be seen by the block.
             with contextlib.suppress(Exception):
                 await self._store.interrupt()
-            await asyncio.wait({wait}, timeout=self.poll_interval + 1.0)
+            await asyncio.wait({wait}, timeout=0.05)
         if not wait.done():
             wait.cancel()  # a wait this loop reads is dropped; a thread's is let go
             return
