@@ -24,7 +24,7 @@ log = logging.getLogger("conveyor.worker")
 
 #: The longest a finished job's outcome waits to share a round trip with
 #: others (seconds): a busy worker writes once per batch, never much later.
-FLUSH_DELAY = 0.005
+FLUSH_DELAY = 0.02
 
 
 class Acknowledger:

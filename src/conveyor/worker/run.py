@@ -83,7 +83,12 @@ class Runner:
         return len(self._active) + len(self._ready)
 
     def running(self) -> int:
-        return len(self._active)
+        """Jobs running now (not those handed to the slot threads' queue)."""
+        return len(self._active) - self.slots.queued
+
+    def waiting(self) -> int:
+        """Jobs claimed ahead, not started: here, or in the slot threads' queue."""
+        return len(self._ready) + self.slots.queued
 
     @property
     def prefetch(self) -> int:
@@ -101,10 +106,13 @@ class Runner:
         return self.concurrency + self.prefetch - len(self)
 
     def refill_due(self, free: int) -> bool:
-        """Whether to claim now: a slot is free with nothing waiting for it,
-        or the jobs claimed ahead have run down to half (one round trip
-        brings a batch, not a job)."""
-        return free > 0 and (not self._ready or len(self._ready) <= self.prefetch // 2)
+        """Whether to claim now: nothing waits for the next free slot, or the
+        jobs claimed ahead have run down to half (then one round trip brings
+        a batch, not a job)."""
+        if free <= 0:
+            return False
+        waiting, half = self.waiting(), self.prefetch // 2
+        return waiting == 0 or (waiting <= half and free >= half)
 
     def leases(self) -> list[Lease]:
         return [*self._active.values(), *(_lease(r) for r in self._ready)]
@@ -205,6 +213,7 @@ class Runner:
             return  # given back already (a forced shutdown)
         typical = self._typical
         self._typical = took if typical is None else typical + (took - typical) / 16
+        self.slots.low_water = self.prefetch // 2  # the slot threads wake us to claim more
         if self._alone == record.id:
             self._alone = None
         if outcome.error is None:

@@ -10,10 +10,13 @@ sync job costs beyond its own work, so it is kept to the least:
   at once, without waiting for the loop. It builds the whole outcome there
   too (the result's JSON, or the failure decided: retry after the backoff,
   or dead), off the loop.
-- Outcomes go back in batches: a thread appends to a list and wakes the loop
-  only when the list was empty, so outcomes that end close together cost the
-  loop one wake-up, not one each. No asyncio task, future or callback is
-  made per job.
+- Outcomes go back in batches: a thread appends to a list and wakes the
+  loop only when the loop has something to do with them: a batch is in
+  (``wake_after``), or the queue is running low (``low_water``: time to
+  claim more). Otherwise the loop collects them on a timer every
+  ``COLLECT_EVERY`` seconds while jobs run. No asyncio task, future or
+  callback is made per job, and the loop (which must take the GIL from the
+  job threads each time it wakes) wakes once per batch, not once per job.
 - A job past its ``timeout`` fails at that moment (a timer on the loop,
   armed when the job starts, only for jobs that have one) and its slot is
   freed: its thread is asked to stop and, if it is stuck in C code,
@@ -61,6 +64,9 @@ class SyncJob:
 
 Finished = list[tuple[SyncJob, Outcome]]
 
+#: While jobs run, the loop collects finished ones at least this often (seconds).
+COLLECT_EVERY = 0.01
+
 
 class SyncSlots:
     """``size`` threads running plain-function jobs for one worker, in the
@@ -77,6 +83,8 @@ class SyncSlots:
         self.app = app
         self.size = size
         self.max_abandoned = max_abandoned  # beyond, no thread replaces a stuck one
+        self.wake_after = max(1, size // 2)  # finished jobs that wake the loop at once
+        self.low_water = 0  # wake it at once too when no more than this are queued
         self._on_finished = on_finished
         self._todo: queue.SimpleQueue[SyncJob | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -88,15 +96,24 @@ class SyncSlots:
         self._count = 0  # threads ever started, for their names
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._woken = False  # a delivery is on its way to the loop
+        self._collector: asyncio.TimerHandle | None = None
 
     @property
     def abandoned(self) -> int:
         """Threads still running a job that passed its timeout."""
         return self._abandoned
 
+    @property
+    def queued(self) -> int:
+        """Jobs handed over that no thread has taken yet."""
+        return self._queued
+
     def run(self, job: SyncJob) -> None:
         """Hand ``job`` over: it starts as soon as a thread is free."""
-        self._loop = self._loop or asyncio.get_running_loop()
+        loop = self._loop = self._loop or asyncio.get_running_loop()
+        if self._collector is None:
+            self._collector = loop.call_later(COLLECT_EVERY, self._collect)
         with self._lock:
             self._queued += 1
             start = (
@@ -125,6 +142,9 @@ class SyncSlots:
 
     def close(self) -> None:
         """Let the threads end once idle (busy ones end when their job returns)."""
+        if self._collector is not None:
+            self._collector.cancel()
+            self._collector = None
         with self._lock:
             self._closed = True
             threads = self._serving + self._abandoned
@@ -179,8 +199,11 @@ class SyncSlots:
                 return False
             job.over = True
             self._finished.append((job, outcome))
-            first = len(self._finished) == 1
-        if first and self._loop is not None:
+            wake = not self._woken and (
+                len(self._finished) >= self.wake_after or self._queued <= self.low_water
+            )
+            self._woken = self._woken or wake
+        if wake and self._loop is not None:
             self._loop.call_soon_threadsafe(self._deliver)
         return True
 
@@ -189,10 +212,21 @@ class SyncSlots:
     def _deliver(self) -> None:
         with self._lock:
             finished, self._finished = self._finished, []
+            self._woken = False
         for job, _ in finished:
             if job.timer is not None:
                 job.timer.cancel()
-        self._on_finished(finished)
+        if finished:
+            self._on_finished(finished)
+
+    def _collect(self) -> None:
+        """The timer's round: deliver what finished; again while jobs remain."""
+        self._deliver()
+        with self._lock:
+            busy = self._serving - self._idle + self._queued > 0 or self._abandoned
+        self._collector = None
+        if busy and self._loop is not None and not self._closed:
+            self._collector = self._loop.call_later(COLLECT_EVERY, self._collect)
 
     def _arm(self, job: SyncJob) -> None:
         """Start ``job``'s timeout clock (it started on its thread just now)."""
