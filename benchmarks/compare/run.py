@@ -836,14 +836,38 @@ def table(results: list[dict]) -> list[str]:
 
 def verdict(results: list[dict]) -> list[str]:
     """Where conveyor leads and where it does not, computed from the figures
-    (the issue's bar: lead every throughput column among the Python systems,
-    drain at least twice the fastest Python peer's and at least Node BullMQ's)."""
+    (the bar: lead every throughput column among the Python systems, drain at
+    least twice the fastest Python peer's and at least Node BullMQ's), first
+    with the job most users write (a plain ``def`` calling blocking redis-py),
+    then with an ``async def`` job."""
+    out = ["## Where conveyor leads, and where it does not", ""]
+    node = next((r for r in results if "Node" in r["label"]), None)
+    ours_all = [r for r in results if r["label"].startswith("conveyor")]
+    python = [r for r in results if r["store"] == "redis" and r not in ours_all
+              and "Node" not in r["label"]]  # fmt: skip
+    peers_sqlite = [r for r in results if r["store"] == "sqlite" and r not in ours_all]
+    for label, rivals in (
+        ("conveyor (Redis, plain def)", python),
+        ("conveyor (Redis, plain def, -c 50)", python),
+        ("conveyor (SQLite, plain def)", peers_sqlite),
+    ):
+        mine_row = next((r for r in results if r["label"] == label), None)
+        drains = [(median(r["samples"]["drain"]), r["label"]) for r in rivals if r["samples"]["drain"]]
+        if mine_row is None or not drains or median(mine_row["samples"]["drain"]) is None:
+            continue
+        mine, (best, who) = median(mine_row["samples"]["drain"]), max(drains)
+        line = (f"- {label} drain: {fmt_rate(mine)} jobs/s, {mine / best:.2f}x the fastest peer "
+                f"here ({who}, {fmt_rate(best)})")  # fmt: skip
+        if node is not None and node["samples"]["drain"] and mine_row["store"] == "redis":
+            theirs = median(node["samples"]["drain"])
+            line += f", {mine / theirs:.2f}x Node's BullMQ ({fmt_rate(theirs)})"
+        out.append(line + ".")
     ours = next((r for r in results if r["label"] == "conveyor (Redis)"), None)
     if ours is None:
-        return []
-    python = [r for r in results if r["store"] == "redis" and r is not ours and "Node" not in r["label"]]
-    node = next((r for r in results if "Node" in r["label"]), None)
-    out = ["## Where conveyor leads, and where it does not", ""]
+        return [*out, ""]
+    out.append("")
+    out.append("With an `async def` job (conveyor (Redis)):")
+    out.append("")
     for key, name in (("enqueue_one", "enqueue one at a time"), ("enqueue_bulk", "bulk enqueue"),
                       ("drain", "drain")):  # fmt: skip
         mine = median(ours["samples"][key])
