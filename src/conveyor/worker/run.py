@@ -66,12 +66,13 @@ class Runner:
         self._active: dict[str, Lease] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}  # the async jobs' own
         self._sync: dict[str, SyncJob] = {}  # the plain functions' own
-        # Jobs claimed ahead, waiting here for a slot: a slot that frees
-        # starts the next at once, with no round trip to the store, and the
-        # store is asked for more (and told the outcomes) once per batch.
-        # Only while jobs are short (SHORT_JOB): a long job's round trip
-        # costs nothing beside it, and a job claimed ahead of long ones would
-        # wait here while another worker sits idle.
+        # Jobs claimed ahead wait for a slot here (plain functions: in the
+        # slot threads' queue): a slot that frees starts the next at once,
+        # with no round trip to the store, and the store is asked for more
+        # (and told the outcomes) once per batch. Only while jobs are short
+        # (SHORT_JOB): a long job's round trip costs nothing beside it, and a
+        # job claimed ahead of long ones would wait while another worker
+        # sits idle.
         self._ready: deque[JobRecord] = deque()
         self._started: dict[str, float] = {}  # job id -> loop time it started
         self._typical: float | None = None  # moving average of run times, seconds
@@ -92,8 +93,8 @@ class Runner:
 
     @property
     def prefetch(self) -> int:
-        """How many jobs to claim ahead of free slots: the concurrency while
-        jobs take under SHORT_JOB, else none."""
+        """How many jobs to claim ahead of free slots: twice the concurrency
+        while jobs take under SHORT_JOB, else none."""
         typical = self._typical
         return 2 * self.concurrency if typical is not None and typical < SHORT_JOB else 0
 
