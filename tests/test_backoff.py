@@ -41,7 +41,10 @@ def test_jitter_only_ever_shortens_within_its_share():
     ("kwargs", "message"),
     [
         ({"kind": "quadratic"}, "backoff must be one of .* not 'quadratic'"),
-        ({"delay": -1}, "backoff_delay must be a number of seconds from 0, up to 100 years, not -1"),
+        (
+            {"delay": -1},
+            "backoff_delay must be a number of seconds from 0, up to 100 years, not -1",
+        ),
         ({"max": -1}, "backoff_max must be a number of seconds from 0, up to 100 years, not -1"),
         ({"jitter": 2}, "jitter must be a share from 0 to 1"),
     ],

@@ -291,7 +291,10 @@ def assert_one_line(done: subprocess.CompletedProcess, *mentions: str, status: i
         (["--max-stalled", "-1"], "--max-stalled must be a whole number from 0 to 1,000, not -1"),
         (["--poll", "0"], "--poll must be a number of seconds from 0.01"),
         (["--poll", "inf"], "--poll must be a number of seconds"),
-        (["--max-abandoned-threads", "-1"], "--max-abandoned-threads must be a whole number from 0"),
+        (
+            ["--max-abandoned-threads", "-1"],
+            "--max-abandoned-threads must be a whole number from 0",
+        ),
         (["-q", ""], "-q/--queues must be a queue name"),
         (["-q", ",,"], "-q/--queues must be a queue name"),
         (["-q", "a}b"], "-q/--queues must be a queue name"),

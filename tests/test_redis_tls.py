@@ -3,6 +3,7 @@ with a throw-away self-signed certificate."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 
@@ -65,6 +66,42 @@ def test_an_idle_worker_takes_jobs_over_tls(tls_url, monkeypatch):
     monkeypatch.setattr(app.broker, "wait_and_claim", blocking_wait)
     worker = jobs_reach_an_idle_worker(app, concurrency=2)
     assert (worker.processed, worker.failed) == (6, 2)
+    app.close()
+
+
+def test_a_wait_beside_busy_calls_on_the_same_loop_hears_its_reply(tls_url):
+    """Over TLS each pipeline borrows a connection and the loop watches its
+    socket. A busy call that ends gives its connection back at once, and the
+    wait that takes it next must still be heard: the busy call's coroutine,
+    resuming later, must not stop watching a socket that is no longer its."""
+    app = Conveyor(tls_url)
+    store = app.broker.async_store()
+
+    async def main() -> list[str]:
+        busy_done = asyncio.Event()
+
+        async def busy() -> None:  # complete-and-claim on an empty queue, again and again
+            while not busy_done.is_set():
+                await store.complete_and_claim([], ["other"], 1, 30.0, "w")
+
+        spinner = asyncio.create_task(busy())
+        try:
+            claimed = []
+            for n in range(20):
+                wait = asyncio.create_task(store.wait_and_claim(["main"], 1, 30.0, "w", 30.0))
+                await asyncio.sleep(0.01)
+                job = await asyncio.to_thread(app.enqueue, "echo", args=[n], queue="main")
+                # Lost, its reply would be read only when it is due (30 s on).
+                records = await asyncio.wait_for(wait, 5)
+                assert [r.id for r in records] == [job.id]
+                claimed.append(job.id)
+            return claimed
+        finally:
+            busy_done.set()
+            await spinner
+
+    assert len(asyncio.run(main())) == 20
+    store.close()
     app.close()
 
 

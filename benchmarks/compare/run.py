@@ -852,7 +852,9 @@ def verdict(results: list[dict]) -> list[str]:
         ("conveyor (SQLite, plain def)", peers_sqlite),
     ):
         mine_row = next((r for r in results if r["label"] == label), None)
-        drains = [(median(r["samples"]["drain"]), r["label"]) for r in rivals if r["samples"]["drain"]]
+        drains = [
+            (median(r["samples"]["drain"]), r["label"]) for r in rivals if r["samples"]["drain"]
+        ]
         if mine_row is None or not drains or median(mine_row["samples"]["drain"]) is None:
             continue
         mine, (best, who) = median(mine_row["samples"]["drain"]), max(drains)
@@ -882,7 +884,9 @@ def verdict(results: list[dict]) -> list[str]:
     if node is not None and drain is not None and node["samples"]["drain"]:
         theirs = median(node["samples"]["drain"])
         word = "at least" if drain >= theirs else "BELOW"
-        out.append(f"- drain against Node's BullMQ: {word} ({fmt_rate(drain)} against {fmt_rate(theirs)}).")
+        out.append(
+            f"- drain against Node's BullMQ: {word} ({fmt_rate(drain)} against {fmt_rate(theirs)})."
+        )
     out.append(f"- crash test: {crash_cell(ours)}.")
     return [*out, ""]
 
@@ -895,7 +899,11 @@ def peer_name(system: System) -> str:
 
 
 def write_report(
-    args: argparse.Namespace, results: list[dict], raw: dict | None, info: dict, command: str,
+    args: argparse.Namespace,
+    results: list[dict],
+    raw: dict | None,
+    info: dict,
+    command: str,
     total: float,
 ) -> str:
     by_store = {
@@ -1090,8 +1098,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip", default="", help="comma-separated systems to leave out")
     parser.add_argument("--no-raw", action="store_true", help="skip the raw limits")
     parser.add_argument("--no-crash", action="store_true", help="skip the crash test")
-    parser.add_argument("--report-only", action="store_true",
-                        help="only write the report again from .work/results.json")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only write the report again from .work/results.json",
+    )
     parser.add_argument("--queue-db", type=int, default=13)
     parser.add_argument("--record-db", type=int, default=14)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per phase")
@@ -1140,8 +1151,9 @@ def render(data: dict, docs: Path, install_timeout: float) -> str:
     problem = plot(data["results"], docs / "benchmarks.png", install_timeout)
     if problem:
         say(f"no chart: {problem}")
-    report = write_report(args, data["results"], data["raw"], data["machine"], data["command"],
-                          data["total"])
+    report = write_report(
+        args, data["results"], data["raw"], data["machine"], data["command"], data["total"]
+    )
     (docs / "benchmarks.md").write_text(report)
     return report
 
@@ -1173,8 +1185,14 @@ def main(argv: list[str] | None = None) -> None:
         if (argv or sys.argv[1:])
         else ""
     )
-    data: dict = {"args": vars(args), "machine": info, "raw": None, "results": results,
-                  "command": command, "total": 0.0}
+    data: dict = {
+        "args": vars(args),
+        "machine": info,
+        "raw": None,
+        "results": results,
+        "command": command,
+        "total": 0.0,
+    }
     try:
         data["raw"] = None if args.no_raw else raw_limits(bench)
         for system in systems:

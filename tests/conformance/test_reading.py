@@ -158,7 +158,9 @@ def test_trim_of_a_large_backlog_deletes_it_all(broker, clock):
     while claimed := claim(broker, limit=500):
         for start in range(0, len(claimed), 10):  # ten at a time, each later than the last
             clock.advance(1)
-            assert all(broker.complete([(lease_of(j), "null") for j in claimed[start : start + 10]]))
+            assert all(
+                broker.complete([(lease_of(j), "null") for j in claimed[start : start + 10]])
+            )
     assert broker.trim("default", "completed", keep=10) == 2_490
     assert broker.counts()["default"]["completed"] == 10
     assert {j.id for j in broker.list(state="completed", limit=100)} == {

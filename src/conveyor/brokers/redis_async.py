@@ -228,6 +228,18 @@ async def _read(sent: SentPipeline) -> Any:
     future: asyncio.Future[Any] = loop.create_future()
     fd = sent.fileno()
     late: asyncio.TimerHandle
+    watching = True
+
+    def stop_watching() -> None:
+        # At once, in the same callback as the last read: that read gave the
+        # connection back, and the next pipeline on this loop may take it
+        # (the same fd) and watch it before this coroutine runs again; a
+        # remove_reader then would silence that pipeline's reader.
+        nonlocal watching
+        if watching:
+            watching = False
+            loop.remove_reader(fd)
+            late.cancel()
 
     def check() -> None:
         nonlocal late
@@ -236,9 +248,11 @@ async def _read(sent: SentPipeline) -> Any:
         try:
             result = sent.poll()
         except Exception as exc:  # the store went away: the caller says so
+            stop_watching()
             future.set_exception(exc)
             return
         if result is not None:
+            stop_watching()
             future.set_result(result)
         else:  # not yet: look again when the reply is due at the latest
             late.cancel()
@@ -249,6 +263,5 @@ async def _read(sent: SentPipeline) -> Any:
     try:
         return await future
     finally:
-        loop.remove_reader(fd)
-        late.cancel()
+        stop_watching()  # cancelled: nothing was given back, the fd is still ours
         sent.close()  # does nothing once its replies were read
