@@ -13,15 +13,20 @@ blocking redis-py calls (RPUSH onto a list of its own). For each ``k``:
   -c N --burst`` process on the Redis store at ``--url``, timed from the
   first job's start to the last one's end as the store recorded them.
 
-The worker's overhead per job is ``1/conveyor - 1/raw`` in microseconds. It
-should stay flat as ``k`` grows: a job's own blocking calls must not slow the
-worker's store traffic, nor the other way round. Medians of ``--runs``.
+The worker's overhead per job is ``1/conveyor - 1/raw`` in microseconds of
+wall time. It should stay flat as ``k`` grows: a job's own blocking calls
+must not slow the worker's store traffic, nor the other way round. Beside it,
+the CPU time a job costs in each (all threads of the process; the worker's
+own start-up, measured on an empty queue, taken off): how much of the
+overhead is work the worker does, and how much is waiting (the GIL passed
+between more threads). Medians of ``--runs``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -35,6 +40,7 @@ import redis
 
 from conveyor import Conveyor
 from conveyor.brokers.base import COMPLETED
+from conveyor.task import Signature
 
 APP = """
 import os
@@ -57,8 +63,9 @@ def job(n: int) -> None:
 """
 
 
-def raw(calls: int, jobs: int, threads: int, record_url: str) -> float:
-    """Jobs a second, ``threads`` threads running the body with no queue."""
+def raw(calls: int, jobs: int, threads: int, record_url: str) -> tuple[float, float]:
+    """Jobs a second, ``threads`` threads running the body with no queue, and
+    the CPU seconds it took."""
     counter = iter(range(jobs))
     lock = threading.Lock()
     client = redis.Redis.from_url(record_url)  # one client, as the job module has
@@ -73,16 +80,24 @@ def raw(calls: int, jobs: int, threads: int, record_url: str) -> float:
                 client.rpush("sync-overhead:done", f"{n} {i}")
 
     pool = [threading.Thread(target=work) for _ in range(threads)]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for thread in pool:
         thread.start()
     for thread in pool:
         thread.join()
-    return jobs / (time.perf_counter() - started)
+    return jobs / (time.perf_counter() - started), time.process_time() - cpu
 
 
-def drained(calls: int, jobs: int, concurrency: int, url: str, record_url: str) -> float:
-    """Jobs a second, one worker process draining the jobs from the store."""
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def drained(
+    calls: int, jobs: int, concurrency: int, url: str, record_url: str
+) -> tuple[float, float]:
+    """Jobs a second, one worker process draining the jobs from the store,
+    and the CPU seconds the worker took (its start-up and exit included)."""
     prefix = f"sync-overhead-{uuid.uuid4().hex[:8]}"
     store = f"{url}?prefix={prefix}"
     with tempfile.TemporaryDirectory() as folder:
@@ -92,16 +107,18 @@ def drained(calls: int, jobs: int, concurrency: int, url: str, record_url: str) 
             "SYNC_RECORD_URL": record_url,
         }  # fmt: skip
         app = Conveyor(store)
-        app.enqueue_many(
-            __import__("conveyor.task", fromlist=["Signature"]).Signature("job", (n,), {})
-            for n in range(jobs)
-        )
+        app.enqueue_many(Signature("job", (n,), {}) for n in range(jobs))
         script = Path(sys.executable).with_name("conveyor")
+        cpu = children_cpu()
         subprocess.run(
             [str(script), "worker", "sync_app:app", "-c", str(concurrency), "--burst",
              "--log-level", "WARNING"],
             cwd=folder, env=env, check=True,
         )  # fmt: skip
+        cpu = children_cpu() - cpu
+        if not jobs:
+            app.close()
+            return 0.0, cpu
         records = app.jobs(state=COMPLETED, limit=jobs + 1)
         assert len(records) == jobs, f"{len(records)} of {jobs} jobs completed"
         first = min(job.record.started_at or 0.0 for job in records)
@@ -111,7 +128,7 @@ def drained(calls: int, jobs: int, concurrency: int, url: str, record_url: str) 
         for start in range(0, len(keys), 500):
             client.delete(*keys[start : start + 500])
         app.close()
-        return jobs / (last - first)
+        return jobs / (last - first), cpu
 
 
 def main() -> None:
@@ -127,20 +144,34 @@ def main() -> None:
     record = redis.Redis.from_url(args.record_url)
     print(f"plain def, k blocking RPUSH calls a job, -c {args.concurrency}, {args.jobs:,} jobs, "
           f"median of {args.runs}")  # fmt: skip
-    print(
-        "| calls a job | raw threads (jobs/s) | conveyor drain (jobs/s) | of raw | worker overhead a job |"
+    # What a worker costs with nothing to do: started, finds no job, exits.
+    idle = statistics.median(
+        drained(1, 0, args.concurrency, args.url, args.record_url)[1] for _ in range(3)
     )
-    print("|--:|--:|--:|--:|--:|")
+    print(f"(a worker that finds no job uses {idle * 1e3:,.0f} ms of CPU: taken off below)")
+    print(
+        "| calls a job | raw threads (jobs/s) | conveyor drain (jobs/s) | of raw "
+        "| worker overhead a job | CPU a job: raw | CPU a job: conveyor | CPU the worker adds |"
+    )
+    print("|--:|--:|--:|--:|--:|--:|--:|--:|")
     for calls in (int(k) for k in args.calls.split(",")):
         jobs = max(1000, args.jobs // calls)
-        raws, ours = [], []
+        raws, ours, raw_cpu, our_cpu = [], [], [], []
         for _ in range(args.runs):  # alternated, as the machine's speed drifts
             record.delete("sync-overhead:done")
-            raws.append(raw(calls, jobs, args.concurrency, args.record_url))
+            rate, cpu = raw(calls, jobs, args.concurrency, args.record_url)
+            raws.append(rate)
+            raw_cpu.append(cpu / jobs)
             record.delete("sync-overhead:done")
-            ours.append(drained(calls, jobs, args.concurrency, args.url, args.record_url))
+            rate, cpu = drained(calls, jobs, args.concurrency, args.url, args.record_url)
+            ours.append(rate)
+            our_cpu.append((cpu - idle) / jobs)
         r, o = statistics.median(raws), statistics.median(ours)
-        print(f"| {calls} | {r:,.0f} | {o:,.0f} | {o / r:.0%} | {1e6 / o - 1e6 / r:,.0f} µs |")
+        rc, oc = statistics.median(raw_cpu) * 1e6, statistics.median(our_cpu) * 1e6
+        print(
+            f"| {calls} | {r:,.0f} | {o:,.0f} | {o / r:.0%} | {1e6 / o - 1e6 / r:,.0f} µs "
+            f"| {rc:,.0f} µs | {oc:,.0f} µs | {oc - rc:,.0f} µs |"
+        )
     record.delete("sync-overhead:done")
 
 
