@@ -67,6 +67,63 @@ def test_leases_are_renewed_on_the_apps_clock(app, clock):
     assert job.result(timeout=0) == "done"
 
 
+@pytest.mark.parametrize("written_meanwhile", [True, False])
+def test_a_lease_is_reported_lost_only_while_its_job_is_still_held(
+    app, clock, caplog, monkeypatch, written_meanwhile
+):
+    """The renewal and the write of a finished job's outcome run side by side:
+    a job completed while the renewal was on its way is not news. A lease
+    that really went to another worker is."""
+    from conveyor.brokers.base import Lease
+    from conveyor.worker.control import Control
+    from conveyor.worker.leases import LeaseKeeper
+
+    app.enqueue("anything", args=[1])
+    [record] = app.broker.claim(["default"], 1, LEASE, "here")
+    lease = Lease(record.id, record.lease_token or "")
+    held = [lease]
+    store = app.broker.async_store()
+    extend = store.extend
+
+    async def extend_after_a_race(leases: list[Lease], seconds: float) -> list[str]:
+        if written_meanwhile:  # the fetch loop wrote the outcome first
+            assert app.broker.complete([(lease, "null")]) == [True]
+            held.clear()
+        else:  # the lease expired and another worker took the job
+            clock.advance(LEASE + 1)
+            assert app.broker.recover(max_stalled=5)
+            assert app.broker.claim(["default"], 1, LEASE, "elsewhere")
+        return await extend(leases, seconds)
+
+    monkeypatch.setattr(store, "extend", extend_after_a_race)
+    sleeps = []
+    sleep = clock.sleep
+
+    async def counted_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        await sleep(seconds)
+
+    monkeypatch.setattr(clock, "sleep", counted_sleep)
+    keeper = LeaseKeeper(store, clock, LEASE, lambda: list(held), Control())
+
+    async def main() -> None:
+        renewing = asyncio.create_task(keeper.run())
+        await until(lambda: sleeps, "the keeper to sleep")
+        clock.advance(LEASE / 3 + 1)
+        await until(lambda: len(sleeps) == 2, "the renewal to be over (the next sleep)")
+        renewing.cancel()
+
+    with caplog.at_level(logging.WARNING, logger="conveyor.worker"):
+        asyncio.run(main())
+    warned = [r.getMessage() for r in caplog.records if "lost the lease" in r.getMessage()]
+    assert warned == (
+        []
+        if written_meanwhile
+        else [f"lost the lease on job {record.id}: another worker may run it"]
+    )
+    store.close()
+
+
 def test_a_dead_workers_job_is_recovered_when_the_clock_says_so(app, clock):
     @app.task(name="quick")
     async def quick() -> str:

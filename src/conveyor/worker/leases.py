@@ -48,5 +48,10 @@ class LeaseKeeper:
                     return
                 log.error("could not renew %d leases: %s", len(held), exc)
                 continue
+            # A job whose outcome was written while the renewal was on its
+            # way (the fetch loop writes on its own) no longer has a lease to
+            # lose: only the jobs still held here are news.
+            still_held = {lease.job_id for lease in self._held()}
             for job_id in lost:
-                log.warning("lost the lease on job %s: another worker may run it", job_id)
+                if job_id in still_held:
+                    log.warning("lost the lease on job %s: another worker may run it", job_id)
