@@ -37,11 +37,11 @@ class Cli:
         self.url = url
         self.store = Conveyor(url)  # the test's own view of the store
 
-    def __call__(self, *args: str) -> Result:
-        return CliRunner().invoke(main, list(args))
+    def __call__(self, *args: str, input: str | None = None) -> Result:
+        return CliRunner().invoke(main, list(args), input=input)
 
-    def ok(self, *args: str) -> str:
-        result = self(*args)
+    def ok(self, *args: str, input: str | None = None) -> str:
+        result = self(*args, input=input)
         assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
         return result.stdout
 
@@ -459,3 +459,61 @@ def test_a_bad_store_url_is_a_one_line_error(
     done = run_conveyor(folder, url, *command)
     assert_one_line_error(done, mention)
     assert not Path("/nonexistent").exists()
+
+
+# -- pause, resume, purge ----------------------------------------------------
+
+
+def test_pause_and_resume_a_queue_and_stats_shows_it(cli: Cli) -> None:
+    job_id = cli.enqueue("add")
+    assert cli.ok("pause", APP, "default").strip() == "default paused"
+    assert cli.ok("pause", APP, "default").strip() == "default was paused already"
+    assert cli.store.paused() == {"default"}
+    assert cli.store.broker.claim(["default"], 10, 30.0, "test") == []
+    assert cli.job(job_id).state == "waiting"  # enqueued, kept, not handed out
+
+    cli.ok("pause", APP, "quiet")  # a queue that holds no job yet
+    rows = {line.split()[1]: line for line in cli.ok("stats", APP).splitlines() if "│" in line}
+    assert rows["default"].split("│")[-2].strip() == "yes"
+    assert rows["quiet"].split("│")[-2].strip() == "yes"
+
+    assert cli.ok("resume", APP, "default").strip() == "default resumed"
+    assert cli.ok("resume", APP, "default").strip() == "default was not paused"
+    assert cli.store.paused() == {"quiet"}
+    assert [r.id for r in cli.store.broker.claim(["default"], 10, 30.0, "test")] == [job_id]
+
+
+def test_purge_asks_first_and_deletes_only_what_it_names(cli: Cli) -> None:
+    waiting = cli.enqueue("add")
+    delayed = cli.enqueue("add", "--delay", "3600")
+    dead = cli.make_dead()
+    result = cli("purge", APP, "default", input="n\n")
+    assert (
+        result.exit_code == 1 and "delete 2 job(s) of default (waiting, delayed)?" in result.output
+    )
+    assert cli.job(waiting).state == "waiting"  # nothing went
+
+    assert cli.ok("purge", APP, "default", input="y\n").splitlines()[-1] == (
+        "2 job(s) of default deleted"
+    )
+    assert cli.store.get_job(waiting) is None and cli.store.get_job(delayed) is None
+    assert cli.job(dead).state == "dead"
+    out = cli.ok("purge", APP, "default", "--state", "dead", "--yes")
+    assert out.strip() == "1 job(s) of default deleted"
+    assert cli.store.stats() == {}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["purge", APP, "default", "--state", "active", "--yes"], "'active' is not one of"),
+        (["purge", APP, "no such queue", "--yes"], "queue must be a queue name"),
+        (["pause", APP, ""], "queue must be a queue name"),
+        (["resume", APP, "a}b"], "queue must be a queue name"),
+    ],
+)
+def test_pause_resume_and_purge_refuse_bad_input(cli: Cli, args: list[str], message: str) -> None:
+    job_id = cli.enqueue("add")
+    result = cli(*args)
+    assert result.exit_code == 2 and message in result.output
+    assert cli.job(job_id).state == "waiting" and cli.store.paused() == set()

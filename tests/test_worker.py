@@ -317,3 +317,65 @@ def test_an_idle_wait_that_could_not_start_holds_no_slot(app, monkeypatch):
             await run
 
     assert asyncio.run(main()) == "ran"
+
+
+def test_a_running_worker_leaves_a_paused_queue_alone_until_it_is_resumed(store_app):
+    """Paused while the worker idles: the other queue's jobs still run, the
+    paused one's wait (nothing lost); resumed, they run at once, without
+    the worker polling for them (its poll interval is far longer than the test)."""
+    ran: list[str] = []
+
+    @store_app.task(name="note")
+    def note(label: str) -> None:
+        ran.append(label)
+
+    store_app.pause("bulk")
+    worker = Worker(store_app, queues=["bulk", "default"], concurrency=2, poll_interval=60.0)
+
+    async def main() -> None:
+        run = asyncio.create_task(worker.run_async())
+        try:
+            held = [note.options(queue="bulk").enqueue(f"bulk-{i}") for i in range(3)]
+            other = note.enqueue("default-0")
+            await asyncio.to_thread(other.result, 10)
+            assert [job.refresh().state for job in held] == ["waiting"] * 3
+            assert store_app.resume("bulk")
+            for job in held:
+                await asyncio.to_thread(job.result, 10)
+        finally:
+            worker.stop()
+            await run
+
+    asyncio.run(main())
+    assert ran == ["default-0", "bulk-0", "bulk-1", "bulk-2"]
+
+
+def test_a_burst_worker_on_a_paused_queue_stops(store_app):
+    @store_app.task(name="noop")
+    def noop() -> None:
+        pass
+
+    job = noop.enqueue()
+    store_app.pause("default")
+    assert drain(store_app) == 0
+    assert job.refresh().state == "waiting"
+    store_app.resume("default")
+    assert drain(store_app) == 1
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda app: app.pause(""), "queue must be a queue name"),
+        (lambda app: app.resume(5), "queue must be a queue name"),
+        (lambda app: app.purge("default", states=["active"]), "never active"),
+        (lambda app: app.purge("default", states="finished"), "not 'finished'"),
+        (lambda app: app.purge("default", states=[]), "no state at all"),
+    ],
+)
+def test_pause_resume_and_purge_refuse_bad_input(call, message):
+    app = Conveyor("memory://")
+    job = app.enqueue("anything")
+    with pytest.raises(ConfigurationError, match=message):
+        call(app)
+    assert app.get_job(job.id).state == "waiting" and app.paused() == set()

@@ -11,7 +11,15 @@ from typing import Any, Protocol, Unpack, overload
 
 from conveyor import validate
 from conveyor.brokers import check_url, mask, open_broker
-from conveyor.brokers.base import STATES, Broker, EnqueueResult, NewJob
+from conveyor.brokers.base import (
+    DELAYED,
+    STATES,
+    WAITING,
+    Broker,
+    EnqueueResult,
+    NewJob,
+    purge_states,
+)
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import ConfigurationError
 from conveyor.job import Job, new_job_id
@@ -356,6 +364,40 @@ class Conveyor:
     def stats(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: count}}`` for every queue holding jobs; every state key present."""
         return self.broker.counts()
+
+    def pause(self, queue: str) -> bool:
+        """Stop workers everywhere from starting ``queue``'s jobs (enqueue
+        still works; jobs already running finish). True if it was running.
+
+        >>> app.pause("bulk"); app.paused()
+        {'bulk'}
+        """
+        return self.broker.pause(validate.queue_name("queue", queue))
+
+    def resume(self, queue: str) -> bool:
+        """Let workers start ``queue``'s jobs again. True if it was paused."""
+        return self.broker.resume(validate.queue_name("queue", queue))
+
+    def paused(self) -> set[str]:
+        """The queues paused now."""
+        return self.broker.paused()
+
+    def purge(self, queue: str, states: Iterable[str] = (WAITING, DELAYED)) -> int:
+        """Delete ``queue``'s jobs in ``states`` (waiting, delayed, completed,
+        dead, cancelled: never active ones, which belong to their worker);
+        how many went. By default its backlog: the waiting and delayed jobs.
+
+        >>> app.purge("bulk", states=("waiting", "delayed", "dead"))
+        1200
+        """
+        validate.queue_name("queue", queue)
+        if isinstance(states, str):
+            states = (states,)
+        try:
+            chosen = purge_states(list(states))
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        return self.broker.purge(queue, chosen)
 
     def retry_dead(self, queue: str | None = None) -> int:
         """Send every dead job (of ``queue``) back to waiting with fresh attempts."""

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from conveyor import validate
 from conveyor.app import Conveyor
-from conveyor.brokers.base import STATES
+from conveyor.brokers.base import DELAYED, PURGEABLE_STATES, STATES, WAITING
 from conveyor.errors import ConfigurationError, ConveyorError
 
 console = Console()
@@ -281,9 +281,11 @@ def stats(app: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(counts, indent=2, sort_keys=True))
         return
-    table = Table("queue", *STATES, title="conveyor stats")
-    for name in sorted(counts):
-        table.add_row(name, *(str(counts[name][state]) for state in STATES))
+    paused = conveyor_app.paused()
+    table = Table("queue", *STATES, "paused", title="conveyor stats")
+    for name in sorted(counts.keys() | paused):
+        row = counts.get(name, dict.fromkeys(STATES, 0))
+        table.add_row(name, *(str(row[state]) for state in STATES), "yes" if name in paused else "")
     console.print(table)
     click.echo(f"store: {conveyor_app.broker.location}")
 
@@ -355,6 +357,51 @@ def cancel(app: str, job_ids: tuple[str, ...]) -> None:
             failures += 1
     if failures:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("app")
+@click.argument("queue", callback=checked(validate.queue_name))
+def pause(app: str, queue: str) -> None:
+    """Stop every worker from starting QUEUE's jobs (enqueue still works)."""
+    conveyor_app = open_app(app, create=False)
+    newly = conveyor_app.pause(queue)
+    click.echo(f"{queue} paused" if newly else f"{queue} was paused already")
+
+
+@main.command()
+@click.argument("app")
+@click.argument("queue", callback=checked(validate.queue_name))
+def resume(app: str, queue: str) -> None:
+    """Let workers start QUEUE's jobs again."""
+    conveyor_app = open_app(app, create=False)
+    resumed = conveyor_app.resume(queue)
+    click.echo(f"{queue} resumed" if resumed else f"{queue} was not paused")
+
+
+@main.command()
+@click.argument("app")
+@click.argument("queue", callback=checked(validate.queue_name))
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(PURGEABLE_STATES),
+    help="A state to delete (repeat it for more; default: waiting and delayed). Never active.",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def purge(app: str, queue: str, states: tuple[str, ...], yes: bool) -> None:
+    """Delete QUEUE's jobs in the given states; says how many."""
+    conveyor_app = open_app(app, create=False)
+    states = states or (WAITING, DELAYED)
+    counts = conveyor_app.stats().get(queue, {})
+    held = sum(counts.get(state, 0) for state in states)
+    if not yes:
+        click.confirm(
+            f"delete {held} job(s) of {queue} ({', '.join(states)})?", abort=True, err=True
+        )
+    deleted = conveyor_app.purge(queue, states)
+    click.echo(f"{deleted} job(s) of {queue} deleted")
 
 
 @main.command()

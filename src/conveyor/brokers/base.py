@@ -49,6 +49,20 @@ CANCELLED = "cancelled"
 
 STATES = (WAITING, DELAYED, ACTIVE, COMPLETED, DEAD, CANCELLED)
 ENDED_STATES = frozenset({COMPLETED, DEAD, CANCELLED})
+#: What ``purge`` may delete: every state but active (a running job is its worker's).
+PURGEABLE_STATES = (WAITING, DELAYED, COMPLETED, DEAD, CANCELLED)
+
+
+def purge_states(states: Sequence[str]) -> tuple[str, ...]:
+    """``states`` checked for ``purge``: each once, none of them active."""
+    chosen = tuple(dict.fromkeys(states))
+    wrong = [state for state in chosen if state not in PURGEABLE_STATES]
+    if wrong or not chosen:
+        raise ValueError(
+            f"purge deletes jobs in {', '.join(PURGEABLE_STATES)} (never active ones), "
+            f"not {', '.join(map(repr, wrong)) or 'no state at all'}"
+        )
+    return chosen
 
 
 @dataclass(slots=True)
@@ -273,6 +287,26 @@ class Broker(abc.ABC):
         ``finished_at`` is before the timestamp ``older_than``. Returns how
         many were deleted."""
 
+    @abc.abstractmethod
+    def pause(self, queue: str) -> bool:
+        """Stop handing out ``queue``'s jobs: ``claim`` and every call that
+        claims take none of them until ``resume``. Enqueueing goes on, and so
+        do its jobs already active (they complete, fail and retry as ever).
+        True if the queue was not paused already."""
+
+    @abc.abstractmethod
+    def resume(self, queue: str) -> bool:
+        """Hand out ``queue``'s jobs again, waking idle waits. True if it was paused."""
+
+    @abc.abstractmethod
+    def paused(self) -> set[str]:
+        """The queues paused now."""
+
+    @abc.abstractmethod
+    def purge(self, queue: str, states: Sequence[str]) -> int:
+        """Delete ``queue``'s jobs in ``states`` (``PURGEABLE_STATES``: never
+        active ones; ``purge_states`` checks them). Returns how many went."""
+
     # -- reading ---------------------------------------------------------
 
     @abc.abstractmethod
@@ -298,11 +332,13 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def pending(self, queues: Sequence[str]) -> int:
         """Jobs of ``queues`` that are waiting, active, or delayed and already
-        due: zero means a ``--burst`` worker may stop."""
+        due: zero means a ``--burst`` worker may stop. Of a paused queue only
+        the active ones count: it hands out nothing else."""
 
     @abc.abstractmethod
     def next_due(self, queues: Sequence[str]) -> float | None:
-        """The earliest ``run_at`` among delayed jobs of ``queues``, or None."""
+        """The earliest ``run_at`` among delayed jobs of ``queues`` not
+        paused, or None."""
 
     @abc.abstractmethod
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:

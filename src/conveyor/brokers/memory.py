@@ -43,6 +43,7 @@ from conveyor.brokers.base import (
     Lease,
     NewJob,
     Recovered,
+    purge_states,
 )
 from conveyor.clock import Clock
 
@@ -81,6 +82,7 @@ class MemoryBroker(Broker):
         # Bumped per queue whenever a job there becomes waiting, so a waiter
         # can tell a wake-up that concerns its queues from one that does not.
         self._generation: dict[str, int] = {}
+        self._paused: set[str] = set()
         self._closed = False
 
     # -- bookkeeping (call with the lock held) ---------------------------
@@ -217,7 +219,7 @@ class MemoryBroker(Broker):
             self._promote_due(now)
             claimed: list[JobRecord] = []
             for queue in queues:
-                heap = self._ready.get(queue)
+                heap = None if queue in self._paused else self._ready.get(queue)
                 while heap and len(claimed) < limit:
                     _, _, ticket, job_id = heapq.heappop(heap)
                     job = self._live(ticket, job_id, WAITING)
@@ -365,6 +367,33 @@ class MemoryBroker(Broker):
                 self._delete(job)
             return len(doomed)
 
+    def pause(self, queue: str) -> bool:
+        with self._lock:
+            was = queue in self._paused
+            self._paused.add(queue)
+            return not was
+
+    def resume(self, queue: str) -> bool:
+        with self._cond:
+            if queue not in self._paused:
+                return False
+            self._paused.discard(queue)
+            self._generation[queue] = self._generation.get(queue, 0) + 1
+            self._cond.notify_all()  # its waiting jobs are ready again
+            return True
+
+    def paused(self) -> set[str]:
+        with self._lock:
+            return set(self._paused)
+
+    def purge(self, queue: str, states: Sequence[str]) -> int:
+        chosen = purge_states(states)
+        with self._lock:
+            doomed = [j for j in self._jobs.values() if j.queue == queue and j.state in chosen]
+            for job in doomed:
+                self._delete(job)  # its heap entries are now dead
+            return len(doomed)
+
     # -- reading ---------------------------------------------------------
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -400,13 +429,20 @@ class MemoryBroker(Broker):
             total = 0
             for queue in dict.fromkeys(queues):
                 counts = self._counts.get(queue)
-                if counts is not None:
-                    total += counts[WAITING] + counts[ACTIVE] + self._count_due(queue, now)
+                if counts is None:
+                    continue
+                total += counts[ACTIVE]
+                if queue not in self._paused:
+                    total += counts[WAITING] + self._count_due(queue, now)
             return total
 
     def next_due(self, queues: Sequence[str]) -> float | None:
         with self._lock:
-            tops = [entry[0] for q in queues if (entry := self._delayed_top(q)) is not None]
+            tops = [
+                entry[0]
+                for q in queues
+                if q not in self._paused and (entry := self._delayed_top(q)) is not None
+            ]
             return min(tops, default=None)
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:

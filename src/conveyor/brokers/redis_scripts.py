@@ -37,6 +37,8 @@ spread over the shards:
   cancelled`` by finished_at (``trim``).
 - ``P:{Q}:marker``: a ZSET holding one member while the queue may have ready
   work nobody claimed.
+- ``P:{Q}:paused``: a STRING that exists while the queue is paused (``claim``
+  hands out none of its jobs).
 - ``P:queues``: SET of queue names, so ``get``, ``counts``, ``cancel``... can
   pipeline one call per queue.
 
@@ -58,7 +60,7 @@ import orjson
 from conveyor.brokers.base import AttemptError, JobRecord, Lease, NewJob
 
 NAMES = ["enqueue", "claim", "extend", "complete", "fail", "release", "recover", "cancel",
-         "retry", "promote", "trim", "stamp"]  # fmt: skip
+         "retry", "promote", "trim", "purge", "resume", "stamp"]  # fmt: skip
 LUA = files("conveyor.brokers").joinpath("lua")
 SHARED = LUA.joinpath("_shared.lua").read_text()  # helpers every script starts with
 SOURCES = {name: SHARED + LUA.joinpath(f"{name}.lua").read_text() for name in NAMES}
@@ -82,6 +84,10 @@ class QueueKeys(NamedTuple):
     counter: str
     marker: str  # ZSET: set while work may be ready; idle workers BZPOPMIN it
     channel: str  # pub/sub, not a key: where scripts PUBLISH new work; '' = none
+
+    @property
+    def paused(self) -> str:  # STRING: exists while the queue is paused
+        return self.prefix + "paused"
 
     @classmethod
     def of(cls, store_prefix: str, queue: str, channel: str) -> QueueKeys:
@@ -337,6 +343,30 @@ def trim(
         "" if keep is None else keep,  # ARGV[2] keep ('' = no limit)
         "" if older_than is None else repr(older_than),  # ARGV[3] older_than ('' = none)
         limit,  # ARGV[4] limit: most jobs deleted by this call
+    )  # fmt: skip
+
+
+def purge(k: QueueKeys, *, limit: int) -> Command:
+    """purge.lua: delete up to ``limit`` of one queue's waiting jobs. Replies
+    [ids taken off its ready keys (call again while that is ``limit``), jobs
+    deleted]."""
+    return (
+        "EVALSHA", SHAS["purge"], 2,
+        k.waiting,  # KEYS[1] waiting  LIST
+        k.prioritized,  # KEYS[2] prioritized  ZSET
+        k.prefix,  # ARGV[1] key prefix of the queue
+        limit,  # ARGV[2] limit: most jobs deleted by this call
+    )  # fmt: skip
+
+
+def resume(k: QueueKeys) -> Command:
+    """resume.lua: take the queue's paused mark away and wake an idle worker.
+    Replies 1, or 0 when it was not paused."""
+    return (
+        "EVALSHA", SHAS["resume"], 1,
+        k.paused,  # KEYS[1] paused  STRING
+        k.prefix,  # ARGV[1] key prefix of the queue
+        k.channel,  # ARGV[2] channel to PUBLISH on ('' = none)
     )  # fmt: skip
 
 

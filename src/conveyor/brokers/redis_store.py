@@ -55,6 +55,7 @@ from conveyor.brokers import redis_scripts as scripts
 from conveyor.brokers.base import (
     ENDED_STATES,
     STATES,
+    WAITING,
     AttemptError,
     Broker,
     EnqueueResult,
@@ -62,6 +63,7 @@ from conveyor.brokers.base import (
     Lease,
     NewJob,
     Recovered,
+    purge_states,
 )
 from conveyor.brokers.redis_connection import Pipeline, SentPipeline, parse_url
 from conveyor.brokers.redis_scripts import (
@@ -434,6 +436,43 @@ class RedisBroker(Broker):
             if deleted < BATCH:
                 return total
 
+    def pause(self, queue: str) -> bool:
+        k = self._keys(queue)
+        # Registered too, so paused() finds a queue that never held a job.
+        newly, _ = self._run(
+            [
+                lambda c: c.set(k.paused, 1, nx=True),
+                lambda c: c.sadd(self.topology.queues_key, queue),
+            ]
+        )
+        self._learn({queue})
+        return bool(newly)
+
+    def resume(self, queue: str) -> bool:
+        return bool(self._each(scripts.resume, queue)[0])
+
+    def paused(self) -> set[str]:
+        found = self._per_queue(lambda k: [lambda c: c.exists(k.paused)])
+        return {queue for queue, (paused,) in found.items() if paused}
+
+    def purge(self, queue: str, states: Sequence[str]) -> int:
+        total = 0
+        for state in purge_states(states):
+            if state == WAITING:
+                while True:  # BATCH a call: a long script would block the server for everyone
+                    taken, deleted = self._each(partial(scripts.purge, limit=BATCH), queue)[0]
+                    total += deleted
+                    if taken < BATCH:
+                        break
+            else:  # a ZSET of ids, as trim deletes from: keep none
+                command = partial(scripts.trim, state=state, keep=0, older_than=None, limit=BATCH)
+                while True:
+                    deleted = self._each(command, queue)[0]
+                    total += deleted
+                    if deleted < BATCH:
+                        break
+        return total
+
     # -- reading ---------------------------------------------------------
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -498,19 +537,25 @@ class RedisBroker(Broker):
     def pending(self, queues: Sequence[str]) -> int:
         now = repr(self.clock.now())
         calls_for = lambda k: [  # noqa: E731
-            *self._ready_calls(k),
             lambda c: c.zcard(k.active),
+            lambda c: c.exists(k.paused),
+            *self._ready_calls(k),
             lambda c: c.zcount(k.delayed, "-inf", now),
         ]
-        return sum(sum(replies) for replies in self._per_queue(calls_for, queues).values())
+        found = self._per_queue(calls_for, queues).values()
+        return sum(active + (0 if paused else sum(rest)) for active, paused, *rest in found)
 
     def _heads(self, queues: Sequence[str]) -> tuple[int, float | None]:
-        """(waiting jobs, earliest run_at of a delayed job) over ``queues``."""
+        """(waiting jobs, earliest run_at of a delayed job) over ``queues``,
+        paused ones left out (they hand out nothing)."""
         calls_for = lambda k: [  # noqa: E731
+            lambda c: c.exists(k.paused),
             *self._ready_calls(k),
             lambda c: c.zrange(k.delayed, 0, 0, withscores=True),
         ]
-        found = self._per_queue(calls_for, queues).values()
+        found = [
+            rest for paused, *rest in self._per_queue(calls_for, queues).values() if not paused
+        ]
         ready = sum(a + b for a, b, _ in found)
         return ready, min((h[0][1] for _, _, h in found if h), default=None)
 

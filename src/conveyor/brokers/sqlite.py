@@ -75,6 +75,7 @@ from conveyor.brokers.base import (
     Lease,
     NewJob,
     Recovered,
+    purge_states,
 )
 from conveyor.clock import Clock
 from conveyor.errors import (
@@ -677,6 +678,26 @@ class SQLiteBroker(Broker):
                 deleted += conn.execute(SQL.trim_older, (queue, state, older_than)).rowcount
             if keep is not None:
                 deleted += conn.execute(SQL.trim_keep, (queue, state, max(keep, 0))).rowcount
+        return deleted
+
+    def pause(self, queue: str) -> bool:
+        with self._tx() as conn:
+            return conn.execute(SQL.pause, (queue,)).rowcount > 0
+
+    def resume(self, queue: str) -> bool:
+        with self._tx() as conn:
+            resumed = conn.execute(SQL.resume, (queue,)).rowcount > 0
+        if resumed:
+            self._notify()  # its waiting jobs are ready again
+        return resumed
+
+    def paused(self) -> set[str]:
+        return {row[0] for row in self._read(SQL.paused_queues)}
+
+    def purge(self, queue: str, states: Sequence[str]) -> int:
+        chosen = purge_states(states)
+        with self._tx() as conn:
+            deleted: int = conn.execute(SQL.purge, (queue, _json(list(chosen)))).rowcount
         return deleted
 
     # -- reading ---------------------------------------------------------

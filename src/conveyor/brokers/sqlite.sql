@@ -107,7 +107,8 @@ UPDATE conveyor_jobs SET state = 'waiting' WHERE state = 'delayed' AND run_at <=
 
 -- name: claim_ready
 -- Lease up to ?5 ready jobs of queue ?4 to worker ?3, each with its own
--- random token. RETURNING gives the rows in no promised order.
+-- random token; none while the queue is paused (a row 'paused:<queue>' in
+-- conveyor_meta). RETURNING gives the rows in no promised order.
 -- ?1 now, ?2 lease expiry
 UPDATE conveyor_jobs
 SET state = 'active', attempts = attempts + 1, started_at = ?1,
@@ -115,6 +116,7 @@ SET state = 'active', attempts = attempts + 1, started_at = ?1,
 WHERE seq IN (
     SELECT seq FROM conveyor_jobs
     WHERE state = 'waiting' AND queue = ?4
+      AND NOT EXISTS (SELECT 1 FROM conveyor_meta WHERE key = 'paused:' || ?4)
     ORDER BY priority DESC, seq
     LIMIT ?5
 )
@@ -256,29 +258,55 @@ SELECT queue, state, count(*) FROM conveyor_jobs
 WHERE state IN ('completed', 'dead', 'cancelled') GROUP BY queue, state
 
 -- name: pending
--- Jobs of the queues in ?1 (JSON array) that are waiting, active, or delayed
--- and due by ?2.
+-- Jobs of the queues in ?1 (JSON array) that are active, or (in queues not
+-- paused) waiting or delayed and due by ?2.
 SELECT
     (SELECT count(*) FROM conveyor_jobs
-     WHERE state = 'waiting' AND queue IN (SELECT value FROM json_each(?1)))
+     WHERE state = 'waiting' AND queue IN (SELECT j.value FROM json_each(?1) AS j
+                     WHERE NOT EXISTS (SELECT 1 FROM conveyor_meta AS m WHERE m.key = 'paused:' || j.value)))
   + (SELECT count(*) FROM conveyor_jobs
      WHERE state = 'active' AND queue IN (SELECT value FROM json_each(?1)))
   + (SELECT count(*) FROM conveyor_jobs
-     WHERE state = 'delayed' AND run_at <= ?2 AND queue IN (SELECT value FROM json_each(?1)))
+     WHERE state = 'delayed' AND run_at <= ?2 AND queue IN (SELECT j.value FROM json_each(?1) AS j
+                     WHERE NOT EXISTS (SELECT 1 FROM conveyor_meta AS m WHERE m.key = 'paused:' || j.value)))
 
 -- name: next_due
--- The earliest run_at among delayed jobs of the queues in ?1 (JSON array).
+-- The earliest run_at among delayed jobs of the queues in ?1 (JSON array)
+-- not paused.
 SELECT run_at FROM conveyor_jobs
-WHERE state = 'delayed' AND queue IN (SELECT value FROM json_each(?1))
+WHERE state = 'delayed' AND queue IN (SELECT j.value FROM json_each(?1) AS j
+                     WHERE NOT EXISTS (SELECT 1 FROM conveyor_meta AS m WHERE m.key = 'paused:' || j.value))
 ORDER BY run_at
 LIMIT 1
 
 -- name: work_hint
--- For wait_for_work, one cheap read: is a job of the queues in ?1 waiting,
--- and when is the earliest delayed one due?
+-- For wait_for_work, one cheap read: is a job of the queues in ?1 (those not
+-- paused) waiting, and when is the earliest delayed one due?
 SELECT
     EXISTS (SELECT 1 FROM conveyor_jobs
-            WHERE state = 'waiting' AND queue IN (SELECT value FROM json_each(?1))),
+            WHERE state = 'waiting' AND queue IN (SELECT j.value FROM json_each(?1) AS j
+                     WHERE NOT EXISTS (SELECT 1 FROM conveyor_meta AS m WHERE m.key = 'paused:' || j.value))),
     (SELECT run_at FROM conveyor_jobs
-     WHERE state = 'delayed' AND queue IN (SELECT value FROM json_each(?1))
+     WHERE state = 'delayed' AND queue IN (SELECT j.value FROM json_each(?1) AS j
+                     WHERE NOT EXISTS (SELECT 1 FROM conveyor_meta AS m WHERE m.key = 'paused:' || j.value))
      ORDER BY run_at LIMIT 1)
+
+-- name: pause
+-- Mark queue ?1 paused; a queue paused already is left as it is.
+INSERT INTO conveyor_meta (key, value) VALUES ('paused:' || ?1, 1)
+ON CONFLICT (key) DO NOTHING
+
+-- name: resume
+-- Take queue ?1's paused mark away.
+DELETE FROM conveyor_meta WHERE key = 'paused:' || ?1
+
+-- name: paused_queues
+-- The queues paused now.
+SELECT substr(key, 8) FROM conveyor_meta WHERE key LIKE 'paused:%'
+
+-- name: purge
+-- Delete queue ?1's jobs in the states of the JSON array ?2 (never 'active':
+-- sqlite.py checks).
+DELETE FROM conveyor_jobs
+WHERE queue = ?1 AND state IN (SELECT value FROM json_each(?2)) AND state != 'active'
+

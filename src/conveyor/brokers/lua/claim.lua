@@ -8,6 +8,9 @@
 -- KEYS[5] (optional) stamp (stamp.lua) set before a wait this claim was queued
 --         behind: ARGV[2] and ARGV[3] are moved on by the time since then.
 --         Gone (interrupt() deletes it): the wait was interrupted, claim nothing.
+-- A paused queue (its key prefix .. 'paused' set) hands out nothing; its due
+-- delayed jobs still become waiting, and its marker goes (idle workers block
+-- until resume.lua sets it again, rather than wake for nothing).
 -- Returns pairs, in claim order: id, the job's HGETALL.
 local prefix, now, expiry, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[6])
 if KEYS[5] then
@@ -28,6 +31,10 @@ for _, id in ipairs(due) do
 end
 if #due > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+end
+if redis.call('EXISTS', prefix .. 'paused') == 1 then
+  redis.call('DEL', prefix .. 'marker')
+  return {}
 end
 
 local ids = {}

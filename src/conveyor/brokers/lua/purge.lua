@@ -1,0 +1,23 @@
+-- purge: delete up to a limit of one queue's ready (waiting) jobs, so one
+-- call never blocks the server for long; the caller calls again while a call
+-- deletes `limit`. (Delayed and ended jobs go through trim.lua, keep 0.)
+-- KEYS[1] waiting  LIST   KEYS[2] prioritized  ZSET   (see _shared)
+-- ARGV[1] key prefix of the queue   ARGV[2] limit: most jobs deleted by this call
+-- Returns {ids taken off the ready keys, jobs deleted} (an id whose job is not
+-- waiting is only taken off).
+local prefix, limit = ARGV[1], tonumber(ARGV[2])
+local ids = redis.call('LPOP', KEYS[1], limit) or {}
+if #ids < limit then
+  local popped = redis.call('ZPOPMIN', KEYS[2], limit - #ids)
+  for i = 1, #popped, 2 do ids[#ids + 1] = string.sub(popped[i], 13) end
+end
+local deleted = 0
+for _, id in ipairs(ids) do
+  local key = prefix .. 'job:' .. id
+  if redis.call('HGET', key, STATE) == 'waiting' then
+    redis.call('DEL', key)
+    deleted = deleted + 1
+  end
+end
+if ready_count(prefix) == 0 then redis.call('DEL', prefix .. 'marker') end
+return {#ids, deleted}
