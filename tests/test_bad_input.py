@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -366,7 +367,12 @@ def test_commands_on_existing_jobs_never_create_a_store(folder, command):
 def test_every_command_can_say_which_store_it_uses(folder):
     assert conveyor(folder, "enqueue", "cli_app:app", "add", "--args", "[1, 2]").returncode == 0
     absolute = f"sqlite:///{folder}/cli.db"
-    for command in (["stats"], ["jobs"], ["enqueue", "add"], ["worker", "--burst"]):
+    for command in (
+        ["stats"],
+        ["jobs"],
+        ["enqueue", "add", "--args", "[1, 2]"],
+        ["worker", "--burst"],
+    ):
         done = conveyor(
             folder, "-v", command[0], "cli_app:app", *command[1:], url="sqlite:///cli.db"
         )
@@ -374,3 +380,55 @@ def test_every_command_can_say_which_store_it_uses(folder):
         assert f"conveyor: store {absolute}" in done.stderr.splitlines()[0]
     table = conveyor(folder, "stats", "cli_app:app", url="sqlite:///cli.db")
     assert f"store: {absolute}" in table.stdout.splitlines()
+
+
+# -- a call the task's function cannot take ---------------------------------
+
+
+def test_a_call_the_function_cannot_take_is_refused_at_enqueue_on_every_path():
+    app = Conveyor("memory://")
+
+    @app.task(name="add")
+    def add(x: int, y: int = 1) -> int:
+        return x + y
+
+    @app.task(name="greet")
+    async def greet(name: str, *, loud: bool) -> str:
+        return name
+
+    attempts = [
+        (lambda: add.enqueue("a", "b", "c"), "too many positional arguments"),
+        (lambda: add.enqueue(), "missing a required argument: 'x'"),
+        (lambda: add.enqueue(1, x=2), "multiple values for argument 'x'"),
+        (lambda: add.options(delay=5).enqueue(z=1), "missing a required argument: 'x'"),
+        (lambda: app.enqueue("add", ["a", "b", "c"]), "too many positional arguments"),
+        (lambda: app.enqueue("add", kwargs={"y": 2}), "missing a required argument: 'x'"),
+        (lambda: greet.enqueue("ann"), "missing a required argument: 'loud'"),
+        (lambda: app.enqueue_many([add.s(1), add.s(1, 2, 3)]), "too many positional arguments"),
+    ]
+    for call, why in attempts:
+        with pytest.raises(ConfigurationError, match=re.escape(f"({why})")) as info:
+            call()
+        assert "\n" not in str(info.value)
+    assert app.stats() == {}  # not even the good call of the refused batch
+
+    assert add.enqueue(1).args == [1]
+    assert add.enqueue(y=2, x=1).kwargs == {"y": 2, "x": 1}
+    assert greet.enqueue("ann", loud=True).kwargs == {"loud": True}
+    assert app.enqueue("unknown", ["anything", 1, 2]).args == [
+        "anything",
+        1,
+        2,
+    ]  # not ours to check
+
+
+def test_functions_that_take_anything_or_cannot_be_described_are_not_refused():
+    app = Conveyor("memory://")
+
+    @app.task(name="anything")
+    def anything(*args: object, **kwargs: object) -> None:
+        pass
+
+    app.task(name="builtin")(print)  # no signature Python can read: not checked
+    assert anything.enqueue(1, 2, three=3).args == [1, 2]
+    assert app.enqueue("builtin", [1, 2, 3], {"sep": "-"}).args == [1, 2, 3]

@@ -51,6 +51,8 @@ class Cli:
         return job
 
     def enqueue(self, task: str = "add", *options: str) -> str:
+        if task == "add" and not {"--args", "--kwargs"} & set(options):
+            options = ("--args", "[1, 2]", *options)  # what add(x, y) takes
         return self.ok("enqueue", APP, task, *options).strip()
 
     def make_dead(
@@ -116,9 +118,26 @@ def test_enqueue_prints_the_id_of_the_stored_job(cli: Cli) -> None:
 
 
 def test_enqueue_without_arguments_stores_an_empty_call(cli: Cli) -> None:
-    job = cli.job(cli.enqueue("add"))
+    job = cli.job(cli.enqueue("ping"))
     assert job.args == []
     assert job.kwargs == {}
+
+
+@pytest.mark.parametrize(
+    ("options", "why"),
+    [
+        ([], "missing a required argument: 'x'"),
+        (["--args", '["a", "b", "c"]'], "too many positional arguments"),
+        (["--args", "[1, 2]", "--kwargs", '{"z": 2}'], "got an unexpected keyword argument 'z'"),
+    ],
+)
+def test_enqueue_of_a_call_the_task_cannot_take_stores_nothing(
+    cli: Cli, options: list[str], why: str
+) -> None:
+    result = cli("enqueue", APP, "add", *options)
+    assert result.exit_code == 2
+    assert f"task 'add' cannot take these arguments ({why}): add(x: " in result.output
+    assert cli.store.stats() == {}
 
 
 def test_enqueue_honours_kwargs_queue_and_priority(cli: Cli) -> None:

@@ -551,7 +551,7 @@ def run_cli(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess
 
 
 @pytest.mark.parametrize(
-    "command", [["enqueue", "redis_app:app", "mark"], ["stats", "redis_app:app"]]
+    "command", [["enqueue", "redis_app:app", "mark", "--args", "[1]"], ["stats", "redis_app:app"]]
 )
 def test_the_command_line_says_a_wrong_password_in_one_line(
     locked: RedisServer, tmp_path: Path, command: list[str]

@@ -319,6 +319,11 @@ class Conveyor:
         name = task.name if isinstance(task, Task) else validate.task_name("task", task)
         args, kwargs = validate.arguments(args, kwargs)
         known = self.tasks.get(name)
+        if known is not None and (why := known.call_check.fits(args, kwargs)) is not None:
+            raise ConfigurationError(
+                f"task {name!r} cannot take these arguments ({why}): "
+                f"{getattr(known.fn, '__name__', name)}{known.call_check.signature}"
+            )
         queue = (known.queue if known else None) or DEFAULT_QUEUE
         priority = None
         job_id = stored = run_at = None

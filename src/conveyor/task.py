@@ -25,6 +25,43 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+class CallCheck:
+    """Whether arguments fit a task's function, asked at enqueue: a call the
+    function cannot take is refused before it is stored, rather than found
+    by the worker as a dead job. The common call (positional arguments only,
+    to a function without ``*args``, ``**kwargs`` or keyword-only
+    parameters) is two comparisons; anything else is ``Signature.bind``."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        try:
+            self.signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):  # a callable Python cannot describe: not checked
+            self.signature = None
+            self._counts: tuple[int, int] | None = None
+            return
+        params = list(self.signature.parameters.values())
+        if all(p.kind in _POSITIONAL for p in params):
+            required = sum(p.default is inspect.Parameter.empty for p in params)
+            self._counts = (required, len(params))
+        else:
+            self._counts = None
+
+    def fits(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> str | None:
+        """None when ``fn(*args, **kwargs)`` would bind; else why not."""
+        counts = self._counts
+        if not kwargs and counts is not None and counts[0] <= len(args) <= counts[1]:
+            return None
+        if self.signature is None:
+            return None
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            return str(exc)
+        return None
+
 
 class Task(Generic[P, R]):
     """A registered function: ``enqueue`` sends it to a worker.
@@ -47,6 +84,7 @@ class Task(Generic[P, R]):
         self.queue = queue
         self.defaults = defaults
         self.is_async = inspect.iscoroutinefunction(fn)
+        self.call_check = CallCheck(fn)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
         self.__wrapped__ = fn

@@ -21,3 +21,8 @@ def add(x: int, y: int) -> int:
 @app.task(name="report", queue="critical")
 def report(name: str) -> str:
     return name
+
+
+@app.task(name="ping")
+def ping() -> str:
+    return "pong"
