@@ -121,7 +121,7 @@ def test_synchronous_option(db, option, level):
     store = SQLiteBroker(url_of(db, option), SystemClock())
     try:
         # PRAGMA synchronous is per connection: ask the broker's own.
-        assert store._conn().execute("PRAGMA synchronous").fetchone()[0] == level
+        assert store._file.conn().execute("PRAGMA synchronous").fetchone()[0] == level
     finally:
         store.close()
 
@@ -130,7 +130,7 @@ def test_timeout_option_sets_the_busy_timeout(db):
     store = SQLiteBroker(url_of(db, "?timeout=2.5"), SystemClock())
     try:
         assert store.timeout == 2.5
-        assert store._conn().execute("PRAGMA busy_timeout").fetchone()[0] == 2500
+        assert store._file.conn().execute("PRAGMA busy_timeout").fetchone()[0] == 2500
     finally:
         store.close()
 
@@ -340,7 +340,8 @@ def test_hot_queries_use_their_index(broker, name):
     broker.enqueue([job(f"j{i}", queue=("default", "other")[i % 2]) for i in range(200)])
     params, index = INDEXED[name]
     plan = [
-        row[3] for row in broker._conn().execute("EXPLAIN QUERY PLAN " + getattr(SQL, name), params)
+        row[3]
+        for row in broker._file.conn().execute("EXPLAIN QUERY PLAN " + getattr(SQL, name), params)
     ]
     text = "\n".join(plan)
     assert index in text, text
