@@ -1,10 +1,10 @@
 -- The SQLite store's SQL, one named block per operation (procrastinate style).
--- sqlite.py loads this file once at import: a block runs from its
+-- sqlite_file.py loads this file once at import: a block runs from its
 -- "-- name:" line to the next one. Comment lines are dropped when loading.
 --
 -- Every query of jobs selects * : the table's columns are in the order of
 -- JobRecord's fields, so a row becomes JobRecord(*row) without any mapping
--- (sqlite.py checks the order when it opens a database).
+-- (sqlite_file.py checks the order when it opens a database).
 --
 -- Queries repeat the WHERE clause of the partial index they mean to use
 -- (state = 'waiting', state IN (...)): SQLite only uses a partial index when
