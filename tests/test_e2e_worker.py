@@ -387,3 +387,33 @@ def test_a_worker_whose_database_file_is_deleted_or_replaced_stops_loudly(
         assert "Traceback" not in logs
     finally:
         env.cleanup()
+
+
+def test_a_paused_queue_waits_for_every_worker_until_resumed(e2e: E2E) -> None:
+    """Three worker processes, told nothing: the store refuses them the paused
+    queue's jobs while they run another queue's, and the resume, from the
+    command line, reaches them at once (their poll interval is 30 s)."""
+    workers = [
+        e2e.start_worker("-q", "default,canary", "-c", "2", "--poll", "30") for _ in range(3)
+    ]
+    assert e2e.cli("pause", APP, "default").stdout.strip() == "default paused"
+    held = [f"held-{n}" for n in range(6)]
+    for tag in held:
+        e2e.app.enqueue("quick", [tag], job_id=tag)
+    e2e.app.enqueue("quick", ["canary"], job_id="canary", queue="canary")
+    e2e.wait_state("canary", "completed")  # the workers are running, and claiming
+    assert {e2e.state(tag) for tag in held} == {"waiting"}
+
+    doomed = [e2e.app.enqueue("quick", [f"doomed-{n}"], job_id=f"doomed-{n}").id for n in range(3)]
+    assert e2e.cli("purge", APP, "default", "--yes").stdout.strip() == "9 job(s) of default deleted"
+    assert all(e2e.app.get_job(job_id) is None for job_id in [*doomed, *held])
+
+    for tag in held:
+        e2e.app.enqueue("quick", [tag], job_id=tag)
+    assert e2e.cli("resume", APP, "default").stdout.strip() == "default resumed"
+    # Well inside the 5 s one Redis wait blocks and the 30 s poll: only a
+    # resume that wakes the idle workers gets the jobs done by then.
+    e2e.wait(lambda: {e2e.state(tag) for tag in held} == {"completed"}, 3, "the held jobs")
+    assert all(len(e2e.events("done", tag)) == 1 for tag in held)
+    assert e2e.events("done", "doomed-0") == []
+    assert all(worker.poll() is None for worker in workers)
