@@ -1,6 +1,7 @@
 """The worker in-process, on the stores a single process can share."""
 
 import asyncio
+import logging
 import threading
 import time
 
@@ -350,17 +351,23 @@ def test_a_running_worker_leaves_a_paused_queue_alone_until_it_is_resumed(store_
     assert ran == ["default-0", "bulk-0", "bulk-1", "bulk-2"]
 
 
-def test_a_burst_worker_on_a_paused_queue_stops(store_app):
+def test_a_burst_worker_on_a_paused_queue_stops_and_says_why(store_app, caplog):
     @store_app.task(name="noop")
     def noop() -> None:
         pass
 
     job = noop.enqueue()
     store_app.pause("default")
-    assert drain(store_app) == 0
+    store_app.pause("elsewhere")  # not served here: not mentioned
+    with caplog.at_level(logging.WARNING, logger="conveyor.worker"):
+        assert drain(store_app) == 0
     assert job.refresh().state == "waiting"
+    warned = [r.getMessage() for r in caplog.records if "paused" in r.getMessage()]
+    assert warned == ["queue(s) default paused: their jobs wait until `conveyor resume`"]
     store_app.resume("default")
+    caplog.clear()
     assert drain(store_app) == 1
+    assert not [r for r in caplog.records if "paused" in r.getMessage()]
 
 
 @pytest.mark.parametrize(

@@ -101,6 +101,9 @@ class AsyncStore:
     async def next_due(self, queues: Sequence[str]) -> float | None:
         return await self._call(self.broker.next_due, queues)
 
+    async def paused(self) -> set[str]:
+        return await self._call(self.broker.paused)
+
     async def interrupt(self) -> None:
         await self._call(self.broker.interrupt)
 

@@ -190,6 +190,7 @@ class Worker:
             self.lease,
             self.broker.location,
         )
+        await self._say_what_is_paused(store)
         helpers = [
             asyncio.create_task(keeper.run(), name="conveyor-renew"),
             asyncio.create_task(maintainer.run(), name="conveyor-maintain"),
@@ -212,6 +213,18 @@ class Worker:
             self.exit_code = control.exit_code
         log.info("worker %s stopped: %d done, %d failed", self.name, self.processed, self.failed)
         return self.exit_code
+
+    async def _say_what_is_paused(self, store: AsyncStore) -> None:
+        """A worker that starts on a paused queue says so: an operator who
+        sees its jobs wait knows why (the store refuses them until resumed)."""
+        try:
+            paused = await store.paused()
+        except Exception:  # unreachable or refused: the fetch loop says so, properly
+            return
+        if held := [queue for queue in self.queues if queue in paused]:
+            log.warning(
+                "queue(s) %s paused: their jobs wait until `conveyor resume`", ",".join(held)
+            )
 
     async def maintain(self) -> None:
         """One maintenance pass now, as the running worker makes them:
