@@ -27,7 +27,7 @@ def wait_until(
 
 
 def poll_until_done(pending: Any, seconds: float = 3.0) -> Any:
-    """What an event loop does with a ``RedisBroker.send_wait``: poll whenever its
+    """What an event loop does with a sent ``SentPipeline``: poll whenever its
     socket is readable, until the wait is over; fail after ``seconds``."""
     poller = select.poll()
     poller.register(pending.fileno(), select.POLLIN)

@@ -11,9 +11,18 @@ import pytest
 
 from conveyor.brokers import open_broker
 from conveyor.brokers.base import STATES, Lease, NewJob
+from conveyor.brokers.redis_connection import Pipeline, SentPipeline
+from conveyor.brokers.redis_store import RedisBroker
 from conveyor.clock import FakeClock, SystemClock
 from conveyor.errors import StoreMisconfigured, StoreUnavailable
 from helpers import poll_until_done
+
+
+def sent(broker: RedisBroker, plan: Pipeline | None) -> SentPipeline | None:
+    """A pipeline the broker planned for an event loop, sent now on a
+    connection of its own (what the worker's door does over TLS); None
+    where the broker plans none."""
+    return None if plan is None else broker.topology.send_pipeline(plan)
 
 
 @pytest.fixture
@@ -74,7 +83,7 @@ def test_a_stamped_claim_moves_the_callers_clock_on_by_the_wait(broker):
 
 
 def test_send_wait_is_read_without_blocking_and_claims_what_arrives(broker):
-    pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
+    pending = sent(broker, broker.plan_wait(["default"], 5, 30.0, "w", 3.0))
     time.sleep(0.1)
     assert pending.poll() is None  # nothing yet, and poll returned at once
     broker.enqueue([NewJob("new", "t", "default", "[[],{}]")])
@@ -87,7 +96,7 @@ def test_send_wait_is_read_without_blocking_and_claims_what_arrives(broker):
 
 
 def test_send_wait_ends_empty_when_interrupted(broker):
-    pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
+    pending = sent(broker, broker.plan_wait(["default"], 5, 30.0, "w", 3.0))
     time.sleep(0.1)
     broker.interrupt()
     broker.enqueue([NewJob("later", "t", "default", "[[],{}]")])
@@ -100,20 +109,20 @@ def test_send_wait_after_the_server_lost_its_scripts(broker):
     """A restarted server forgets the scripts: the wait ends without claiming
     (the script did nothing), and the next one loads them again first."""
     broker.topology.client.script_flush()
-    pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
+    pending = sent(broker, broker.plan_wait(["default"], 5, 30.0, "w", 3.0))
     broker.enqueue([NewJob("a", "t", "default", "[[],{}]")])  # loads them, sets the marker
     assert poll_until_done(pending) == []
     assert broker.get("a").state == "waiting"
 
     broker.topology.client.script_flush()  # the wait below times out, then claims: with its scripts
-    pending = broker.send_wait(["default"], 5, 30.0, "w", 0.2)
+    pending = sent(broker, broker.plan_wait(["default"], 5, 30.0, "w", 0.2))
     assert [job.id for job in poll_until_done(pending)] == ["a"]
 
 
 def test_send_wait_on_a_connection_the_server_dropped_is_a_clear_error(broker):
     broker.enqueue([NewJob("kept", "t", "default", "[[],{}]")])
     broker.claim(["default"], 1, 30.0, "other")  # so the wait below blocks
-    pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
+    pending = sent(broker, broker.plan_wait(["default"], 5, 30.0, "w", 3.0))
     time.sleep(0.1)
     broker.topology.client.client_kill_filter(_type="normal", skipme=True)
 
@@ -121,7 +130,9 @@ def test_send_wait_on_a_connection_the_server_dropped_is_a_clear_error(broker):
         poll_until_done(pending)
     assert broker.waiting() == 0
     assert broker.get("kept").state == "active"
-    assert broker.send_wait(["default"], 5, 30.0, "w", 0.05) is not None  # a new connection
+    assert (
+        sent(broker, broker.plan_wait(["default"], 5, 30.0, "w", 0.05)) is not None
+    )  # a new connection
 
 
 def test_on_the_wall_clock_created_at_is_the_seq_stored_once(broker):
@@ -173,7 +184,7 @@ def test_send_wait_on_a_damaged_marker_is_an_error_not_a_spin(broker):
     raises StoreMisconfigured (another program writes under the prefix: the
     worker stops) instead of ending empty again and again."""
     broker.topology.client.set(broker._keys("default").marker, "not a sorted set")
-    pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
+    pending = sent(broker, broker.plan_wait(["default"], 5, 30.0, "w", 3.0))
 
     with pytest.raises(StoreMisconfigured, match=r"wrong type.*\?prefix=") as raised:
         poll_until_done(pending)
@@ -185,8 +196,10 @@ def test_send_wait_on_a_damaged_marker_is_an_error_not_a_spin(broker):
 
 
 def test_send_complete_and_claim_is_for_one_queue_on_one_server(broker):
-    assert broker.send_complete_and_claim([], ["a", "b"], 5, 30.0, "w") is None  # a thread's
-    pending = broker.send_complete_and_claim([], ["a"], 5, 30.0, "w")
+    assert (
+        sent(broker, broker.plan_complete_and_claim([], ["a", "b"], 5, 30.0, "w")) is None
+    )  # a thread's
+    pending = sent(broker, broker.plan_complete_and_claim([], ["a"], 5, 30.0, "w"))
     assert pending is not None and poll_until_done(pending) == ([], [])
 
 
@@ -198,7 +211,7 @@ def test_send_complete_and_claim_promotes_other_queues_once_a_second(broker):
     time.sleep(0.1)
     broker._known_at = broker._promoted_at = -1e9  # both due now
 
-    pending = broker.send_complete_and_claim([], ["default"], 5, 30.0, "w")
+    pending = sent(broker, broker.plan_complete_and_claim([], ["default"], 5, 30.0, "w"))
     assert poll_until_done(pending) == ([], [])
     assert broker.get("due").state == "waiting"
     assert "elsewhere" in broker._known
@@ -210,7 +223,9 @@ def test_send_complete_and_claim_after_the_server_lost_its_scripts(broker):
     lease = Lease(held.id, held.lease_token or "")
     broker.topology.client.script_flush()
 
-    pending = broker.send_complete_and_claim([(lease, "1")], ["default"], 2, 30.0, "w")
+    pending = sent(
+        broker, broker.plan_complete_and_claim([(lease, "1")], ["default"], 2, 30.0, "w")
+    )
     accepted, claimed = poll_until_done(pending)
     assert accepted == [True] and [job.id for job in claimed] == ["j1", "j2"]
     assert broker.get("j0").state == "completed"
@@ -221,7 +236,7 @@ def test_send_complete_and_claim_on_a_damaged_key_raises_and_keeps_the_jobs(brok
     client = broker.topology.client
     client.set(broker._keys("default").waiting, "not a list")
 
-    pending = broker.send_complete_and_claim([], ["default"], 5, 30.0, "w")
+    pending = sent(broker, broker.plan_complete_and_claim([], ["default"], 5, 30.0, "w"))
     with pytest.raises(StoreMisconfigured, match=r"wrong type.*\?prefix="):
         poll_until_done(pending)
     assert client.hget(f"{broker.target.prefix}:{{default}}:job:kept", "s") == "waiting"
@@ -233,8 +248,11 @@ def test_send_complete_and_claim_on_a_dropped_connection_is_a_clear_error(broker
     client = broker.topology.client
     client.client_pause(2000, all=False)  # hold the write back: the kill lands first
     try:
-        pending = broker.send_complete_and_claim(
-            [(Lease(held.id, held.lease_token or ""), "1")], ["default"], 0, 30.0, "w"
+        pending = sent(
+            broker,
+            broker.plan_complete_and_claim(
+                [(Lease(held.id, held.lease_token or ""), "1")], ["default"], 0, 30.0, "w"
+            ),
         )
         client.client_kill_filter(_type="normal", skipme=True)
         with pytest.raises(StoreUnavailable, match=r"redis://127\.0\.0\.1:6379"):

@@ -12,9 +12,8 @@ from typing import Any, Protocol, Unpack, overload
 from conveyor import validate
 from conveyor.brokers import check_url, mask, open_broker
 from conveyor.brokers.base import (
-    DELAYED,
+    BACKLOG,
     STATES,
-    WAITING,
     Broker,
     EnqueueResult,
     NewJob,
@@ -387,7 +386,7 @@ class Conveyor:
         """The queues paused now."""
         return self.broker.paused()
 
-    def purge(self, queue: str, states: Iterable[str] = (WAITING, DELAYED)) -> int:
+    def purge(self, queue: str, states: Iterable[str] = BACKLOG) -> int:
         """Delete ``queue``'s jobs in ``states`` (waiting, delayed, completed,
         dead, cancelled: never active ones, which belong to their worker);
         how many went. By default its backlog: the waiting and delayed jobs.

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from conveyor import validate
 from conveyor.app import Conveyor
-from conveyor.brokers.base import DELAYED, PURGEABLE_STATES, STATES, WAITING
+from conveyor.brokers.base import BACKLOG, PURGEABLE_STATES, STATES
 from conveyor.errors import ConfigurationError, ConveyorError
 
 console = Console()
@@ -393,7 +393,7 @@ def resume(app: str, queue: str) -> None:
 def purge(app: str, queue: str, states: tuple[str, ...], yes: bool) -> None:
     """Delete QUEUE's jobs in the given states; says how many."""
     conveyor_app = open_app(app, create=False)
-    states = states or (WAITING, DELAYED)
+    states = states or BACKLOG
     counts = conveyor_app.stats().get(queue, {})
     held = sum(counts.get(state, 0) for state in states)
     if not yes:

@@ -51,6 +51,8 @@ STATES = (WAITING, DELAYED, ACTIVE, COMPLETED, DEAD, CANCELLED)
 ENDED_STATES = frozenset({COMPLETED, DEAD, CANCELLED})
 #: What ``purge`` may delete: every state but active (a running job is its worker's).
 PURGEABLE_STATES = (WAITING, DELAYED, COMPLETED, DEAD, CANCELLED)
+#: What purge deletes when no states are named: a queue's backlog.
+BACKLOG = (WAITING, DELAYED)
 
 
 def purge_states(states: Sequence[str]) -> tuple[str, ...]:

@@ -65,7 +65,7 @@ from conveyor.brokers.base import (
     Recovered,
     purge_states,
 )
-from conveyor.brokers.redis_connection import Pipeline, SentPipeline, parse_url
+from conveyor.brokers.redis_connection import Pipeline, parse_url
 from conveyor.brokers.redis_scripts import (
     Command,
     QueueKeys,
@@ -245,18 +245,6 @@ class RedisBroker(Broker):
         replies, claimed = self._claim(before, queues, limit, lease_seconds, worker)
         return self._outcome(len(done), groups, replies), claimed
 
-    def send_complete_and_claim(
-        self,
-        done: Sequence[tuple[Lease, str]],
-        queues: Sequence[str],
-        limit: int,
-        lease_seconds: float,
-        worker: str,
-    ) -> SentPipeline | None:
-        """``plan_complete_and_claim``, sent now on a connection of its own."""
-        plan = self.plan_complete_and_claim(done, queues, limit, lease_seconds, worker)
-        return None if plan is None else self.topology.send_pipeline(plan)
-
     def plan_complete_and_claim(
         self,
         done: Sequence[tuple[Lease, str]],
@@ -428,12 +416,20 @@ class RedisBroker(Broker):
         if state not in ENDED_STATES:
             raise ValueError(f"trim deletes ended jobs only, not {state!r} ones")
         keep = None if keep is None else max(keep, 0)
-        command = partial(scripts.trim, state=state, keep=keep, older_than=older_than, limit=BATCH)
+        return self._in_batches(
+            partial(scripts.trim, state=state, keep=keep, older_than=older_than, limit=BATCH), queue
+        )
+
+    def _in_batches(self, command: Callable[[QueueKeys], Command], queue: str) -> int:
+        """Run a script that deletes at most BATCH jobs a call (a long script
+        would block the server for everyone) on ``queue`` until a call takes
+        fewer; how many were deleted. Its reply: the count, or [taken, deleted]."""
         total = 0
-        while True:  # BATCH a call: a long script would block the server for everyone
-            deleted: int = self._each(command, queue)[0]
-            total += deleted
-            if deleted < BATCH:
+        while True:
+            reply = self._each(command, queue)[0]
+            taken, deleted = reply if isinstance(reply, list) else (reply, reply)
+            total += int(deleted)
+            if taken < BATCH:
                 return total
 
     def pause(self, queue: str) -> bool:
@@ -459,18 +455,10 @@ class RedisBroker(Broker):
         total = 0
         for state in purge_states(states):
             if state == WAITING:
-                while True:  # BATCH a call: a long script would block the server for everyone
-                    taken, deleted = self._each(partial(scripts.purge, limit=BATCH), queue)[0]
-                    total += deleted
-                    if taken < BATCH:
-                        break
+                command = partial(scripts.purge, limit=BATCH)
             else:  # a ZSET of ids, as trim deletes from: keep none
                 command = partial(scripts.trim, state=state, keep=0, older_than=None, limit=BATCH)
-                while True:
-                    deleted = self._each(command, queue)[0]
-                    total += deleted
-                    if deleted < BATCH:
-                        break
+            total += self._in_batches(command, queue)
         return total
 
     # -- reading ---------------------------------------------------------
@@ -571,13 +559,6 @@ class RedisBroker(Broker):
         self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str, timeout: float
     ) -> builtins.list[JobRecord]:
         return self._waits.wait_and_claim(queues, limit, lease_seconds, worker, timeout)
-
-    def send_wait(
-        self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str, timeout: float
-    ) -> SentPipeline | None:
-        """``plan_wait``, sent now on a connection of its own."""
-        plan = self.plan_wait(queues, limit, lease_seconds, worker, timeout)
-        return None if plan is None else self.topology.send_pipeline(plan)
 
     def plan_wait(
         self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str, timeout: float

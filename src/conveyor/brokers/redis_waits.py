@@ -44,7 +44,7 @@ ClaimCommand = Callable[[str, int, float, str, str | None], Command]
 
 class Waits:
     """What both kinds of wait share: the broker's ``wait_for_work``,
-    ``wait_and_claim``, ``send_wait``, ``waiting``, ``interrupt`` and the
+    ``wait_and_claim``, ``plan_wait``, ``waiting``, ``interrupt`` and the
     clean-up on ``close``."""
 
     def __init__(

@@ -51,6 +51,8 @@ class LeaseKeeper:
             # A job whose outcome was written while the renewal was on its
             # way (the fetch loop writes on its own) no longer has a lease to
             # lose: only the jobs still held here are news.
+            if not lost:
+                continue
             still_held = {lease.job_id for lease in self._held()}
             for job_id in lost:
                 if job_id in still_held:
