@@ -26,6 +26,14 @@ def wait_until(
         time.sleep(interval)
 
 
+def sent(broker: Any, plan: Any) -> Any:
+    """A pipeline a Redis broker planned for an event loop (``plan_wait``,
+    ``plan_complete_and_claim``), sent now on a connection of its own, as
+    the worker's door does over TLS: a ``SentPipeline``; None where the
+    broker planned none."""
+    return None if plan is None else broker.topology.send_pipeline(plan)
+
+
 def poll_until_done(pending: Any, seconds: float = 3.0) -> Any:
     """What an event loop does with a sent ``SentPipeline``: poll whenever its
     socket is readable, until the wait is over; fail after ``seconds``."""

@@ -45,7 +45,7 @@ from conveyor.brokers import open_broker
 from conveyor.brokers.base import Broker, NewJob
 from conveyor.brokers.redis_connection import parse_url, store_error
 from conveyor.errors import StoreMisconfigured, StoreUnavailable
-from helpers import poll_until_done, wait_until
+from helpers import poll_until_done, sent, wait_until
 from servers import RedisCluster, RedisSentinel, RedisServer, free_port
 
 PASSWORD = "pa55-w0rd-xyzzy"
@@ -174,14 +174,18 @@ def test_a_database_the_server_does_not_have(default_redis: str, way: str) -> No
 
 
 def test_the_loop_read_calls_are_refused_too(locked: RedisServer) -> None:
-    """send_wait and send_complete_and_claim take a connection of their own
+    """The planned wait and complete-and-claim, sent, take a connection of their own
     from the pool: its handshake fails the same way."""
     url = f"redis://:wrong@127.0.0.1:{locked.port}/0"
     broker = open_broker(url)
     try:
-        refusal(lambda: broker.send_wait(["default"], 5, 30.0, "w", 1.0), url, "wrong")
+        refusal(
+            lambda: sent(broker, broker.plan_wait(["default"], 5, 30.0, "w", 1.0)), url, "wrong"
+        )
         assert broker.waiting() == 0
-        refusal(lambda: broker.send_complete_and_claim([], ["default"], 5, 30.0, "w"), url)
+        refusal(
+            lambda: sent(broker, broker.plan_complete_and_claim([], ["default"], 5, 30.0, "w")), url
+        )
     finally:
         broker.close()
 
@@ -229,13 +233,13 @@ def test_the_loop_read_calls_without_permission(acl_server: RedisServer) -> None
     url = f"redis://reader:pw@127.0.0.1:{acl_server.port}/0?prefix=acl"
     broker = open_broker(url)
     try:
-        pending = broker.send_wait(["default"], 5, 30.0, "w", 3.0)
+        pending = sent(broker, broker.plan_wait(["default"], 5, 30.0, "w", 3.0))
         started = time.monotonic()
         message = refusal(lambda: poll_until_done(pending), url, ":pw@")
         assert time.monotonic() - started < 1  # BZPOPMIN refused too: no wait
         assert "lacks a permission" in message and broker.waiting() == 0
 
-        pending = broker.send_complete_and_claim([], ["default"], 5, 30.0, "w")
+        pending = sent(broker, broker.plan_complete_and_claim([], ["default"], 5, 30.0, "w"))
         assert "lacks a permission" in refusal(lambda: poll_until_done(pending), url)
     finally:
         broker.close()
@@ -410,7 +414,7 @@ def test_a_stopped_server_is_unavailable(private_redis: Callable[..., RedisServe
         server.stop()
         unavailable(lambda: broker.enqueue([job("j2")]), url)
         unavailable(broker.counts, url)
-        unavailable(lambda: broker.send_wait(["default"], 5, 30.0, "w", 1.0), url)
+        unavailable(lambda: sent(broker, broker.plan_wait(["default"], 5, 30.0, "w", 1.0)), url)
     finally:
         broker.close()
 

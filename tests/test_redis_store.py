@@ -11,18 +11,9 @@ import pytest
 
 from conveyor.brokers import open_broker
 from conveyor.brokers.base import STATES, Lease, NewJob
-from conveyor.brokers.redis_connection import Pipeline, SentPipeline
-from conveyor.brokers.redis_store import RedisBroker
 from conveyor.clock import FakeClock, SystemClock
 from conveyor.errors import StoreMisconfigured, StoreUnavailable
-from helpers import poll_until_done
-
-
-def sent(broker: RedisBroker, plan: Pipeline | None) -> SentPipeline | None:
-    """A pipeline the broker planned for an event loop, sent now on a
-    connection of its own (what the worker's door does over TLS); None
-    where the broker plans none."""
-    return None if plan is None else broker.topology.send_pipeline(plan)
+from helpers import poll_until_done, sent
 
 
 @pytest.fixture
@@ -192,7 +183,7 @@ def test_send_wait_on_a_damaged_marker_is_an_error_not_a_spin(broker):
     assert broker.waiting() == 0
 
 
-# -- send_complete_and_claim: the busy worker's call, read by its event loop --
+# -- plan_complete_and_claim, sent: the busy worker's call, read by its event loop --
 
 
 def test_send_complete_and_claim_is_for_one_queue_on_one_server(broker):
