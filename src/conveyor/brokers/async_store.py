@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from conveyor.threads import ThreadRunner
 
 if TYPE_CHECKING:
-    from conveyor.brokers.base import AttemptError, Broker, JobRecord, Lease, Recovered
+    from conveyor.brokers.base import AttemptError, Broker, JobRecord, Lease, Recovered, Tick
 
 T = TypeVar("T")
 
@@ -100,6 +100,12 @@ class AsyncStore:
 
     async def next_due(self, queues: Sequence[str]) -> float | None:
         return await self._call(self.broker.next_due, queues)
+
+    async def fire(self, ticks: Sequence[Tick]) -> list[bool]:
+        return await self._call(self.broker.fire, ticks)
+
+    async def last_ticks(self, schedules: Sequence[tuple[str, str]]) -> list[int | None]:
+        return await self._call(self.broker.last_ticks, schedules)
 
     async def paused(self) -> set[str]:
         return await self._call(self.broker.paused)

@@ -149,6 +149,19 @@ class EnqueueResult:
     created: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One tick of a schedule and the job it enqueues: ``fire``'s input.
+
+    ``at`` is whole seconds since the epoch. ``job.queue`` is the schedule's
+    queue and ``job.id`` is ``periodic:<schedule>:<at as ISO-8601 UTC>``.
+    """
+
+    schedule: str
+    at: int
+    job: NewJob
+
+
 @dataclass(slots=True)
 class Recovered:
     """A job whose lease expired: ``state`` is ``waiting`` or ``dead``."""
@@ -183,6 +196,26 @@ class Broker(abc.ABC):
         that job (``created=False``) and changes nothing. A stored job with the
         same id that has ended is replaced by the new one (a new ``seq``).
         """
+
+    @abc.abstractmethod
+    def fire(self, ticks: Sequence[Tick]) -> list[bool]:
+        """Claim schedule ticks and enqueue their jobs: one bool per tick.
+
+        For each tick, atomically: if the last tick recorded for the
+        schedule (by its queue and name) is before ``tick.at``, or there is
+        none, record ``tick.at`` as its last tick and enqueue ``tick.job``
+        as ``enqueue`` does (True); otherwise change nothing (False). So each
+        tick is claimed once, however many workers fire it at once, and a
+        late worker can never fire a tick again, even after its job ended and
+        was trimmed, replaced or purged: the record, not the job, is the
+        guard. Also False (the tick still recorded) when a job with the id
+        exists and has not ended. Atomic per queue; several ticks of one
+        queue go in one transaction or script.
+        """
+
+    @abc.abstractmethod
+    def last_ticks(self, schedules: Sequence[tuple[str, str]]) -> list[int | None]:
+        """The last tick recorded by ``fire`` for each ``(queue, name)``, or None."""
 
     # -- consuming -------------------------------------------------------
 

@@ -43,6 +43,7 @@ from conveyor.brokers.base import (
     Lease,
     NewJob,
     Recovered,
+    Tick,
     purge_states,
 )
 from conveyor.clock import Clock
@@ -83,6 +84,7 @@ class MemoryBroker(Broker):
         # can tell a wake-up that concerns its queues from one that does not.
         self._generation: dict[str, int] = {}
         self._paused: set[str] = set()
+        self._last_ticks: dict[tuple[str, str], int] = {}  # (queue, schedule) -> tick
         self._closed = False
 
     # -- bookkeeping (call with the lock held) ---------------------------
@@ -208,6 +210,23 @@ class MemoryBroker(Broker):
                     self._make_ready(job)
                 results.append(EnqueueResult(_snapshot(job), created=True))
             return results
+
+    def fire(self, ticks: Sequence[Tick]) -> list[bool]:
+        with self._lock:
+            fired: list[bool] = []
+            for tick in ticks:
+                key = (tick.job.queue, tick.schedule)
+                last = self._last_ticks.get(key)
+                if last is not None and last >= tick.at:
+                    fired.append(False)
+                    continue
+                self._last_ticks[key] = tick.at
+                fired.append(self.enqueue([tick.job])[0].created)  # the lock is re-entrant
+            return fired
+
+    def last_ticks(self, schedules: Sequence[tuple[str, str]]) -> list[int | None]:
+        with self._lock:
+            return [self._last_ticks.get((queue, name)) for queue, name in schedules]
 
     # -- consuming -------------------------------------------------------
 

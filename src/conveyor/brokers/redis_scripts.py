@@ -39,6 +39,9 @@ spread over the shards:
   work nobody claimed.
 - ``P:{Q}:paused``: a STRING that exists while the queue is paused (``claim``
   hands out none of its jobs).
+- ``P:{Q}:schedules``: a HASH, schedule name -> the last tick claimed for
+  it (whole seconds since the epoch), for the schedules whose jobs go to
+  ``Q`` (``fire``).
 - ``P:queues``: SET of queue names, so ``get``, ``counts``, ``cancel``... can
   pipeline one call per queue.
 
@@ -57,10 +60,10 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from conveyor.brokers.base import AttemptError, JobRecord, Lease, NewJob
+from conveyor.brokers.base import AttemptError, JobRecord, Lease, NewJob, Tick
 
 NAMES = ["enqueue", "claim", "extend", "complete", "fail", "release", "recover", "cancel",
-         "retry", "promote", "trim", "purge", "resume", "stamp"]  # fmt: skip
+         "retry", "promote", "trim", "purge", "resume", "stamp", "fire"]  # fmt: skip
 LUA = files("conveyor.brokers").joinpath("lua")
 SHARED = LUA.joinpath("_shared.lua").read_text()  # helpers every script starts with
 SOURCES = {name: SHARED + LUA.joinpath(f"{name}.lua").read_text() for name in NAMES}
@@ -88,6 +91,10 @@ class QueueKeys(NamedTuple):
     @property
     def paused(self) -> str:  # STRING: exists while the queue is paused
         return self.prefix + "paused"
+
+    @property
+    def schedules(self) -> str:  # HASH: schedule name -> last tick claimed
+        return self.prefix + "schedules"
 
     @classmethod
     def of(cls, store_prefix: str, queue: str, channel: str) -> QueueKeys:
@@ -367,6 +374,45 @@ def resume(k: QueueKeys) -> Command:
         k.paused,  # KEYS[1] paused  STRING
         k.prefix,  # ARGV[1] key prefix of the queue
         k.channel,  # ARGV[2] channel to PUBLISH on ('' = none)
+    )  # fmt: skip
+
+
+def fire(
+    k: QueueKeys,
+    *,
+    store: str,
+    queue: str,
+    created_at: int | None,
+    ticks: Sequence[Tick],
+    seqs: Sequence[int],
+    queues: str | None = None,
+) -> Command:
+    """fire.lua: claim schedule ticks of one queue, enqueueing the job of
+    each tick later than its schedule's last one. ``seqs``: one per tick;
+    ``created_at`` None: each job's seq tells it. ``queues``: the SET of
+    queue names (one server or Sentinel). Replies one 1 (fired) or 0 per tick."""
+    rows: list[Any] = []
+    for tick, seq in zip(ticks, seqs, strict=True):  # ARGV[5..]'s 8 strings per tick
+        job = tick.job
+        rows += (
+            tick.schedule, str(tick.at), job.id, str(seq), job.task, job.payload,
+            str(int(job.priority)), job.options or "",  # '' = none
+        )  # fmt: skip
+    keys = [
+        k.waiting,  # KEYS[1] waiting  LIST
+        k.prioritized,  # KEYS[2] prioritized  ZSET
+        k.counter,  # KEYS[3] counter  STRING  the queue's FIFO counter
+        k.schedules,  # KEYS[4] schedules  HASH  name -> last tick
+    ]
+    if queues:
+        keys.append(queues)  # KEYS[5] (optional) queues  SET of every queue name
+    return (
+        "EVALSHA", SHAS["fire"], len(keys), *keys,
+        store,  # ARGV[1] store prefix 'P:'
+        queue,  # ARGV[2] queue
+        "" if created_at is None else created_at,  # ARGV[3] created_at ('' = seq tells)
+        k.channel,  # ARGV[4] channel to PUBLISH on when work appears ('' = none)
+        *rows,  # ARGV[5..] 8 strings per tick
     )  # fmt: skip
 
 

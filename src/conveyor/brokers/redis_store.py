@@ -63,6 +63,7 @@ from conveyor.brokers.base import (
     Lease,
     NewJob,
     Recovered,
+    Tick,
     purge_states,
 )
 from conveyor.brokers.redis_connection import Pipeline, parse_url
@@ -224,6 +225,52 @@ class RedisBroker(Broker):
                     dataclasses.replace(results[first[job.id]].record), False
                 )
         return results
+
+    def fire(self, ticks: Sequence[Tick]) -> list[bool]:
+        if not ticks:
+            return []
+        seqs = _next_seqs(len(ticks))
+        now_us = round(self.clock.now() * 1e6)
+        made = None if abs(now_us - seqs.start) <= SAME_TIME_US else now_us  # as enqueue
+        by_queue: dict[str, list[int]] = {}
+        for i, tick in enumerate(ticks):
+            by_queue.setdefault(tick.job.queue, []).append(i)
+        chunks = [
+            idx[n : n + BATCH] for idx in by_queue.values() for n in range(0, len(idx), BATCH)
+        ]
+        commands, queues_key = self.topology.register(by_queue)
+        head = len(commands)
+        for chunk in chunks:  # one script per queue (and BATCH ticks), one round trip
+            queue = ticks[chunk[0]].job.queue
+            commands.append(
+                scripts.fire(
+                    self._keys(queue), store=f"{self.target.prefix}:", queue=queue,
+                    created_at=made, ticks=[ticks[i] for i in chunk],
+                    seqs=[seqs[i] for i in chunk], queues=queues_key,
+                )
+            )  # fmt: skip
+        replies = self._execute(commands)[head:]
+        self.topology.registered(by_queue)
+        self._learn(set(by_queue))
+        fired = [False] * len(ticks)
+        for chunk, reply in zip(chunks, replies, strict=True):
+            for i, item in zip(chunk, reply, strict=True):
+                fired[i] = item == 1
+        return fired
+
+    def last_ticks(self, schedules: Sequence[tuple[str, str]]) -> list[int | None]:
+        by_queue: dict[str, list[int]] = {}
+        for i, (queue, _) in enumerate(schedules):
+            by_queue.setdefault(queue, []).append(i)
+        commands = [
+            ("HMGET", self._keys(queue).schedules, *(schedules[i][1] for i in idx))
+            for queue, idx in by_queue.items()
+        ]
+        found: list[int | None] = [None] * len(schedules)
+        for idx, reply in zip(by_queue.values(), self._execute(commands), strict=True):
+            for i, value in zip(idx, reply, strict=True):
+                found[i] = None if value is None else int(value)
+        return found
 
     # -- consuming -------------------------------------------------------
 

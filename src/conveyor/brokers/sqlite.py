@@ -41,6 +41,7 @@ from conveyor.brokers.base import (
     Lease,
     NewJob,
     Recovered,
+    Tick,
     purge_states,
 )
 from conveyor.brokers.sqlite_file import (
@@ -186,6 +187,30 @@ class SQLiteBroker(Broker):
             conn.execute(SQL.delete_job, row[:1])  # an ended job's id may be reused
             created = conn.execute(INSERT_RETURNING, row).fetchall()
         return EnqueueResult(JobRecord(*created[0]), created=True)
+
+    def fire(self, ticks: Sequence[Tick]) -> list[bool]:
+        if not ticks:
+            return []
+        now = self.clock.now()
+        fired: list[bool] = []
+        with self._file.tx() as conn:
+            for tick in ticks:
+                j = tick.job
+                if conn.execute(SQL.claim_tick, (j.queue, tick.schedule, tick.at)).rowcount:
+                    row = (j.id, j.task, j.queue, j.priority, j.payload, j.options, j.run_at, now)
+                    fired.append(self._insert_one(conn, row).created)
+                else:
+                    fired.append(False)
+        if any(fired):
+            self._notify()
+        return fired
+
+    def last_ticks(self, schedules: Sequence[tuple[str, str]]) -> list[int | None]:
+        found: list[int | None] = []
+        for queue, name in schedules:
+            rows = self._file.read(SQL.last_tick, (queue, name))
+            found.append(rows[0][0] if rows else None)
+        return found
 
     # -- consuming -------------------------------------------------------
 

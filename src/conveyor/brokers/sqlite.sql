@@ -310,3 +310,15 @@ SELECT substr(key, 8) FROM conveyor_meta WHERE key LIKE 'paused:%'
 DELETE FROM conveyor_jobs
 WHERE queue = ?1 AND state IN (SELECT value FROM json_each(?2)) AND state != 'active'
 
+
+-- name: claim_tick
+-- Record ?3 as the last tick of schedule ?2 of queue ?1 (a row
+-- 'schedule:<queue>/<name>' in conveyor_meta: a queue name holds no '/'),
+-- only when none is recorded or the one recorded is earlier: one row
+-- changed means the tick is this caller's to enqueue.
+INSERT INTO conveyor_meta (key, value) VALUES ('schedule:' || ?1 || '/' || ?2, ?3)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE value < excluded.value
+
+-- name: last_tick
+-- The last tick recorded for schedule ?2 of queue ?1, if any.
+SELECT value FROM conveyor_meta WHERE key = 'schedule:' || ?1 || '/' || ?2

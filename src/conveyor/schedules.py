@@ -1,0 +1,226 @@
+"""Schedules: ``@app.periodic`` tasks, and when each one's ticks fall.
+
+A schedule fires its task at ticks: the times a cron expression matches in a
+time zone (``@app.periodic("*/5 * * * *", tz="Europe/Paris")``), or every N
+seconds (``@app.periodic(every=30)``). Every worker runs the scheduler
+(``worker/scheduler.py``); exactly one job is enqueued per tick because the
+store claims the tick and enqueues its job in one atomic step (``Broker.fire``),
+refusing any tick that is not later than the schedule's last one. The job's
+id is ``periodic:<name>:<tick as ISO-8601 UTC>``, e.g.
+``periodic:poll-feeds:2026-12-03T12:00:30Z``.
+
+Ticks are whole seconds since the epoch, computed by every worker alike:
+
+- ``every=N``: the multiples of N seconds since the epoch (every=60 fires
+  at each full minute, every=3600 at each full hour, UTC), so workers that
+  started at different moments agree on the ticks.
+- cron: 5 fields (minute hour day-of-month month day-of-week) or 6 with
+  seconds first, evaluated in ``tz`` (an IANA name, default UTC) by
+  ``cronsim`` (which follows Debian cron). Daylight saving time: a local
+  time that does not exist (Europe/Paris skips 02:00-03:00 in spring) fires
+  once, at the moment the clocks jump (03:00 local); a local time that
+  happens twice (02:00-03:00 again in autumn) fires once, at its first
+  occurrence. Expressions with a wildcard hour (``0 * * * *``) fire on
+  every real hour, so the repeated hour fires twice, once per hour that
+  passes, as hourly jobs should.
+
+Missed ticks (no worker ran at the time): a tick is on time until
+``ON_TIME`` (60 s) after it, and fires late within that. ``missed="skip"``
+(the default) never fires an older one: after an outage the schedule
+resumes with its next tick. ``missed="run_once"`` fires one job for all the
+ticks missed, at the newest of them, as soon as a worker runs again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from cronsim import CronSim, CronSimError
+
+from conveyor import validate
+from conveyor.errors import ConfigurationError
+
+MISSED = ("skip", "run_once")
+#: Seconds after its time a tick still counts as on time (fires, late).
+ON_TIME = 60.0
+#: The longest ``every``: one year. Longer is a slip (milliseconds, say).
+MAX_EVERY = 366 * 24 * 3600
+#: A schedule name is at most this long: its job id adds 30 characters.
+MAX_SCHEDULE_NAME = 200
+#: The fields of a cron expression, in order (6 fields: "second" first).
+CRON_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
+_CRON_RANGES = {
+    "second": "0-59",
+    "minute": "0-59",
+    "hour": "0-23",
+    "day-of-month": "1-31",
+    "month": "1-12 or JAN-DEC",
+    "day-of-week": "0-7 or SUN-SAT",
+}
+
+
+def iso(at: float) -> str:
+    """A tick as ISO-8601 UTC, to the second: ``2026-12-03T12:00:30Z``."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def tick_job_id(name: str, at: int) -> str:
+    """The id of the job of schedule ``name``'s tick ``at``."""
+    return f"periodic:{name}:{iso(at)}"
+
+
+def parse_cron(expression: object) -> tuple[str, ...]:
+    """The fields of a cron expression, checked; a one-line
+    ``ConfigurationError`` naming the bad field and its value otherwise.
+
+    >>> parse_cron("*/5 * * * *")
+    ('*/5', '*', '*', '*', '*')
+    >>> parse_cron("61 * * * *")
+    Traceback (most recent call last):
+    ...
+    conveyor.errors.ConfigurationError: cron expression '61 * * * *': bad minute field '61' (minute is 0-59)
+    """
+    if type(expression) is not str:
+        validate.refuse("cron", "a cron expression such as '*/5 * * * *'", expression)
+    fields = tuple(expression.split())
+    if len(fields) not in (5, 6):
+        raise ConfigurationError(
+            f"cron expression {expression!r}: {len(fields)} fields, not 5 "
+            f"({' '.join(CRON_FIELDS)}) or 6 (second first)"
+        )
+    names = (("second",) if len(fields) == 6 else ()) + CRON_FIELDS
+    try:
+        CronSim(" ".join(fields), datetime(2000, 1, 1, tzinfo=UTC))
+    except CronSimError as exc:
+        # cronsim says "Bad minute": name the field and what it holds too.
+        bad = str(exc).removeprefix("Bad ").strip()
+        if bad in names:
+            value = fields[names.index(bad)]
+            raise ConfigurationError(
+                f"cron expression {expression!r}: bad {bad} field {value!r} "
+                f"({bad} is {_CRON_RANGES[bad]})"
+            ) from None
+        raise ConfigurationError(f"cron expression {expression!r}: {exc}") from None
+    return fields
+
+
+def time_zone(value: object) -> ZoneInfo:
+    """An IANA time zone by name (``Europe/Paris``), from the system's
+    database or the ``tzdata`` package."""
+    if type(value) is not str or not value or "\x00" in value:
+        validate.refuse("tz", "an IANA time zone name such as 'Europe/Paris'", value)
+    try:
+        return ZoneInfo(value)
+    except (KeyError, ValueError, OSError):  # not found (a KeyError), a bad path, a folder
+        pass
+    raise ConfigurationError(
+        f"tz must be an IANA time zone name such as 'Europe/Paris', not {value!r} (unknown)"
+    )
+
+
+def every_seconds(value: object) -> int:
+    """``every``: a whole number of seconds from 1 to a year (``30``, or ``30.0``)."""
+    if (
+        isinstance(value, float)
+        and math.isfinite(value)
+        and value.is_integer()
+        and 1 <= value <= MAX_EVERY
+    ):
+        return int(value)
+    return validate.whole_number("every", value, 1, MAX_EVERY)
+
+
+def schedule_name(value: object) -> str:
+    if type(value) is not str or not 0 < len(value) <= MAX_SCHEDULE_NAME or not value.isprintable():
+        validate.refuse(
+            "name",
+            f"a schedule name: 1 to {MAX_SCHEDULE_NAME} printable characters "
+            "(no newline, tab or control characters)",
+            value,
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """One ``@app.periodic`` declaration: when its task's jobs are enqueued.
+
+    >>> s = Schedule.declare("poll", "app.poll", "default", every=30)
+    >>> s.next_after(1_000_000_010.5), s.latest(1_000_000_010.5)
+    (1000000020, 1000000010)
+    """
+
+    name: str
+    task: str
+    queue: str
+    cron: str | None
+    every: int | None
+    tz: str
+    missed: str
+
+    @classmethod
+    def declare(
+        cls,
+        name: str,
+        task: str,
+        queue: str,
+        cron: str | None = None,
+        *,
+        every: float | None = None,
+        tz: str | None = None,
+        missed: str = "skip",
+    ) -> Schedule:
+        """Check a declaration: every mistake is a one-line ConfigurationError."""
+        schedule_name(name)
+        if (cron is None) == (every is None):
+            raise ConfigurationError(
+                f"schedule {name!r}: give either a cron expression or every=SECONDS, "
+                f"not {'both' if cron is not None else 'neither'}"
+            )
+        if missed not in MISSED or type(missed) is not str:
+            validate.refuse("missed", f"one of {', '.join(map(repr, MISSED))}", missed)
+        if every is not None:
+            if tz is not None:
+                raise ConfigurationError(
+                    f"schedule {name!r}: tz applies to cron schedules; every=N ticks at "
+                    "multiples of N seconds since the epoch, whatever the zone"
+                )
+            return cls(name, task, queue, None, every_seconds(every), "UTC", missed)
+        fields = parse_cron(cron)
+        zone = "UTC" if tz is None else time_zone(tz).key
+        schedule = cls(name, task, queue, " ".join(fields), None, zone, missed)
+        if schedule.next_after(datetime.now(UTC).timestamp()) is None:
+            raise ConfigurationError(f"cron expression {cron!r} never matches")
+        return schedule
+
+    @property
+    def description(self) -> str:
+        """How people read it: the cron expression, or ``every 30s``."""
+        return self.cron if self.cron is not None else f"every {self.every}s"
+
+    def _cron(self, start: int, reverse: bool) -> int | None:
+        assert self.cron is not None
+        zone = ZoneInfo(self.tz)
+        try:
+            found = next(
+                CronSim(self.cron, datetime.fromtimestamp(start, zone), reverse=reverse)
+            )
+        except StopIteration:  # cronsim looks 50 years ahead at most
+            return None
+        return int(found.timestamp())
+
+    def next_after(self, t: float) -> int | None:
+        """The first tick strictly after ``t`` (None: none in 50 years)."""
+        if self.every is not None:
+            return (math.floor(t) // self.every + 1) * self.every
+        return self._cron(math.floor(t), reverse=False)
+
+    def latest(self, t: float) -> int | None:
+        """The last tick at or before ``t`` (None: none in 50 years)."""
+        if self.every is not None:
+            return math.floor(t) // self.every * self.every
+        # cronsim's reverse walk is strict too: from the next second down.
+        return self._cron(math.floor(t) + 1, reverse=True)
