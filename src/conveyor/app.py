@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import os
 import threading
@@ -36,6 +37,7 @@ from conveyor.options import (
     run_at_from,
     stored_options,
 )
+from conveyor.schedules import Schedule, iso, tick_job_id
 from conveyor.serialization import DEFAULT_MAX_PAYLOAD, dumps, encode_payload, loads
 from conveyor.task import AsyncTask, P, R, Signature, SyncTask, Task
 
@@ -90,6 +92,7 @@ class Conveyor:
         self.max_stalled = validate.max_stalled("max_stalled", max_stalled)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.queues: dict[str, QueueConfig] = {}
+        self.schedules: dict[str, Schedule] = {}  # @app.periodic, by name
         self._undeclared: dict[str, QueueConfig] = {}
         self._broker: Broker | None = None
         self._open_lock = threading.Lock()
@@ -179,6 +182,113 @@ class Conveyor:
             return task
 
         return register(fn) if fn is not None else register
+
+    def periodic(
+        self,
+        cron: str | None = None,
+        *,
+        every: float | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        tz: str | None = None,
+        missed: str = "skip",
+    ) -> Callable[[Callable[..., Any]], Task[Any, Any]]:
+        """Enqueue a task's job at every tick of a schedule, from whichever
+        worker runs: exactly one job per tick, however many workers do.
+
+        >>> @app.periodic("*/5 * * * *", tz="Europe/Paris")  # doctest: +SKIP
+        ... def nightly_report(): ...
+        >>> @app.periodic(every=30, name="poll-feeds", queue="default")  # doctest: +SKIP
+        ... def poll_feeds(): ...
+
+        ``cron``: 5 fields, or 6 with seconds first, in ``tz`` (default UTC);
+        or ``every`` seconds, ticking at multiples of it since the epoch.
+        ``name`` (the schedule's, and the task's when the function is not a
+        task yet) defaults to the task name. Ticks missed while no worker ran
+        are skipped (``missed="skip"``) or run once (``"run_once"``). The
+        function is called without arguments; decorate a task
+        (``@app.periodic(...)`` above ``@app.task(...)``) to give it options.
+        Every mistake is a ConfigurationError here, and nothing is registered.
+        """
+        checked = Schedule.declare(
+            name, "", queue or DEFAULT_QUEUE, cron,
+            every=every, tz=tz, missed=missed,
+        )  # fmt: skip
+        if queue is not None:
+            validate.queue_name("queue", queue)
+
+        def register(function: Callable[..., Any]) -> Task[Any, Any]:
+            if isinstance(function, Task):
+                if function.app is not self:
+                    validate.refuse("@app.periodic", "used on a task of this app", function)
+                task_name = function.name
+            elif callable(function):
+                task_name = name or validate.task_name(
+                    "task name", f"{function.__module__}.{function.__qualname__}"
+                )
+            else:
+                validate.refuse("@app.periodic", "used on a function or task", function)
+            schedule_name = name or task_name
+            if schedule_name in self.schedules:
+                raise ConfigurationError(f"a schedule named {schedule_name!r} is already declared")
+            task: Task[Any, Any] = (
+                function if isinstance(function, Task) else self.task(name=task_name)(function)
+            )
+            if (why := task.call_check.fits((), {})) is not None:
+                if not isinstance(function, Task):
+                    del self.tasks[task.name]  # nothing registered
+                raise ConfigurationError(
+                    f"schedule {schedule_name!r}: its task {task.name!r} is called without "
+                    f"arguments and cannot be ({why})"
+                )
+            self.schedules[schedule_name] = dataclasses.replace(
+                checked,
+                name=schedule_name,
+                task=task.name,
+                queue=queue or task.queue or DEFAULT_QUEUE,
+            )
+            return task
+
+        return register
+
+    def schedule_status(self) -> list[dict[str, Any]]:
+        """Each schedule's name, schedule, time zone, next run (computed
+        here) and last run (the last tick claimed, read from the store),
+        times as ISO-8601 UTC or None: ``conveyor schedules`` and the
+        dashboard show this.
+
+        >>> app.schedule_status()  # doctest: +SKIP
+        [{'name': 'poll-feeds', 'schedule': 'every 30s', 'tz': 'UTC', 'queue': 'default',
+          'task': 'app.poll_feeds', 'missed': 'skip', 'next_run': '2026-12-03T12:00:30Z',
+          'last_run': '2026-12-03T12:00:00Z'}]
+        """
+        schedules = list(self.schedules.values())
+        last = self.broker.last_ticks([(s.queue, s.name) for s in schedules]) if schedules else []
+        now = self.clock.now()
+        status = []
+        for schedule, last_tick in zip(schedules, last, strict=True):
+            next_tick = schedule.next_after(now)
+            status.append(
+                {
+                    "name": schedule.name,
+                    "schedule": schedule.description,
+                    "tz": schedule.tz,
+                    "queue": schedule.queue,
+                    "task": schedule.task,
+                    "missed": schedule.missed,
+                    "next_run": None if next_tick is None else iso(next_tick),
+                    "last_run": None if last_tick is None else iso(last_tick),
+                }
+            )
+        return status
+
+    def tick_job(self, schedule: Schedule, at: int) -> NewJob:
+        """The job of ``schedule``'s tick ``at`` (what the worker's scheduler fires)."""
+        options: EnqueueOptions = {
+            "job_id": tick_job_id(schedule.name, at),
+            "queue": schedule.queue,
+        }
+        return self._new_job(schedule.task, (), {}, options)
 
     def queue(self, name: str, **options: Unpack[QueueOptions]) -> QueueConfig:
         """Declare a queue with defaults for its jobs and its retention.

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from conveyor import validate
@@ -185,6 +186,12 @@ def _queues(option: str, text: str) -> list[str]:
     help="Event loop: uvloop when installed (auto), or asyncio's own.",
 )
 @click.option(
+    "--no-schedules",
+    is_flag=True,
+    help="Fire no @app.periodic schedules here (by default every worker fires them all, "
+    "one job per tick whatever the number of workers).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="INFO",
@@ -201,6 +208,7 @@ def worker(
     poll: float,
     max_abandoned_threads: int | None,
     loop: str,
+    no_schedules: bool,
     log_level: str,
 ) -> None:
     """Run jobs."""
@@ -220,6 +228,7 @@ def worker(
         max_stalled=max_stalled,
         poll_interval=poll,
         max_abandoned_threads=max_abandoned_threads,
+        schedules=not no_schedules,
     ).run(loop=loop)
     sys.exit(code)
 
@@ -286,6 +295,30 @@ def stats(app: str, as_json: bool) -> None:
     for name in sorted(counts.keys() | paused):
         row = counts.get(name, dict.fromkeys(STATES, 0))
         table.add_row(name, *(str(row[state]) for state in STATES), "yes" if name in paused else "")
+    console.print(table)
+    click.echo(f"store: {conveyor_app.broker.location}")
+
+
+@main.command()
+@click.argument("app")
+@click.option("--json", "as_json", is_flag=True)
+def schedules(app: str, as_json: bool) -> None:
+    """The app's schedules: when each fires next, and when it last did."""
+    conveyor_app = open_app(app, create=False)
+    found = conveyor_app.schedule_status()
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    table = Table(
+        "name", "schedule", "tz", "queue", "next run", "last run",
+        title=f"{len(found)} schedules",
+    )  # fmt: skip
+    for row in found:
+        table.add_row(
+            *(escape(row[key]) for key in ("name", "schedule", "tz", "queue")),
+            row["next_run"] or "never",
+            row["last_run"] or "never",
+        )
     console.print(table)
     click.echo(f"store: {conveyor_app.broker.location}")
 

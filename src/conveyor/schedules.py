@@ -56,7 +56,7 @@ _CRON_RANGES = {
     "second": "0-59",
     "minute": "0-59",
     "hour": "0-23",
-    "day-of-month": "1-31",
+    "day-of-month": "1-31, on a day the months given have",
     "month": "1-12 or JAN-DEC",
     "day-of-week": "0-7 or SUN-SAT",
 }
@@ -164,7 +164,7 @@ class Schedule:
     @classmethod
     def declare(
         cls,
-        name: str,
+        name: str | None,
         task: str,
         queue: str,
         cron: str | None = None,
@@ -173,11 +173,13 @@ class Schedule:
         tz: str | None = None,
         missed: str = "skip",
     ) -> Schedule:
-        """Check a declaration: every mistake is a one-line ConfigurationError."""
-        schedule_name(name)
+        """Check a declaration: every mistake is a one-line ConfigurationError.
+        ``name`` None: not known yet (the decorator checks before it sees
+        the function); the schedule is then named ``""`` until replaced."""
+        what = "@app.periodic" if name is None else f"schedule {schedule_name(name)!r}"
         if (cron is None) == (every is None):
             raise ConfigurationError(
-                f"schedule {name!r}: give either a cron expression or every=SECONDS, "
+                f"{what}: give either a cron expression or every=SECONDS, "
                 f"not {'both' if cron is not None else 'neither'}"
             )
         if missed not in MISSED or type(missed) is not str:
@@ -185,13 +187,13 @@ class Schedule:
         if every is not None:
             if tz is not None:
                 raise ConfigurationError(
-                    f"schedule {name!r}: tz applies to cron schedules; every=N ticks at "
+                    f"{what}: tz applies to cron schedules; every=N ticks at "
                     "multiples of N seconds since the epoch, whatever the zone"
                 )
-            return cls(name, task, queue, None, every_seconds(every), "UTC", missed)
+            return cls(name or "", task, queue, None, every_seconds(every), "UTC", missed)
         fields = parse_cron(cron)
         zone = "UTC" if tz is None else time_zone(tz).key
-        schedule = cls(name, task, queue, " ".join(fields), None, zone, missed)
+        schedule = cls(name or "", task, queue, " ".join(fields), None, zone, missed)
         if schedule.next_after(datetime.now(UTC).timestamp()) is None:
             raise ConfigurationError(f"cron expression {cron!r} never matches")
         return schedule
@@ -205,9 +207,7 @@ class Schedule:
         assert self.cron is not None
         zone = ZoneInfo(self.tz)
         try:
-            found = next(
-                CronSim(self.cron, datetime.fromtimestamp(start, zone), reverse=reverse)
-            )
+            found = next(CronSim(self.cron, datetime.fromtimestamp(start, zone), reverse=reverse))
         except StopIteration:  # cronsim looks 50 years ahead at most
             return None
         return int(found.timestamp())

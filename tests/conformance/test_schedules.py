@@ -118,7 +118,11 @@ def test_a_tick_fired_by_many_threads_at_once_fires_once(broker: Broker):
 def test_a_tick_fired_through_separate_connections_fires_once(broker: Broker, clock):
     # Separate brokers to one store (other processes, as far as the store
     # can tell); memory:// is one process's own store, so it shares one.
-    others = [broker] if broker.url == "memory://" else [open_broker(broker.url, clock) for _ in range(3)]
+    others = (
+        [broker]
+        if broker.url == "memory://"
+        else [open_broker(broker.url, clock) for _ in range(3)]
+    )
     try:
         results: list[bool] = []
         lock = threading.Lock()

@@ -10,7 +10,7 @@
   buffered and written together, the completions with the next claim.
 - ``leases.LeaseKeeper`` renews every held lease in one call;
   ``maintenance.Maintainer`` recovers the jobs of dead workers and trims
-  ended jobs.
+  ended jobs; ``scheduler.Scheduler`` fires the app's schedules.
 
 They reach the store through one door, ``broker.async_store()``, and share
 only ``control.Control`` (stopping, and why). This module wires them
@@ -48,6 +48,7 @@ from conveyor.worker.fetch import STORE_RETRY_MAX, Fetcher
 from conveyor.worker.leases import LeaseKeeper
 from conveyor.worker.maintenance import Maintainer
 from conveyor.worker.run import Runner
+from conveyor.worker.scheduler import Scheduler
 
 __all__ = [
     "EXIT_INTERNAL_ERROR",
@@ -107,6 +108,7 @@ class Worker:
         maintenance_interval: float | None = None,
         name: str | None = None,
         max_abandoned_threads: int | None = None,
+        schedules: bool = True,
     ) -> None:
         # Every setting is checked before the store is opened (validate: the
         # same rules the command line applies, with its flag names).
@@ -115,6 +117,7 @@ class Worker:
         self.lease = validate.lease("lease", lease)
         self.grace = validate.grace("grace", grace)
         self.burst = burst
+        self.schedules = schedules and not burst
         self.max_stalled = validate.max_stalled(
             "max_stalled", app.max_stalled if max_stalled is None else max_stalled
         )
@@ -195,6 +198,9 @@ class Worker:
             asyncio.create_task(keeper.run(), name="conveyor-renew"),
             asyncio.create_task(maintainer.run(), name="conveyor-maintain"),
         ]
+        if self.schedules and self.app.schedules:
+            scheduler = Scheduler(self.app, store, control)
+            helpers.append(asyncio.create_task(scheduler.run(), name="conveyor-schedule"))
         try:
             await fetcher.run()
             await fetcher.end_wait()  # no new jobs: those it claimed go back at once
