@@ -7,7 +7,9 @@ once, several schedulers at once."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import sys
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -366,3 +368,68 @@ def _tick(app: Conveyor, name: str, at_: int):
     from conveyor.brokers.base import Tick
 
     return Tick(name, at_, app.tick_job(app.schedules[name], at_))
+
+
+# -- conveyor schedules APP ------------------------------------------------------
+
+CLI_APP = """
+from conveyor import Conveyor
+
+app = Conveyor()
+
+
+@app.periodic("30 2 * * *", tz="Europe/Paris", name="[nightly]")
+def nightly() -> None: ...
+
+
+@app.periodic(every=30, name="poll-feeds", queue="feeds")
+def poll() -> None: ...
+"""
+
+
+@pytest.fixture
+def cli_app(tmp_path, monkeypatch):
+    (tmp_path / "sched_app.py").write_text(CLI_APP)
+    url = f"sqlite:///{tmp_path}/cli.db"
+    monkeypatch.setenv("CONVEYOR_URL", url)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [str(tmp_path), *sys.path])
+    sys.modules.pop("sched_app", None)
+    store = Conveyor(url)
+    store.stats()  # the store exists
+    yield store
+    store.close()
+    sys.modules.pop("sched_app", None)
+
+
+def test_cli_schedules_json_shows_next_and_last_run(cli_app):
+    from click.testing import CliRunner
+
+    from conveyor.brokers.base import NewJob, Tick
+    from conveyor.cli import main
+
+    job = NewJob("periodic:poll-feeds:2023-11-14T22:13:00Z", "poll-feeds", "feeds", "[[],{}]")
+    assert cli_app.broker.fire([Tick("poll-feeds", 1_699_999_980, job)]) == [True]
+    result = CliRunner().invoke(main, ["schedules", "sched_app:app", "--json"])
+    assert result.exit_code == 0, result.output
+    found = {row["name"]: row for row in json.loads(result.stdout)}
+    assert set(found) == {"[nightly]", "poll-feeds"}
+    assert found["poll-feeds"]["last_run"] == "2023-11-14T22:13:00Z"
+    assert found["poll-feeds"]["schedule"] == "every 30s"
+    assert found["poll-feeds"]["queue"] == "feeds"
+    assert found["[nightly]"]["last_run"] is None
+    assert found["[nightly]"]["tz"] == "Europe/Paris"
+    next_run = datetime.fromisoformat(found["[nightly]"]["next_run"]).astimezone(PARIS)
+    assert (next_run.hour, next_run.minute) in ((2, 30), (3, 0))  # 03:00 on a spring-forward day
+    assert datetime.fromisoformat(found["poll-feeds"]["next_run"]).timestamp() % 30 == 0
+
+
+def test_cli_schedules_table(cli_app):
+    from click.testing import CliRunner
+
+    from conveyor.cli import main
+
+    result = CliRunner().invoke(main, ["schedules", "sched_app:app"])
+    assert result.exit_code == 0, result.output
+    for text in ("[nightly]", "30 2 * * *", "Europe/Paris", "poll-feeds", "every 30s", "never"):
+        assert text in result.stdout
