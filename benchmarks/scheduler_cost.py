@@ -51,6 +51,9 @@ def main() -> None:
     parser.add_argument("--schedules", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=150.0)
     parser.add_argument("--url", default=None, help="store URL (default: a fresh SQLite file)")
+    parser.add_argument(
+        "--log-level", default="WARNING", help="the workers' (INFO: a line per job enqueued)"
+    )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="conveyor-scheduler-cost-"))
     url = args.url or f"sqlite:///{folder}/bench.db"
@@ -62,7 +65,7 @@ def main() -> None:
         log = open(folder / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
         procs[name] = subprocess.Popen(
             [sys.executable, "-m", "conveyor.cli", "worker", f"{name}_app:app", "-q", "idle",
-             "--log-level", "WARNING"],
+             "--log-level", args.log_level],
             cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     time.sleep(5.0)  # past the imports and the start-up of both
@@ -77,7 +80,10 @@ def main() -> None:
     from conveyor import Conveyor
 
     jobs = Conveyor(url).stats().get("default", {}).get("waiting", 0)
-    print(f"store {url}, {wall:.0f} s, {args.schedules} schedules firing every minute")
+    print(
+        f"store {url}, {wall:.0f} s, {args.schedules} schedules firing every minute, "
+        f"log level {args.log_level}"
+    )
     print(f"  jobs the schedules enqueued: {jobs}")
     print(f"  CPU, worker without schedules: {spent['none']:.2f} s ({spent['none'] / wall:.3%})")
     print(f"  CPU, worker with schedules:    {spent['many']:.2f} s ({spent['many'] / wall:.3%})")

@@ -4,7 +4,8 @@ workers are SIGKILLed and restarted (at least one always running).
 
 Each worker process logs every tick it enqueued (``schedule tick: enqueued
 periodic:tick:<ISO tick>``): a tick enqueued twice would show twice across the
-logs (the store would have replaced the first job with the second). The
+logs (the store would have replaced the first job with the second; a kill
+can lose a log line, never add one). The
 jobs the store holds must be every tick, in one unbroken run of seconds, from
 the first to the last. Runs on a SQLite file and on Redis.
 """
@@ -91,15 +92,19 @@ class Workers:
             f"\n--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.logs
         )
 
-    def check(self, seconds: float) -> list[int]:
-        """No tick twice, none missing between the first and the last."""
+    def check(self, seconds: float, kills: int = 0) -> list[int]:
+        """No tick twice, none missing between the first and the last. A
+        worker SIGKILLed between the store's commit and its log line leaves
+        a stored tick unlogged: at most one per kill."""
         twice = {tick: n for tick, n in self.enqueued().items() if n > 1}
         assert not twice, f"ticks enqueued more than once: {twice}" + self.report()
         ticks = self.stored()
         assert len(ticks) >= seconds - 2, (ticks, self.report())
         missing = sorted(set(range(ticks[0], ticks[-1] + 1)) - set(ticks))
         assert not missing, f"ticks missing: {missing}" + self.report()
-        assert len(self.enqueued()) == len(ticks)  # every stored job was logged once
+        logged = {int(datetime.fromisoformat(tick).timestamp()) for tick in self.enqueued()}
+        assert logged <= set(ticks)
+        assert len(ticks) - len(logged) <= kills, (sorted(set(ticks) - logged), self.report())
         return ticks
 
     def cleanup(self) -> None:
@@ -155,4 +160,4 @@ def test_no_tick_twice_and_none_missing_while_workers_are_killed(workers: Worker
     time.sleep(1.5)
     workers.stop_all()
     assert kills >= 5
-    workers.check(seconds=7)
+    workers.check(seconds=7, kills=kills)
