@@ -318,6 +318,23 @@ def test_a_skip_schedule_fires_no_tick_older_than_on_time(clocked):
     assert "periodic:hourly:2023-11-14T23:00:00Z" in fired(app)
 
 
+@pytest.mark.parametrize("missed", ["skip", "run_once"])
+def test_a_held_up_scheduler_fires_each_tick_on_time_late_and_no_older_one(clocked, missed):
+    app, clock = clocked
+
+    @app.periodic(every=10, name="poll", missed=missed)
+    def poll() -> None: ...
+
+    # Its loop held up for 35 s, then for 200 s: the clock jumps at once.
+    run_schedulers(app, clock, [35, 200])
+    late = [START + 10, START + 20, START + 30]  # all three on time: each fires
+    # At START + 235.5, ticks from START + 180 are on time (60 s); the
+    # eleven before are missed: skipped, or the newest fires once.
+    once = [START + 170] if missed == "run_once" else []
+    expected = [START, *late, *once, *range(START + 180, START + 240, 10)]
+    assert fired(app) == sorted(tick_job_id("poll", t) for t in expected)
+
+
 def test_a_run_once_schedule_never_fired_before_does_not_catch_up(clocked):
     app, clock = clocked
 

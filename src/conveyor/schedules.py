@@ -24,11 +24,14 @@ Ticks are whole seconds since the epoch, computed by every worker alike:
   every real hour, so the repeated hour fires twice, once per hour that
   passes, as hourly jobs should.
 
-Missed ticks (no worker ran at the time): a tick is on time until
-``ON_TIME`` (60 s) after it, and fires late within that. ``missed="skip"``
-(the default) never fires an older one: after an outage the schedule
-resumes with its next tick. ``missed="run_once"`` fires one job for all the
-ticks missed, at the newest of them, as soon as a worker runs again.
+Missed ticks. A tick is on time until ``ON_TIME`` (60 s) after it: a
+running worker fires every tick, late if its loop was held up, and one that
+starts fires the latest tick if it is on time (the ticks before it were for
+the workers running then). A tick older than that was missed (no worker ran,
+or every one was stuck): ``missed="skip"`` (the default) never fires it, and
+the schedule resumes with its next tick; ``missed="run_once"`` fires one job
+for all the ticks missed, at the newest of them, as soon as a worker runs
+again (a schedule never fired before does not catch up).
 """
 
 from __future__ import annotations

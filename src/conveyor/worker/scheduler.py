@@ -14,15 +14,19 @@ touches the store only then, with one ``fire`` call for every tick due at
 that moment (one transaction, or one script per queue, in one round trip).
 Between ticks it costs nothing, and the fetch loop never waits for it.
 
-Missed ticks (``schedules.py`` tells the rule): when a worker starts, or
-wakes after its loop was held up, ticks older than ``ON_TIME`` are not fired
-(``missed="skip"``) or fired once, at the newest (``missed="run_once"``).
+Missed ticks (``schedules.py`` tells the rule). A worker that starts looks
+at the latest tick only: the ones before it were for the workers that ran
+then (or none did: they were missed). A running worker fires every tick
+after the one it fired last, late if its loop was held up, as long as each
+is on time (``ON_TIME``); older ones are skipped (``missed="skip"``) or
+fired once, at the newest (``missed="run_once"``).
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import math
 from collections.abc import Awaitable, Sequence
 
 from conveyor.app import Conveyor
@@ -122,30 +126,40 @@ class Scheduler:
         log.info("scheduler: firing %d schedule(s)", len(self.schedules))
 
     async def _fire(self, due: list[tuple[int, int]], now: float) -> None:
-        """Fire the ticks ``due`` at ``now`` (those still worth firing), and
-        put each schedule's next tick in the heap."""
+        """Fire the ticks from each of ``due`` up to ``now``, and put each
+        schedule's next tick in the heap. Each tick on time (at most
+        ``ON_TIME`` old) fires, in order: a worker whose loop was held up
+        for a few ticks fires them all, late. Older ones were missed:
+        skipped, or (``run_once``) the newest of them fires."""
         ticks: list[Tick] = []
         following: list[tuple[int, int]] = []
+        cut = math.ceil(now - ON_TIME)  # the oldest whole second still on time
         for at, i in due:
             schedule = self.schedules[i]
-            upcoming = schedule.next_after(at)
-            if upcoming is not None and upcoming <= now:
-                # Later ticks are due too (the loop was held up, or the
-                # worker just started): only the newest counts.
-                at = schedule.latest(now) or at
-                upcoming = schedule.next_after(now)
-            if schedule.missed == "run_once" or now - at <= ON_TIME:
-                ticks.append(Tick(schedule.name, at, self.app.tick_job(schedule, at)))
-            if upcoming is not None:
-                following.append((upcoming, i))
+            tick: int | None = at
+            if at < cut:
+                newest_missed = schedule.latest(cut - 1)
+                if schedule.missed == "run_once" and newest_missed is not None:
+                    ticks.append(self._tick(schedule, max(newest_missed, at)))
+                tick = schedule.next_after(cut - 1)
+            while tick is not None and tick <= now:  # ON_TIME bounds this loop
+                ticks.append(self._tick(schedule, tick))
+                tick = schedule.next_after(tick)
+            if tick is not None:
+                following.append((tick, i))
         fired = await self._store.fire(ticks) if ticks else []
-        for tick, done in zip(ticks, fired, strict=True):
+        for fired_tick, done in zip(ticks, fired, strict=True):
             if done:
-                log.info("schedule %s: enqueued %s", tick.schedule, tick.job.id)
+                log.info("schedule %s: enqueued %s", fired_tick.schedule, fired_tick.job.id)
             else:
-                log.debug("schedule %s: tick %s fired elsewhere", tick.schedule, iso(tick.at))
+                log.debug(
+                    "schedule %s: tick %s fired elsewhere", fired_tick.schedule, iso(fired_tick.at)
+                )
         for entry in following:
             heapq.heappush(self._heap, entry)
+
+    def _tick(self, schedule: Schedule, at: int) -> Tick:
+        return Tick(schedule.name, at, self.app.tick_job(schedule, at))
 
 
 class _Stop(Exception):
