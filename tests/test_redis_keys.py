@@ -30,12 +30,12 @@ import pytest
 import redis
 
 from conveyor.brokers import open_broker
-from conveyor.brokers.base import AttemptError, Broker, JobRecord, Lease, NewJob
+from conveyor.brokers.base import AttemptError, Broker, JobRecord, Lease, NewJob, Tick
 from servers import RedisCluster
 
 QUEUES = ["a", "a:job", "a.b-c_d", "job", "waiting", "queues", ":", "a:", "ready", "Q" * 128]
 KINDS = {"waiting", "prioritized", "delayed", "active", "completed", "dead", "cancelled",
-         "counter", "marker"}  # fmt: skip
+         "counter", "marker", "schedules"}  # fmt: skip
 HOSTILE_IDS = [
     "}:job:x", "x", "{other}", "other", "a:job:b", "b", "a", "x}:waiting", "{a:job}:job:x",
     "{a}", "{", "}", "{}", "job:", ":", "é ü 漢字", "🎉", "%s%n", "%(x)s", "a b", "/%2F/..",
@@ -267,3 +267,20 @@ def test_the_same_id_in_two_queues_whose_names_share_a_start(store: Store) -> No
     else:
         assert second.created and second.record.queue == "a:job"
         assert {c: n["waiting"] for c, n in broker.counts().items()} == {"a": 1, "a:job": 1}
+
+
+def test_schedule_ticks_of_hostile_queues_and_names_keep_to_their_queue(store: Store) -> None:
+    """A tick's record is a field of its queue's own HASH, whatever the
+    schedule's name; its job is a job of that queue."""
+    broker, names = store.broker, ["}", "{a}", "}:job:x", "a:schedules", "é%s", "x" * 200]
+    ticks = [
+        Tick(name, 1_700_000_000, NewJob(f"periodic:{name}:{q}", "t", q, "[[],{}]"))
+        for q in QUEUES
+        for name in names
+    ]
+    assert broker.fire(ticks) == [True] * len(ticks)
+    assert broker.fire(ticks) == [False] * len(ticks)
+    assert broker.last_ticks([(t.job.queue, t.schedule) for t in ticks]) == [1_700_000_000] * len(
+        ticks
+    )
+    check_layout(store, [t.job for t in ticks])
