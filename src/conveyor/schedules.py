@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from cronsim import CronSim, CronSimError
+from cronsim import CronSim
 
 from conveyor import validate
 from conveyor.errors import ConfigurationError
@@ -49,20 +49,6 @@ from conveyor.errors import ConfigurationError
 MISSED = ("skip", "run_once")
 #: Seconds after its time a tick still counts as on time (fires, late).
 ON_TIME = 60.0
-#: The longest ``every``: one year. Longer is a slip (milliseconds, say).
-MAX_EVERY = 366 * 24 * 3600
-#: A schedule name is at most this long: its job id adds 30 characters.
-MAX_SCHEDULE_NAME = 200
-#: The fields of a cron expression, in order (6 fields: "second" first).
-CRON_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
-_CRON_RANGES = {
-    "second": "0-59",
-    "minute": "0-59",
-    "hour": "0-23",
-    "day-of-month": "1-31, on a day the months given have",
-    "month": "1-12 or JAN-DEC",
-    "day-of-week": "0-7 or SUN-SAT",
-}
 
 
 def iso(at: float) -> str:
@@ -73,78 +59,6 @@ def iso(at: float) -> str:
 def tick_job_id(name: str, at: int) -> str:
     """The id of the job of schedule ``name``'s tick ``at``."""
     return f"periodic:{name}:{iso(at)}"
-
-
-def parse_cron(expression: object) -> tuple[str, ...]:
-    """The fields of a cron expression, checked; a one-line
-    ``ConfigurationError`` naming the bad field and its value otherwise.
-
-    >>> parse_cron("*/5 * * * *")
-    ('*/5', '*', '*', '*', '*')
-    >>> parse_cron("61 * * * *")
-    Traceback (most recent call last):
-    ...
-    conveyor.errors.ConfigurationError: cron expression '61 * * * *': bad minute field '61' (minute is 0-59)
-    """
-    if type(expression) is not str:
-        validate.refuse("cron", "a cron expression such as '*/5 * * * *'", expression)
-    fields = tuple(expression.split())
-    if len(fields) not in (5, 6):
-        raise ConfigurationError(
-            f"cron expression {expression!r}: {len(fields)} fields, not 5 "
-            f"({' '.join(CRON_FIELDS)}) or 6 (second first)"
-        )
-    names = (("second",) if len(fields) == 6 else ()) + CRON_FIELDS
-    try:
-        CronSim(" ".join(fields), datetime(2000, 1, 1, tzinfo=UTC))
-    except CronSimError as exc:
-        # cronsim says "Bad minute": name the field and what it holds too.
-        bad = str(exc).removeprefix("Bad ").strip()
-        if bad in names:
-            value = fields[names.index(bad)]
-            raise ConfigurationError(
-                f"cron expression {expression!r}: bad {bad} field {value!r} "
-                f"({bad} is {_CRON_RANGES[bad]})"
-            ) from None
-        raise ConfigurationError(f"cron expression {expression!r}: {exc}") from None
-    return fields
-
-
-def time_zone(value: object) -> ZoneInfo:
-    """An IANA time zone by name (``Europe/Paris``), from the system's
-    database or the ``tzdata`` package."""
-    if type(value) is not str or not value or "\x00" in value:
-        validate.refuse("tz", "an IANA time zone name such as 'Europe/Paris'", value)
-    try:
-        return ZoneInfo(value)
-    except (KeyError, ValueError, OSError):  # not found (a KeyError), a bad path, a folder
-        pass
-    raise ConfigurationError(
-        f"tz must be an IANA time zone name such as 'Europe/Paris', not {value!r} (unknown)"
-    )
-
-
-def every_seconds(value: object) -> int:
-    """``every``: a whole number of seconds from 1 to a year (``30``, or ``30.0``)."""
-    if (
-        isinstance(value, float)
-        and math.isfinite(value)
-        and value.is_integer()
-        and 1 <= value <= MAX_EVERY
-    ):
-        return int(value)
-    return validate.whole_number("every", value, 1, MAX_EVERY)
-
-
-def schedule_name(value: object) -> str:
-    if type(value) is not str or not 0 < len(value) <= MAX_SCHEDULE_NAME or not value.isprintable():
-        validate.refuse(
-            "name",
-            f"a schedule name: 1 to {MAX_SCHEDULE_NAME} printable characters "
-            "(no newline, tab or control characters)",
-            value,
-        )
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +93,11 @@ class Schedule:
         """Check a declaration: every mistake is a one-line ConfigurationError.
         ``name`` None: not known yet (the decorator checks before it sees
         the function); the schedule is then named ``""`` until replaced."""
-        what = "@app.periodic" if name is None else f"schedule {schedule_name(name)!r}"
+        what = (
+            "@app.periodic"
+            if name is None
+            else f"schedule {validate.schedule_name('name', name)!r}"
+        )
         if (cron is None) == (every is None):
             raise ConfigurationError(
                 f"{what}: give either a cron expression or every=SECONDS, "
@@ -193,9 +111,10 @@ class Schedule:
                     f"{what}: tz applies to cron schedules; every=N ticks at "
                     "multiples of N seconds since the epoch, whatever the zone"
                 )
-            return cls(name or "", task, queue, None, every_seconds(every), "UTC", missed)
-        fields = parse_cron(cron)
-        zone = "UTC" if tz is None else time_zone(tz).key
+            every = validate.every("every", every)
+            return cls(name or "", task, queue, None, every, "UTC", missed)
+        fields = validate.cron("cron", cron)
+        zone = "UTC" if tz is None else validate.time_zone("tz", tz).key
         schedule = cls(name or "", task, queue, " ".join(fields), None, zone, missed)
         if schedule.next_after(datetime.now(UTC).timestamp()) is None:
             raise ConfigurationError(f"cron expression {cron!r} never matches")

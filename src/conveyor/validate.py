@@ -28,6 +28,7 @@ import re
 import reprlib
 from collections.abc import Callable
 from typing import Any, NoReturn
+from zoneinfo import ZoneInfo
 
 from conveyor.errors import ConfigurationError
 
@@ -227,3 +228,91 @@ def unknown_option(where: str, name: str, known: tuple[str, ...] | list[str]) ->
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
     raise ConfigurationError(f"{where} got an unknown option {name!r}{hint}")
+
+
+# -- schedules (@app.periodic) ------------------------------------------------
+
+#: The longest ``every``: a year. Longer is a slip (milliseconds, say).
+MAX_EVERY = 366 * 24 * 3600
+#: A schedule name is at most this long: its job id adds 30 characters.
+MAX_SCHEDULE_NAME = 200
+#: The fields of a cron expression, in order (6 fields: "second" first).
+CRON_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
+_CRON_RANGES = {
+    "second": "0-59",
+    "minute": "0-59",
+    "hour": "0-23",
+    "day-of-month": "1-31, on a day the months given have",
+    "month": "1-12 or JAN-DEC",
+    "day-of-week": "0-7 or SUN-SAT",
+}
+
+
+def cron(option: str, value: Any) -> tuple[str, ...]:
+    """The fields of a cron expression (5, or 6 with seconds first), checked
+    by ``cronsim``; the error names the bad field and what it holds.
+
+    >>> cron("cron", "*/5 * * * *")
+    ('*/5', '*', '*', '*', '*')
+    >>> cron("cron", "61 * * * *")
+    Traceback (most recent call last):
+    ...
+    conveyor.errors.ConfigurationError: cron expression '61 * * * *': bad minute field '61' (minute is 0-59)
+    """
+    from datetime import UTC, datetime
+
+    from cronsim import CronSim, CronSimError
+
+    if type(value) is not str:
+        refuse(option, "a cron expression such as '*/5 * * * *'", value)
+    fields = tuple(value.split())
+    if len(fields) not in (5, 6):
+        raise ConfigurationError(
+            f"cron expression {value!r}: {len(fields)} fields, not 5 "
+            f"({' '.join(CRON_FIELDS)}) or 6 (second first)"
+        )
+    names = (("second",) if len(fields) == 6 else ()) + CRON_FIELDS
+    try:
+        CronSim(" ".join(fields), datetime(2000, 1, 1, tzinfo=UTC))
+    except CronSimError as exc:
+        # cronsim says "Bad minute": name the field and what it holds too.
+        bad = str(exc).removeprefix("Bad ").strip()
+        if bad in names:
+            raise ConfigurationError(
+                f"cron expression {value!r}: bad {bad} field {fields[names.index(bad)]!r} "
+                f"({bad} is {_CRON_RANGES[bad]})"
+            ) from None
+        raise ConfigurationError(f"cron expression {value!r}: {exc}") from None
+    return fields
+
+
+def time_zone(option: str, value: Any) -> ZoneInfo:
+    """An IANA time zone by name (``Europe/Paris``), from the system's
+    database or the ``tzdata`` package."""
+    wanted = "an IANA time zone name such as 'Europe/Paris'"
+    if type(value) is not str or not value or "\x00" in value:
+        refuse(option, wanted, value)
+    try:
+        return ZoneInfo(value)
+    except (KeyError, ValueError, OSError):  # not found (a KeyError), a bad path, a folder
+        raise ConfigurationError(
+            f"{option} must be {wanted}, not {shown(value)} (unknown)"
+        ) from None
+
+
+def every(option: str, value: Any) -> int:
+    """A whole number of seconds from 1 to a year (``30``, or ``30.0``)."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    return whole_number(option, value, 1, MAX_EVERY)
+
+
+def schedule_name(option: str, value: Any) -> str:
+    if type(value) is not str or not 0 < len(value) <= MAX_SCHEDULE_NAME or not value.isprintable():
+        refuse(
+            option,
+            f"a schedule name: 1 to {MAX_SCHEDULE_NAME} printable characters "
+            "(no newline, tab or control characters)",
+            value,
+        )
+    return value
