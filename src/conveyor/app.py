@@ -8,7 +8,7 @@ import inspect
 import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, Protocol, Unpack, overload
+from typing import Any, Protocol, TypeVar, Unpack, cast, overload
 
 from conveyor import validate
 from conveyor.brokers import check_url, mask, open_broker
@@ -49,6 +49,25 @@ class TaskDecorator(Protocol):
 
     # An async function matches both: the first wins, as intended (mypy
     # calls such overloads overlapping; typeshed uses the same pattern).
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> AsyncTask[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> SyncTask[P, R]: ...
+
+
+TaskT = TypeVar("TaskT", bound=Task[Any, Any])
+
+
+class PeriodicDecorator(Protocol):
+    """What ``@app.periodic(...)`` returns: a decorator that keeps the type of
+    the task it makes (or is given)."""
+
+    @overload
+    def __call__(self, fn: TaskT, /) -> TaskT: ...
+
     @overload
     def __call__(  # type: ignore[overload-overlap]
         self, fn: Callable[P, Coroutine[Any, Any, R]], /
@@ -192,7 +211,7 @@ class Conveyor:
         queue: str | None = None,
         tz: str | None = None,
         missed: str = "skip",
-    ) -> Callable[[Callable[..., Any]], Task[Any, Any]]:
+    ) -> PeriodicDecorator:
         """Enqueue a task's job at every tick of a schedule, from whichever
         worker runs: exactly one job per tick, however many workers do.
 
@@ -249,7 +268,7 @@ class Conveyor:
             )
             return task
 
-        return register
+        return cast(PeriodicDecorator, register)
 
     def schedule_status(self) -> list[dict[str, Any]]:
         """Each schedule's name, schedule, time zone, next run (computed

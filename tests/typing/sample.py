@@ -31,6 +31,21 @@ assert_type(add(1, 2), int)  # calling a task runs it here and now
 coroutine: Coroutine[Any, Any, dict[str, str]] = send_email("a@b.c")
 coroutine.close()
 
+
+@app.periodic(every=30, name="poll-feeds")
+def poll_feeds() -> int:
+    return 1
+
+
+@app.periodic("*/5 * * * *", tz="Europe/Paris")
+@app.task(name="report", attempts=1)
+async def report() -> None:
+    pass
+
+
+assert_type(poll_feeds, SyncTask[[], int])  # a schedule's function stays a task
+assert_type(report, AsyncTask[[], None])
+
 job = add.enqueue(2, 3)
 assert_type(job, Job[int])
 assert_type(job.result(timeout=5), int)
