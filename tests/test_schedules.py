@@ -450,3 +450,28 @@ def test_cli_schedules_table(cli_app):
     assert result.exit_code == 0, result.output
     for text in ("[nightly]", "30 2 * * *", "Europe/Paris", "poll-feeds", "every 30s", "never"):
         assert text in result.stdout
+
+
+def test_a_worker_told_no_schedules_fires_none(clocked, caplog):
+    app, clock = clocked
+
+    @app.periodic(every=10, name="poll")
+    def poll() -> None: ...
+
+    worker = Worker(app, concurrency=1, poll_interval=0.05, schedules=False)
+
+    async def main() -> None:
+        run = asyncio.create_task(worker.run_async())
+        try:
+            for _ in range(3):
+                await asyncio.sleep(0.1)
+                clock.advance(10)
+            await asyncio.sleep(0.2)
+        finally:
+            worker.stop()
+            await run
+
+    with caplog.at_level(logging.INFO, logger="conveyor.worker"):
+        asyncio.run(main())
+    assert fired(app) == []
+    assert "scheduler" not in caplog.text

@@ -92,6 +92,9 @@ class Worker:
     the worker once its queues hold nothing waiting or active.
     ``max_abandoned_threads``: threads of sync jobs stuck past their timeout
     the worker tolerates (default: the concurrency or 10, whichever is more).
+    ``schedules``: fire the app's ``@app.periodic`` schedules (every worker
+    does, whatever its queues; still one job per tick). A ``burst`` worker
+    never does: it drains what is there and leaves.
     """
 
     def __init__(
