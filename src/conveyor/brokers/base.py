@@ -279,7 +279,10 @@ class Broker(abc.ABC):
         """Mark jobs ``completed`` with their result JSON, atomically per queue.
 
         One bool per item: False when the lease was lost (fencing) and nothing
-        was changed. Sets ``finished_at``, clears the lease.
+        was changed. Sets ``finished_at``, clears the lease. Here, as in every
+        move that ends a job (``fail`` to dead, ``recover`` to dead,
+        ``cancel``), the hold of a unique key the job holds starts, in the
+        same atomic step (``enqueue``).
         """
 
     @abc.abstractmethod
@@ -322,7 +325,8 @@ class Broker(abc.ABC):
         """Move ``dead`` (or ``cancelled``) jobs back to ``waiting`` with fresh
         attempts (``attempts`` and ``stalls`` set to 0; the error history is
         kept). ``job_ids`` None means every dead job (of ``queue``, if given).
-        Returns how many moved.
+        Returns how many moved. A unique key still held for a job moved is
+        its again until it ends (``enqueue``).
         """
 
     @abc.abstractmethod
@@ -356,7 +360,9 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def purge(self, queue: str, states: Sequence[str]) -> int:
         """Delete ``queue``'s jobs in ``states`` (``PURGEABLE_STATES``: never
-        active ones; ``purge_states`` checks them). Returns how many went."""
+        active ones; ``purge_states`` checks them). Returns how many went.
+        The unique keys held by deleted jobs that had not ended are free;
+        those of ended jobs stay held as long as ``enqueue`` says."""
 
     # -- reading ---------------------------------------------------------
 

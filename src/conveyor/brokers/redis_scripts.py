@@ -18,7 +18,8 @@ spread over the shards:
   ``s`` state, ``q`` seq, ``n`` ord, ``c`` created_at, ``p`` priority,
   ``o`` options, ``r`` run_at, ``a`` attempts (tries), ``k`` stalls,
   ``b`` started_at, ``e`` finished_at, ``f`` lease token (the fence),
-  ``l`` lease expiry, ``w`` worker, ``v`` result (value), ``x`` errors.
+  ``l`` lease expiry, ``w`` worker, ``v`` result (value), ``x`` errors,
+  ``u`` unique key (only on jobs enqueued with ``unique_for``).
   The scripts name them through constants (``lua/_shared.lua``). ``seq`` and
   ``created_at`` are whole microseconds, integers Redis packs in half the
   bytes of a float; ``created_at`` is left out when the job's ``seq`` already
@@ -39,6 +40,9 @@ spread over the shards:
   work nobody claimed.
 - ``P:{Q}:paused``: a STRING that exists while the queue is paused (``claim``
   hands out none of its jobs).
+- ``P:{Q}:unique:<key>``: a HASH per unique key held in the queue, the lock
+  of ``options(unique_for=...)`` (its fields: ``lua/_shared.lua``); no TTL
+  while its job has not ended, then one of ``unique_for`` (+1 s).
 - ``P:queues``: SET of queue names, so ``get``, ``counts``, ``cancel``... can
   pipeline one call per queue.
 

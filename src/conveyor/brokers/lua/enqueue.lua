@@ -70,6 +70,9 @@ for i = 1, #rows, 9 do
   local holder, old
   local spec = uniques[(i + 8) / 9]
   local held = spec and unique_holder(spec[2])
+  if held and held[3] == id and rows[i + 8] ~= '1' then
+    held = nil -- a generated id holds it: this job, sent again (see below)
+  end
   if held then
     -- the key is held: the chosen-id look-up below changes nothing
   elseif rows[i + 8] == '1' then
