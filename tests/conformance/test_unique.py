@@ -173,6 +173,7 @@ def test_retry_after_the_hold_runs_without_the_key(broker, clock):
     assert put(broker, unique("b", unique_for=10)).created  # the key was free
     assert put(broker, unique("c", unique_for=10)).record.id == "b"
     a, b = claim(broker)
+    assert (a.id, b.id) == ("a", "b")
     assert broker.complete([(lease_of(a), '"ok"')]) == [True]  # leaves b's hold alone
     clock.advance(100)
     assert put(broker, unique("c", unique_for=10)).record.id == "b"
