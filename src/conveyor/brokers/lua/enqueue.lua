@@ -36,10 +36,10 @@ local ended = {completed = true, dead = true, cancelled = true}
 local single = #ARGV >= 13
 local rows = single and {unpack(ARGV, 5, 13)} or cjson.decode(ARGV[5])
 local n = #rows / 9
-local now, uniques = nil, {} -- job number -> {number, key, unique_for}
+local now, uniques -- job number -> {number, key, unique_for}; nil when no job has a key
 local u = single and 14 or 6
 if ARGV[u] then
-  now = tonumber(ARGV[u])
+  now, uniques = tonumber(ARGV[u]), {}
   for _, spec in ipairs(cjson.decode(ARGV[u + 1])) do uniques[spec[1]] = spec end
 end
 
@@ -68,7 +68,7 @@ local out = {}
 for i = 1, #rows, 9 do
   local id, prio, opts, run_at, state = rows[i], rows[i + 4], rows[i + 5], rows[i + 6], rows[i + 7]
   local holder, old
-  local spec = uniques[(i + 8) / 9]
+  local spec = uniques and uniques[(i + 8) / 9]
   local held = spec and unique_holder(spec[2])
   if held and held[3] == id and rows[i + 8] ~= '1' then
     held = nil -- a generated id holds it: this job, sent again (see below)
