@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from conveyor import Conveyor, FakeClock
 from conveyor.errors import ConfigurationError
@@ -249,3 +251,41 @@ def test_producers_racing_for_a_key_get_one_job(shared_url: str) -> None:
     for n in range(ROUNDS):
         assert len({ids[n] for ids in got}) == 1, f"round {n}: {[ids[n] for ids in got]}"
     assert {ids[n] for ids in got for n in range(ROUNDS)} == {job.id for job in stored}
+
+
+# -- a job ended by code that did not know the lock ---------------------------
+
+
+def _forget_the_end(url: str) -> None:
+    """Make the lock look as if the job ended under an older conveyor, which
+    ended jobs without telling their lock."""
+    if url.startswith("sqlite"):
+        raw = sqlite3.connect(url.removeprefix("sqlite:///"))
+        raw.execute(
+            "UPDATE conveyor_unique SET state = NULL, finished_at = NULL, expires_at = NULL"
+        )
+        raw.commit()
+        raw.close()
+    else:
+        prefix = url.partition("prefix=")[2]
+        client = redis.Redis.from_url(url.partition("?")[0])
+        (lock,) = client.keys(f"{prefix}:{{default}}:unique:*")
+        client.hdel(lock, "s", "e", "x")
+        client.persist(lock)
+        client.close()
+
+
+def test_a_job_ended_without_telling_its_lock_holds_unique_for_after_its_end(
+    shared_url: str, clock: FakeClock
+) -> None:
+    app = Conveyor(shared_url, clock=clock)
+    send_email = define(app)
+    first = send_email.options(unique_for=60).enqueue("a@b.c")
+    assert app.broker.cancel(first.id)
+    _forget_the_end(shared_url)
+
+    clock.advance(59)
+    assert send_email.options(unique_for=60).enqueue("a@b.c").id == first.id
+    clock.advance(1)
+    assert send_email.options(unique_for=60).enqueue("a@b.c").id != first.id
+    app.close()

@@ -179,16 +179,17 @@ class SQLiteBroker(Broker):
         stored as ``_insert_one`` does, taking the key if it was created."""
         found = conn.execute(SQL.unique_holder, (job.queue, job.unique_key)).fetchone()
         if found is not None:
-            holder, unique_for, created_at, state, finished_at, expires, now_state, now_end = found
-            if expires is None and now_state in ENDED_STATES:  # ended, and the lock not told
-                expires = now_end + unique_for
-            if (expires is None and now_state is not None) or (expires or 0.0) > now:
-                if now_state is not None:
-                    existing = JobRecord(*conn.execute(SQL.get_job, (holder,)).fetchone())
-                    return EnqueueResult(existing, created=False)
-                return EnqueueResult(
-                    held_record(job, holder, state, created_at, finished_at), created=False
-                )
+            holder, unique_for, created_at, state, finished_at, expires, stored, ended_at = found
+            if expires is None and stored in ENDED_STATES:
+                expires = ended_at + unique_for  # it ended without telling the lock (older code)
+            # Not ended: held while its job is stored (a purged one never ran).
+            held = stored is not None if expires is None else expires > now
+            if held and stored is not None:
+                existing = JobRecord(*conn.execute(SQL.get_job, (holder,)).fetchone())
+                return EnqueueResult(existing, created=False)
+            if held:  # retention deleted it: what the lock knows
+                record = held_record(job, holder, state, created_at, finished_at)
+                return EnqueueResult(record, created=False)
         result = cls._insert_one(conn, row)
         if result.created:
             conn.execute(SQL.drop_expired_unique, (now, EXPIRED_PER_TAKE))
