@@ -178,6 +178,29 @@ def test_enqueue_job_id_dedups(cli: Cli) -> None:
     assert jobs[0].args == [1, 2], "the second enqueue returned the existing job untouched"
 
 
+def test_enqueue_unique_for_prints_the_holder(cli: Cli) -> None:
+    first = cli.enqueue("add", "--kwargs", '{"x": 1, "y": 2}', "--unique-for", "3600")
+    second = cli.enqueue("add", "--kwargs", '{"y": 2, "x": 1}', "--unique-for", "60")
+    other = cli.enqueue("add", "--kwargs", '{"x": 1, "y": 3}', "--unique-for", "60")
+
+    assert first == second != other
+    assert sorted(job.id for job in cli.store.jobs()) == sorted([first, other])
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("0", "0.0"), ("-1", "-1.0"), ("nan", "nan"), ("inf", "inf"), ("1e20", "1e+20"),
+     ("soon", "'soon'")],
+)  # fmt: skip
+def test_enqueue_bad_unique_for_stores_nothing(cli: Cli, value: str, shown: str) -> None:
+    result = cli("enqueue", APP, "add", "--args", "[1, 2]", "--unique-for", value)
+
+    assert result.exit_code == 2
+    assert "--unique-for" in result.output
+    assert shown in result.output
+    assert cli.store.stats() == {}
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [

@@ -284,3 +284,31 @@ def test_schedule_ticks_of_hostile_queues_and_names_keep_to_their_queue(store: S
         ticks
     )
     check_layout(store, [t.job for t in ticks])
+
+
+def test_unique_locks_live_in_their_queues_slot_and_expire(store: Store) -> None:
+    broker = store.broker
+    client = broker.topology.client
+    plain = NewJob("plain", "t", "a", "[[],{}]")
+    jobs = [plain]
+    for n, queue in enumerate(QUEUES):
+        key = HOSTILE_IDS[n]
+        jobs.append(NewJob(f"u{n}", "t", queue, "[[],{}]", unique_key=key, unique_for=60.0))
+    assert all(r.created for r in broker.enqueue(jobs))
+
+    locks = {}
+    for key, slot in store.scan():
+        if key == f"{store.prefix}:queues":
+            continue
+        queue, rest = owner(key, store.prefix)
+        if isinstance(store, Cluster):
+            assert slot == store.slot(f"{{{queue}}}"), (key, slot)
+        if rest.startswith("unique:"):
+            locks[(queue, rest[len("unique:") :])] = key
+    assert set(locks) == {(j.queue, j.unique_key) for j in jobs[1:]}
+    assert "u" not in client.hgetall(f"{store.prefix}:{{a}}:job:plain")  # no key, no field
+    first = locks[("a", HOSTILE_IDS[0])]
+    assert client.hget(first, "j") == "u0" and client.ttl(first) == -1  # held while it lives
+
+    assert broker.cancel("u0")
+    assert 60 <= client.ttl(first) <= 61  # unique_for, and a second to spare

@@ -156,7 +156,7 @@ def test_shared_adds_our_tables_beside_the_apps_and_leaves_user_version(tmp_path
     store.enqueue([job("beside-the-app")])
     store.close()
 
-    assert tables_of(path) == ["conveyor_jobs", "conveyor_meta", *APP_TABLES]
+    assert tables_of(path) == ["conveyor_jobs", "conveyor_meta", "conveyor_unique", *APP_TABLES]
     assert pragma(path, "journal_mode") == "wal"  # shared=1 asked for this
     assert pragma(path, "user_version") == 7  # the app's marker, untouched
     raw = sqlite3.connect(path)
@@ -195,7 +195,7 @@ def test_no_file_or_an_empty_one_is_ours_to_set_up(tmp_path, content):
     store = open_broker(url_of(path))
     store.enqueue([job("a")])
     store.close()
-    assert tables_of(path) == ["conveyor_jobs", "conveyor_meta"]
+    assert tables_of(path) == ["conveyor_jobs", "conveyor_meta", "conveyor_unique"]
     assert pragma(path, "journal_mode") == "wal"
 
 
@@ -220,6 +220,33 @@ def test_a_database_from_before_conveyor_meta_keeps_working(tmp_path):
     assert raw.execute(SQL.schema_version).fetchone()[0] == 1  # recorded our way now
     raw.close()
     assert pragma(path, "user_version") == 1  # and the old marker left alone
+
+
+def test_a_database_from_before_unique_keys_gets_their_table(tmp_path):
+    path = tmp_path / "jobs.db"
+    make_conveyor_database(path, "dead-one")
+    raw = sqlite3.connect(path)
+    raw.execute("DROP TABLE conveyor_unique")  # as conveyor made it before unique keys
+    raw.execute("UPDATE conveyor_jobs SET state = 'dead', finished_at = 1.0")
+    raw.commit()
+    raw.close()
+
+    # Commands that never create leave it without, and work: no job holds a key.
+    store = SQLiteBroker(url_of(path), SystemClock(), create=False)
+    assert store.retry(["dead-one"]) == 1
+    assert store.cancel("dead-one")
+    assert store.purge("default", ["waiting", "cancelled"]) == 1
+    assert store.trim("default", "dead", keep=0) == 0
+    store.close()
+    assert "conveyor_unique" not in tables_of(path)
+
+    store = SQLiteBroker(url_of(path), SystemClock())  # may create: the table is added
+    unique = NewJob(id="u1", task="t", queue="default", payload="[]", unique_key="k", unique_for=60)
+    assert store.enqueue([unique])[0].created
+    unique.id = "u2"
+    assert store.enqueue([unique])[0].record.id == "u1"
+    store.close()
+    assert "conveyor_unique" in tables_of(path)
 
 
 @pytest.mark.parametrize("create", [True, False])

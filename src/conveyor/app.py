@@ -40,6 +40,7 @@ from conveyor.options import (
 from conveyor.schedules import Schedule, iso, tick_job_id
 from conveyor.serialization import DEFAULT_MAX_PAYLOAD, dumps, encode_payload, loads
 from conveyor.task import AsyncTask, P, R, Signature, SyncTask, Task
+from conveyor.unique import unique_key
 
 DEFAULT_URL = "sqlite:///conveyor.db"
 
@@ -359,10 +360,14 @@ class Conveyor:
         >>> app.enqueue("send-email", kwargs={"to": "a@b.c"}, queue="critical", delay=5)  # doctest: +SKIP
 
         Options: ``queue``, ``delay`` (seconds) or ``run_at`` (an aware
-        datetime or epoch seconds), ``priority``, ``job_id``, and the run
-        options ``attempts``, ``timeout``, ``backoff``, ``backoff_delay``,
-        ``backoff_max``, ``jitter``. A ``job_id`` naming a job that has not
-        ended returns that job instead of storing a second one.
+        datetime or epoch seconds), ``priority``, ``job_id``, ``unique_for``
+        (seconds), and the run options ``attempts``, ``timeout``,
+        ``backoff``, ``backoff_delay``, ``backoff_max``, ``jitter``. A
+        ``job_id`` naming a job that has not ended returns that job instead
+        of storing a second one. ``unique_for``: one job per key (the
+        ``job_id``, else a hash of the task and arguments) while it has not
+        ended and for that many seconds after; another enqueue of the key
+        meanwhile returns that job (``conveyor.unique``).
 
         A job for a task this app does not know goes to ``queue`` or to
         ``default``: the producer cannot know the queue a task declares in
@@ -454,27 +459,34 @@ class Conveyor:
             )
         queue = (known.queue if known else None) or DEFAULT_QUEUE
         priority = None
-        job_id = stored = run_at = None
+        job_id = stored = run_at = unique_for = None
         if options:
             given = check_options("enqueue", options, ENQUEUE_OPTIONS)
             queue = given.get("queue", queue)
             priority = given.get("priority")
             job_id = given.get("job_id")
+            unique_for = given.get("unique_for")
             stored = stored_options(given)
             run_at = run_at_from(given.get("delay"), given.get("run_at"), self.clock.now())
         if priority is None:
             priority = known.defaults.get("priority") if known else None
             if priority is None:
                 priority = self.queue_config(queue).defaults.get("priority") or 0
+        payload = encode_payload(name, args, kwargs, self.max_payload)
+        key = None
+        if unique_for is not None:  # after encode_payload: the arguments are JSON
+            key = job_id if job_id is not None else unique_key(name, args, kwargs)
         return NewJob(
             id=job_id if job_id is not None else new_job_id(),
             task=name,
             queue=queue,
-            payload=encode_payload(name, args, kwargs, self.max_payload),
+            payload=payload,
             priority=priority,
             run_at=run_at,
             options=dumps(stored) if stored else None,
             generated_id=job_id is None,
+            unique_key=key,
+            unique_for=unique_for,
         )
 
     # -- reading and controlling ----------------------------------------

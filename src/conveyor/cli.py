@@ -242,6 +242,12 @@ def worker(
 @click.option("--delay", type=float, callback=checked(validate.seconds), help="Seconds from now.")
 @click.option("--priority", type=int, callback=checked(validate.priority))
 @click.option("--job-id", callback=checked(validate.job_id))
+@click.option(
+    "--unique-for",
+    type=float,
+    callback=checked(validate.unique_for),
+    help="Seconds: one job per key (the --job-id, else task and arguments) until then after it ends.",
+)
 def enqueue(
     app: str,
     task: str,
@@ -251,15 +257,18 @@ def enqueue(
     delay: float | None,
     priority: int | None,
     job_id: str | None,
+    unique_for: float | None,
 ) -> None:
-    """Enqueue TASK by name; prints the job id."""
+    """Enqueue TASK by name; prints the job id (with --unique-for, that of the
+    job holding the key when it is held)."""
     conveyor_app = open_app(app, create=True)
     args, kwargs = _json_arg(args_json, "--args", list), _json_arg(kwargs_json, "--kwargs", dict)
     if task not in conveyor_app.tasks:
         _warn_unknown_task(app, conveyor_app, task, queue)
     job = conveyor_app.enqueue(
-        task, args, kwargs, queue=queue, delay=delay, priority=priority, job_id=job_id
-    )
+        task, args, kwargs, queue=queue, delay=delay, priority=priority, job_id=job_id,
+        unique_for=unique_for,
+    )  # fmt: skip
     click.echo(job.id)
 
 

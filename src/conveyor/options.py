@@ -83,6 +83,7 @@ class EnqueueOptions(JobOptions, total=False):
     delay: Annotated[float | None, validate.seconds]
     run_at: Annotated[datetime | float | None, _run_at]
     job_id: Annotated[str | None, validate.job_id]
+    unique_for: Annotated[float | None, validate.unique_for]
 
 
 def _checks(options: type) -> dict[str, Check]:

@@ -144,6 +144,12 @@ def timeout(option: str, value: Any) -> float:
     return seconds(option, value, positive=True)
 
 
+def unique_for(option: str, value: Any) -> float:
+    """How long a unique job's key stays held after the job ended: above 0.
+    0 is refused, not read as "not unique": whoever wrote it meant something."""
+    return seconds(option, value, positive=True)
+
+
 def jitter(option: str, value: Any) -> float:
     if value is True:
         return 1.0

@@ -88,6 +88,13 @@ class NewJob:
     #: The id was generated (96 random bits), not chosen by the caller: no
     #: stored job can hold it, so a store may skip the look-up for dedup.
     generated_id: bool = False
+    #: ``options(unique_for=...)``: the job's unique key (its id when the
+    #: caller chose one, else a hash of its task and arguments) and how many
+    #: seconds the key stays held after the job ends. Both set or both None.
+    #: A key is unique within its queue (``enqueue`` tells the rules); a job
+    #: without one costs no store any extra work.
+    unique_key: str | None = None
+    unique_for: float | None = None
 
 
 @dataclass(slots=True)
@@ -142,8 +149,9 @@ class AttemptError:
 
 @dataclass(slots=True)
 class EnqueueResult:
-    """``created`` is False when ``job_id`` named a job that has not ended:
-    ``record`` is then that existing job, untouched."""
+    """``created`` is False when ``job_id`` named a job that has not ended,
+    or a unique key was held: ``record`` is then that existing job,
+    untouched (or, when retention already deleted it, ``held_record``)."""
 
     record: JobRecord
     created: bool
@@ -160,6 +168,22 @@ class Tick:
     schedule: str
     at: int
     job: NewJob
+
+
+def held_record(
+    new: NewJob, job_id: str, state: str, created_at: float, finished_at: float | None
+) -> JobRecord:
+    """What ``enqueue`` returns for ``new`` when its unique key is held by a
+    job that retention (``trim``) or ``purge`` deleted already: the lock kept
+    that job's id, the state it ended in, and when it was created and ended;
+    the rest (task, arguments, priority) is ``new``'s, what the key was made
+    from. ``seq`` is 0, which no stored job has; reading the job again
+    (``get``) finds nothing, as for any deleted job."""
+    return JobRecord(
+        id=job_id, seq=0, task=new.task, queue=new.queue, state=state,
+        priority=new.priority, payload=new.payload, options=new.options,
+        attempts=0, stalls=0, created_at=created_at, finished_at=finished_at,
+    )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -195,6 +219,31 @@ class Broker(abc.ABC):
         Dedup: a ``NewJob.id`` naming a stored job that has not ended returns
         that job (``created=False``) and changes nothing. A stored job with the
         same id that has ended is replaced by the new one (a new ``seq``).
+
+        Unique keys (``NewJob.unique_key``; jobs in order, so a second job
+        of one call with the key of an earlier one gets that one). A key is
+        *held* in its queue while the job that took it has not ended, and
+        for ``unique_for`` seconds after it ended (completed, dead or
+        cancelled; the clock's ``finished_at`` + ``unique_for``). A new job
+        whose key is held is not stored: its result is the holder
+        (``created=False``), whatever state it is in now; when retention or
+        ``purge`` deleted that ended job already, ``held_record``. The hold
+        lives in a lock record of its own, so it outlasts the job's
+        deletion; it is given its end in the same atomic step that ends the
+        job, and expires by itself. Checked first: a key that is not held
+        leaves ``NewJob.id`` to the dedup above, and a job it returns
+        instead of storing the new one takes no key. A job stored takes its
+        key (from any earlier holder whose hold ran out). Where a job goes:
+
+        - ``purge`` of a waiting or delayed job frees its key at once (it
+          never ran);
+        - ``retry`` of a dead or cancelled job takes its key again while it
+          is still held for it (its ``unique_for`` after the end has not run
+          out); later the key may be another job's, and the job runs again
+          without it.
+
+        Keys are per queue on every store (a Cluster's queues live in
+        different slots): the same key in two queues is two keys.
         """
 
     @abc.abstractmethod
@@ -263,7 +312,10 @@ class Broker(abc.ABC):
         """Mark jobs ``completed`` with their result JSON, atomically per queue.
 
         One bool per item: False when the lease was lost (fencing) and nothing
-        was changed. Sets ``finished_at``, clears the lease.
+        was changed. Sets ``finished_at``, clears the lease. Here, as in every
+        move that ends a job (``fail`` to dead, ``recover`` to dead,
+        ``cancel``), the hold of a unique key the job holds starts, in the
+        same atomic step (``enqueue``).
         """
 
     @abc.abstractmethod
@@ -306,7 +358,8 @@ class Broker(abc.ABC):
         """Move ``dead`` (or ``cancelled``) jobs back to ``waiting`` with fresh
         attempts (``attempts`` and ``stalls`` set to 0; the error history is
         kept). ``job_ids`` None means every dead job (of ``queue``, if given).
-        Returns how many moved.
+        Returns how many moved. A unique key still held for a job moved is
+        its again until it ends (``enqueue``).
         """
 
     @abc.abstractmethod
@@ -340,7 +393,9 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def purge(self, queue: str, states: Sequence[str]) -> int:
         """Delete ``queue``'s jobs in ``states`` (``PURGEABLE_STATES``: never
-        active ones; ``purge_states`` checks them). Returns how many went."""
+        active ones; ``purge_states`` checks them). Returns how many went.
+        The unique keys held by deleted jobs that had not ended are free;
+        those of ended jobs stay held as long as ``enqueue`` says."""
 
     # -- reading ---------------------------------------------------------
 

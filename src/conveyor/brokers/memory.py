@@ -44,12 +44,26 @@ from conveyor.brokers.base import (
     NewJob,
     Recovered,
     Tick,
+    held_record,
     purge_states,
 )
 from conveyor.clock import Clock
 
 ReadyEntry = tuple[int, int, int, str]  # (-priority, seq, ticket, job_id): smallest first
 DelayedEntry = tuple[float, int, str]  # (run_at, ticket, job_id)
+
+
+@dataclasses.dataclass(slots=True)
+class _Lock:
+    """A unique key held in a queue (``NewJob.unique_key``): by ``job_id``
+    until it ends, then until ``expires`` (its finished_at + unique_for)."""
+
+    job_id: str
+    unique_for: float
+    created_at: float
+    state: str | None = None  # the state its job ended in; None while it has not
+    finished_at: float | None = None
+    expires: float | None = None
 
 
 def _snapshot(job: JobRecord) -> JobRecord:
@@ -85,6 +99,11 @@ class MemoryBroker(Broker):
         self._generation: dict[str, int] = {}
         self._paused: set[str] = set()
         self._last_ticks: dict[tuple[str, str], int] = {}  # (queue, schedule) -> tick
+        # Unique keys: (queue, key) -> its lock; job id -> (queue, key) for
+        # the jobs holding one; ended locks by expiry, to drop them lazily.
+        self._locks: dict[tuple[str, str], _Lock] = {}
+        self._unique: dict[str, tuple[str, str]] = {}
+        self._expiring: list[tuple[float, str, str]] = []
         self._closed = False
 
     # -- bookkeeping (call with the lock held) ---------------------------
@@ -123,6 +142,56 @@ class MemoryBroker(Broker):
     def _end(self, job: JobRecord, state: str, now: float) -> None:
         self._move(job, state)
         job.finished_at = now
+        if self._unique and (where := self._unique.get(job.id)) is not None:
+            lock = self._locks.get(where)
+            if lock is not None and lock.job_id == job.id and lock.state is None:
+                lock.state, lock.finished_at = state, now
+                lock.expires = now + lock.unique_for
+                heapq.heappush(self._expiring, (lock.expires, *where))
+
+    # -- unique keys (call with the lock held) ---------------------------
+
+    def _holder(self, new: NewJob, now: float) -> JobRecord | None:
+        """The job holding ``new``'s unique key in its queue, or None when the
+        key is free; a lock whose job retention deleted gives ``held_record``."""
+        where = (new.queue, new.unique_key or "")
+        lock = self._locks.get(where)
+        if lock is None:
+            return None
+        job = self._jobs.get(lock.job_id)
+        if lock.expires is None:  # its job has not ended: held while it exists
+            return _snapshot(job) if job is not None else None
+        if lock.expires <= now:
+            return None
+        if job is not None:
+            return _snapshot(job)
+        return held_record(new, lock.job_id, lock.state or "", lock.created_at, lock.finished_at)
+
+    def _take(self, new: NewJob, now: float) -> None:
+        """``new`` (just stored) takes its unique key."""
+        self._drop_expired(now)
+        where = (new.queue, new.unique_key or "")
+        if (old := self._locks.get(where)) is not None and self._unique.get(old.job_id) == where:
+            del self._unique[old.job_id]
+        self._locks[where] = _Lock(new.id, new.unique_for or 0.0, now)
+        self._unique[new.id] = where
+
+    def _drop_expired(self, now: float) -> None:
+        """Forget the locks whose hold ran out (called when a key is taken,
+        and by trim), so they cannot pile up."""
+        while self._expiring and self._expiring[0][0] <= now:
+            _, queue, key = heapq.heappop(self._expiring)
+            lock = self._locks.get((queue, key))
+            if lock is not None and lock.expires is not None and lock.expires <= now:
+                del self._locks[(queue, key)]
+                if self._unique.get(lock.job_id) == (queue, key):
+                    del self._unique[lock.job_id]
+
+    def _unlock(self, job: JobRecord) -> None:
+        """A job deleted before it ended (purge) frees its unique key."""
+        where = self._unique.pop(job.id, None)
+        if where is not None and (lock := self._locks.get(where)) and lock.job_id == job.id:
+            del self._locks[where]
 
     def _delete(self, job: JobRecord) -> None:
         self._tally(job.queue, job.state, -1)
@@ -187,6 +256,9 @@ class MemoryBroker(Broker):
             now = self.clock.now()
             results: list[EnqueueResult] = []
             for new in jobs:
+                if new.unique_key is not None and (holder := self._holder(new, now)):
+                    results.append(EnqueueResult(holder, created=False))
+                    continue
                 existing = self._jobs.get(new.id)
                 if existing is not None and existing.state not in ENDED_STATES:
                     results.append(EnqueueResult(_snapshot(existing), created=False))
@@ -208,6 +280,8 @@ class MemoryBroker(Broker):
                     self._make_delayed(job, new.run_at)
                 else:
                     self._make_ready(job)
+                if new.unique_key is not None:
+                    self._take(new, now)
                 results.append(EnqueueResult(_snapshot(job), created=True))
             return results
 
@@ -355,11 +429,17 @@ class MemoryBroker(Broker):
             # By id, a cancelled job may be brought back too; "all" means dead only.
             states = (DEAD,) if job_ids is None else (DEAD, CANCELLED)
             jobs = self._select(job_ids, queue, states)
+            now = self.clock.now()
             for job in jobs:
                 job.attempts = 0
                 job.stalls = 0
                 job.finished_at = None
                 self._make_ready(job)  # same id, same seq: errors are kept
+                where = self._unique.get(job.id) if self._unique else None
+                lock = self._locks.get(where) if where is not None else None
+                if lock and lock.job_id == job.id and lock.expires and lock.expires > now:
+                    # Still held for it: it holds its key again until it ends.
+                    lock.state = lock.finished_at = lock.expires = None
             return len(jobs)
 
     def promote(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
@@ -384,6 +464,7 @@ class MemoryBroker(Broker):
                 doomed.update((j.id, j) for j in ended if (j.finished_at or 0.0) < older_than)
             for job in doomed.values():
                 self._delete(job)
+            self._drop_expired(self.clock.now())
             return len(doomed)
 
     def pause(self, queue: str) -> bool:
@@ -410,6 +491,8 @@ class MemoryBroker(Broker):
         with self._lock:
             doomed = [j for j in self._jobs.values() if j.queue == queue and j.state in chosen]
             for job in doomed:
+                if job.state not in ENDED_STATES:
+                    self._unlock(job)  # it never ran: its unique key is free
                 self._delete(job)  # its heap entries are now dead
             return len(doomed)
 

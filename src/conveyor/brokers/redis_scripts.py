@@ -18,7 +18,8 @@ spread over the shards:
   ``s`` state, ``q`` seq, ``n`` ord, ``c`` created_at, ``p`` priority,
   ``o`` options, ``r`` run_at, ``a`` attempts (tries), ``k`` stalls,
   ``b`` started_at, ``e`` finished_at, ``f`` lease token (the fence),
-  ``l`` lease expiry, ``w`` worker, ``v`` result (value), ``x`` errors.
+  ``l`` lease expiry, ``w`` worker, ``v`` result (value), ``x`` errors,
+  ``u`` unique key (only on jobs enqueued with ``unique_for``).
   The scripts name them through constants (``lua/_shared.lua``). ``seq`` and
   ``created_at`` are whole microseconds, integers Redis packs in half the
   bytes of a float; ``created_at`` is left out when the job's ``seq`` already
@@ -42,6 +43,10 @@ spread over the shards:
 - ``P:{Q}:schedules``: a HASH, schedule name -> the last tick claimed for
   it (whole seconds since the epoch), for the schedules whose jobs go to
   ``Q`` (``fire``).
+
+- ``P:{Q}:unique:<key>``: a HASH per unique key held in the queue, the lock
+  of ``options(unique_for=...)`` (its fields: ``lua/_shared.lua``); no TTL
+  while its job has not ended, then one of ``unique_for`` (+1 s).
 - ``P:queues``: SET of queue names, so ``get``, ``counts``, ``cancel``... can
   pipeline one call per queue.
 
@@ -60,7 +65,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from conveyor.brokers.base import AttemptError, JobRecord, Lease, NewJob, Tick
+from conveyor.brokers.base import AttemptError, JobRecord, Lease, NewJob, Tick, held_record
 
 NAMES = ["enqueue", "claim", "extend", "complete", "fail", "release", "recover", "cancel",
          "retry", "promote", "trim", "purge", "resume", "stamp", "fire"]  # fmt: skip
@@ -120,6 +125,7 @@ def enqueue(
     states: Sequence[str],
     which: Sequence[int],
     queues: str | None = None,
+    now: float = 0.0,
 ) -> Command:
     """enqueue.lua: store new jobs of one queue, in order, each id at most once.
 
@@ -127,11 +133,15 @@ def enqueue(
     state ``states[i]``; ``created_at`` None: each job's seq tells it.
     ``queues``: the SET of queue names, when the script may add this queue to
     it and look for a chosen id in every queue (one server or Sentinel).
-    Replies one item per job: 1 when stored, else [queue, HGETALL] of the job
-    holding the id."""
+    ``now``: the time a unique key's hold is judged by (jobs with a
+    ``unique_key`` only). Replies one item per job: 1 when stored, else
+    what ``read_held`` reads."""
     rows: list[Any] = []
-    for i in which:  # ARGV[5]'s 9 strings per job
+    uniques: list[Any] = []
+    for n, i in enumerate(which, 1):  # ARGV[5]'s 9 strings per job
         job = jobs[i]
+        if job.unique_key is not None:
+            uniques.append((n, job.unique_key, job.unique_for))
         rows += (
             job.id, str(seqs[i]), job.task, job.payload, str(int(job.priority)),
             job.options or "",  # '' = none
@@ -157,6 +167,9 @@ def enqueue(
         # ARGV[5] the jobs as one JSON array of 9 strings per job; a single
         # job as those 9 strings in ARGV[5..13] instead (no JSON to encode)
         *(rows if len(rows) == 9 else (orjson.dumps(rows),)),
+        # then, when some carry a unique key: now, and a JSON array of
+        # [job number (1-based), key, unique_for]
+        *((repr(now), orjson.dumps(uniques)) if uniques else ()),
     )  # fmt: skip
 
 
@@ -300,10 +313,10 @@ def cancel(k: QueueKeys, *, job_id: str, now: float) -> Command:
     )  # fmt: skip
 
 
-def retry(k: QueueKeys, *, job_ids: Sequence[str]) -> Command:
+def retry(k: QueueKeys, *, now: float, job_ids: Sequence[str]) -> Command:
     """retry.lua: dead (or, by id, cancelled) jobs of one queue start over in
-    waiting. ``job_ids`` empty: every dead job of the queue. Replies how many
-    moved."""
+    waiting; a unique key still held for one at ``now`` is its again.
+    ``job_ids`` empty: every dead job of the queue. Replies how many moved."""
     return (
         "EVALSHA", SHAS["retry"], 3,
         k.prioritized,  # KEYS[1] prioritized  ZSET
@@ -311,7 +324,8 @@ def retry(k: QueueKeys, *, job_ids: Sequence[str]) -> Command:
         k.cancelled,  # KEYS[3] cancelled  ZSET  score finished_at
         k.prefix,  # ARGV[1] key prefix of the queue
         k.channel,  # ARGV[2] channel to PUBLISH on when work appears ('' = none)
-        *job_ids,  # ARGV[3..] job ids; none means every dead job of the queue
+        repr(now),  # ARGV[3] now
+        *job_ids,  # ARGV[4..] job ids; none means every dead job of the queue
     )  # fmt: skip
 
 
@@ -338,11 +352,19 @@ def promote(
 
 
 def trim(
-    k: QueueKeys, *, state: str, keep: int | None, older_than: float | None, limit: int
+    k: QueueKeys,
+    *,
+    state: str,
+    keep: int | None,
+    older_than: float | None,
+    limit: int,
+    unended: bool = False,
 ) -> Command:
     """trim.lua: delete ended jobs of one queue in ``state``: all but the
     ``keep`` most recently finished, and all finished before ``older_than``,
-    at most ``limit`` of them. Replies how many were deleted."""
+    at most ``limit`` of them. ``unended``: the state's jobs have not ended
+    (purge of delayed jobs), so their unique keys are freed. Replies how
+    many were deleted."""
     return (
         "EVALSHA", SHAS["trim"], 1,
         k.prefix + state,  # KEYS[1] the state's ZSET  score finished_at, member id
@@ -350,6 +372,7 @@ def trim(
         "" if keep is None else keep,  # ARGV[2] keep ('' = no limit)
         "" if older_than is None else repr(older_than),  # ARGV[3] older_than ('' = none)
         limit,  # ARGV[4] limit: most jobs deleted by this call
+        *(("1",) if unended else ()),  # ARGV[5] (optional) '1': free their unique keys
     )  # fmt: skip
 
 
@@ -496,6 +519,16 @@ def record(job_id: str, queue: str, h: dict[str, str]) -> JobRecord:
         _float(g("b")), _float(g("e")), g("f"), _float(g("l")), g("w"),
         g("v"), g("x", "[]"),
     )  # fmt: skip
+
+
+def read_held(new: NewJob, item: list[Any]) -> JobRecord:
+    """enqueue.lua's reply for a job not stored: [queue, HGETALL] of the job
+    holding its id; [queue, HGETALL, id] of the job ``id`` holding its key;
+    [queue, HGETALL of the key's lock, id, 'lock'] when retention deleted it."""
+    queue, fields = item[0], pairs(item[1])
+    if len(item) < 4:
+        return record(item[2] if len(item) == 3 else new.id, queue, fields)
+    return held_record(new, item[2], fields["s"], float(fields["c"]), _float(fields.get("e")))
 
 
 def read_claim(queue: str, flat: list[Any]) -> list[JobRecord]:

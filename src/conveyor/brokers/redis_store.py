@@ -73,9 +73,9 @@ from conveyor.brokers.redis_scripts import (
     lease_pairs,
     lease_token,
     leases_by_queue,
-    pairs,
     queue_of,
     read_claim,
+    read_held,
     record,
     result_triples,
 )
@@ -199,6 +199,7 @@ class RedisBroker(Broker):
                 scripts.enqueue(
                     self._keys(queue), store=store, queue=queue, created_at=made,
                     jobs=jobs, seqs=seqs, states=states, which=chunk, queues=queues_key,
+                    now=now,
                 )
             )  # fmt: skip
         read = self.topology.send(commands)
@@ -217,8 +218,8 @@ class RedisBroker(Broker):
             for i, item in zip(chunk, reply, strict=True):
                 if item == 1:
                     results[i] = EnqueueResult(records[i], True)
-                else:  # [queue, fields] of the job that holds the id
-                    results[i] = EnqueueResult(record(jobs[i].id, item[0], pairs(item[1])), False)
+                else:  # the job that holds the id or the key
+                    results[i] = EnqueueResult(read_held(jobs[i], item), False)
         for i, job in enumerate(jobs):
             if results[i] is None:  # the same id earlier in this call
                 results[i] = EnqueueResult(
@@ -450,7 +451,8 @@ class RedisBroker(Broker):
     def retry(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
         if job_ids is not None and not job_ids:
             return 0
-        return sum(self._each(partial(scripts.retry, job_ids=job_ids or ()), queue))
+        now = self.clock.now()
+        return sum(self._each(partial(scripts.retry, now=now, job_ids=job_ids or ()), queue))
 
     def promote(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
         if job_ids is not None and not job_ids:
@@ -504,7 +506,10 @@ class RedisBroker(Broker):
             if state == WAITING:
                 command = partial(scripts.purge, limit=BATCH)
             else:  # a ZSET of ids, as trim deletes from: keep none
-                command = partial(scripts.trim, state=state, keep=0, older_than=None, limit=BATCH)
+                command = partial(
+                    scripts.trim, state=state, keep=0, older_than=None, limit=BATCH,
+                    unended=state not in ENDED_STATES,
+                )  # fmt: skip
             total += self._in_batches(command, queue)
         return total
 

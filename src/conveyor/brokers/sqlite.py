@@ -42,6 +42,7 @@ from conveyor.brokers.base import (
     NewJob,
     Recovered,
     Tick,
+    held_record,
     purge_states,
 )
 from conveyor.brokers.sqlite_file import (
@@ -80,6 +81,12 @@ POLL_SECONDS = 0.003
 DATA_VERSION = "PRAGMA data_version"  # changes when another connection commits
 # One job: insert and get the stored row back in the same statement.
 INSERT_RETURNING = SQL.insert_job + "\nRETURNING *"
+# retry's statements, telling which jobs moved (their unique keys, see rehold_unique).
+RETRY_RETURNING = {
+    name: getattr(SQL, name) + "\nRETURNING id"
+    for name in ("retry_ids", "retry_dead", "retry_dead_in_queue")
+}
+EXPIRED_PER_TAKE = 100  # expired locks dropped each time a key is taken
 
 
 def _json(value: Any) -> str:
@@ -153,12 +160,43 @@ class SQLiteBroker(Broker):
         ]
         with self._file.tx() as conn:
             results = None
-            if len(rows) > 1:
+            if len(rows) > 1 and not any(j.unique_key is not None for j in jobs):
                 results = self._insert_all(conn, rows)
             if results is None:
-                results = [self._insert_one(conn, row) for row in rows]
+                results = [
+                    self._insert_one(conn, row)
+                    if job.unique_key is None
+                    else self._insert_unique(conn, row, job, now)
+                    for row, job in zip(rows, jobs, strict=True)
+                ]
         self._notify()
         return results
+
+    @classmethod
+    def _insert_unique(
+        cls, conn: sqlite3.Connection, row: tuple[Any, ...], job: NewJob, now: float
+    ) -> EnqueueResult:
+        """One job with a unique key: its holder when the key is held, else
+        stored as ``_insert_one`` does, taking the key if it was created."""
+        found = conn.execute(SQL.unique_holder, (job.queue, job.unique_key)).fetchone()
+        if found is not None:
+            holder, unique_for, created_at, state, finished_at, expires, stored, ended_at = found
+            if expires is None and stored in ENDED_STATES:
+                expires = ended_at + unique_for  # it ended without telling the lock (older code)
+            # Not ended: held while its job is stored (a purged one never ran).
+            held = stored is not None if expires is None else expires > now
+            if held and stored is not None:
+                existing = JobRecord(*conn.execute(SQL.get_job, (holder,)).fetchone())
+                return EnqueueResult(existing, created=False)
+            if held:  # retention deleted it: what the lock knows
+                record = held_record(job, holder, state, created_at, finished_at)
+                return EnqueueResult(record, created=False)
+        result = cls._insert_one(conn, row)
+        if result.created:
+            conn.execute(SQL.drop_expired_unique, (now, EXPIRED_PER_TAKE))
+            params = (job.queue, job.unique_key, job.id, job.unique_for, now)
+            conn.execute(SQL.take_unique, params)
+        return result
 
     @staticmethod
     def _insert_all(
@@ -232,11 +270,12 @@ class SQLiteBroker(Broker):
         claimed: list[JobRecord] = []
         promoted = 0
         with self._file.tx() as conn:
-            completed = (
-                {row[0] for row in conn.execute(SQL.complete_jobs, (now, _json(list(done))))}
-                if done
-                else set()
-            )
+            completed = set()
+            if done:
+                rows = conn.execute(SQL.complete_jobs, (now, _json(list(done)))).fetchall()
+                completed = {row[0] for row in rows}
+                if unique := [row[0] for row in rows if row[1]]:  # jobs holding a key
+                    conn.execute(SQL.end_unique, (_json(unique), "completed", now))
             if limit > 0:
                 promoted = conn.execute(SQL.promote_due, (now,)).rowcount
                 for queue in queues:
@@ -272,6 +311,8 @@ class SQLiteBroker(Broker):
         params = (lease.job_id, lease.token, *error_fields, retry_at, now)
         with self._file.tx() as conn:
             failed = conn.execute(SQL.fail_job, params).rowcount == 1
+            if failed and retry_at is None:  # dead: a key it holds is held unique_for more
+                conn.execute(SQL.end_unique, (_json([lease.job_id]), "dead", now))
         if failed and retry_at is not None:
             self._notify()
         return failed
@@ -286,6 +327,8 @@ class SQLiteBroker(Broker):
         now = self.clock.now()
         with self._file.tx() as conn:
             rows = conn.execute(SQL.recover_expired, (now, max_stalled, repr(now))).fetchall()
+            if dead := [row[0] for row in rows if row[2] == "dead"]:
+                conn.execute(SQL.end_unique, (_json(dead), "dead", now))
         if rows:
             self._notify()
         rows.sort(key=lambda row: row[1])  # seq order, as readable as any
@@ -294,19 +337,31 @@ class SQLiteBroker(Broker):
     # -- controlling -----------------------------------------------------
 
     def cancel(self, job_id: str) -> bool:
+        now = self.clock.now()
         with self._file.tx() as conn:
-            return conn.execute(SQL.cancel_job, (job_id, self.clock.now())).rowcount == 1
+            cancelled: bool = conn.execute(SQL.cancel_job, (job_id, now)).rowcount == 1
+            if cancelled and self._file.has_unique:
+                conn.execute(SQL.end_unique, (_json([job_id]), "cancelled", now))
+        return cancelled
 
     def retry(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
         params: tuple[str | None, ...]
         if job_ids is not None:
             # By id, a cancelled job may be brought back too; "all" means dead only.
-            sql, params = SQL.retry_ids, (_json(list(job_ids)), queue)
+            name, params = "retry_ids", (_json(list(job_ids)), queue)
         elif queue is not None:
-            sql, params = SQL.retry_dead_in_queue, (queue,)
+            name, params = "retry_dead_in_queue", (queue,)
         else:
-            sql, params = SQL.retry_dead, ()
-        return self._make_ready(sql, params)
+            name, params = "retry_dead", ()
+        if not self._file.has_unique:
+            return self._make_ready(getattr(SQL, name), params)
+        with self._file.tx() as conn:
+            moved = [row[0] for row in conn.execute(RETRY_RETURNING[name], params)]
+            if moved:
+                conn.execute(SQL.rehold_unique, (_json(moved), self.clock.now()))
+        if moved:
+            self._notify()
+        return len(moved)
 
     def promote(self, job_ids: Sequence[str] | None = None, *, queue: str | None = None) -> int:
         params: tuple[str | None, ...]
@@ -329,6 +384,8 @@ class SQLiteBroker(Broker):
                 deleted += conn.execute(SQL.trim_older, (queue, state, older_than)).rowcount
             if keep is not None:
                 deleted += conn.execute(SQL.trim_keep, (queue, state, max(keep, 0))).rowcount
+            if self._file.has_unique:  # retention's round: locks whose hold ran out go too
+                conn.execute(SQL.drop_expired_unique, (self.clock.now(), -1))
         return deleted
 
     def pause(self, queue: str) -> bool:
@@ -347,8 +404,11 @@ class SQLiteBroker(Broker):
 
     def purge(self, queue: str, states: Sequence[str]) -> int:
         chosen = purge_states(states)
+        params = (queue, _json(list(chosen)))
         with self._file.tx() as conn:
-            deleted: int = conn.execute(SQL.purge, (queue, _json(list(chosen)))).rowcount
+            if self._file.has_unique:
+                conn.execute(SQL.purge_unique, params)
+            deleted: int = conn.execute(SQL.purge, params).rowcount
         return deleted
 
     # -- reading ---------------------------------------------------------

@@ -52,6 +52,28 @@ CREATE INDEX IF NOT EXISTS conveyor_jobs_ended
     ON conveyor_jobs (queue, state, finished_at)
     WHERE state IN ('completed', 'dead', 'cancelled');
 
+-- name: unique_schema
+-- Unique keys (options(unique_for=...)): one lock per queue and key, held by
+-- job_id while that job has not ended (expires_at NULL), then until
+-- expires_at = finished_at + unique_for; state and finished_at say how its job
+-- ended, for when retention deleted it. Its own table, so a job without a key
+-- costs nothing, and created IF NOT EXISTS at every open that may write: a
+-- database made before it gets it then.
+CREATE TABLE IF NOT EXISTS conveyor_unique (
+    queue       TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    job_id      TEXT NOT NULL,
+    unique_for  REAL NOT NULL,
+    created_at  REAL NOT NULL,
+    state       TEXT,
+    finished_at REAL,
+    expires_at  REAL,
+    PRIMARY KEY (queue, key)
+);
+CREATE INDEX IF NOT EXISTS conveyor_unique_job ON conveyor_unique (job_id);
+CREATE INDEX IF NOT EXISTS conveyor_unique_expiry
+    ON conveyor_unique (expires_at) WHERE expires_at IS NOT NULL;
+
 -- name: named_objects
 -- The tables and views a database holds (SQLite's own sqlite_* tables left
 -- out), to tell an empty file, conveyor's database and someone else's apart.
@@ -133,7 +155,9 @@ RETURNING conveyor_jobs.id
 
 -- name: complete_jobs
 -- ?2 is a JSON array of [{job_id, token}, result JSON text]: every job still
--- held by its lease becomes completed with its result. Returns their ids.
+-- held by its lease becomes completed with its result. Returns their ids,
+-- each with whether it holds a unique key (an empty index probe for the
+-- jobs that hold none: then end_unique is not run).
 UPDATE conveyor_jobs
 SET state = 'completed', result = done.result, finished_at = ?1,
     lease_token = NULL, lease_expires = NULL
@@ -144,7 +168,8 @@ FROM (
 ) AS done
 WHERE conveyor_jobs.id = done.job_id AND conveyor_jobs.lease_token = done.token
   AND conveyor_jobs.state = 'active'
-RETURNING conveyor_jobs.id
+RETURNING conveyor_jobs.id, EXISTS (SELECT 1 FROM conveyor_unique AS u
+                                    WHERE u.job_id = conveyor_jobs.id AND u.expires_at IS NULL)
 
 -- name: fail_job
 -- A failed run, fenced by the lease (?1 id, ?2 token): append the error
@@ -310,7 +335,6 @@ SELECT substr(key, 8) FROM conveyor_meta WHERE key LIKE 'paused:%'
 DELETE FROM conveyor_jobs
 WHERE queue = ?1 AND state IN (SELECT value FROM json_each(?2)) AND state != 'active'
 
-
 -- name: claim_tick
 -- Record ?3 as the last tick of schedule ?2 of queue ?1 (a row
 -- 'schedule:<queue>/<name>' in conveyor_meta: a queue name holds no '/'),
@@ -322,3 +346,51 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE value < excluded.va
 -- name: last_tick
 -- The last tick recorded for schedule ?2 of queue ?1, if any.
 SELECT value FROM conveyor_meta WHERE key = 'schedule:' || ?1 || '/' || ?2
+
+-- name: unique_holder
+-- The lock of key ?2 in queue ?1 and, while its job is stored, that job's
+-- state and finished_at (sqlite.py decides whether the key is held).
+SELECT l.job_id, l.unique_for, l.created_at, l.state, l.finished_at, l.expires_at,
+       j.state, j.finished_at
+FROM conveyor_unique AS l LEFT JOIN conveyor_jobs AS j ON j.id = l.job_id
+WHERE l.queue = ?1 AND l.key = ?2
+
+-- name: take_unique
+-- Job ?3, just stored, takes key ?2 of queue ?1 (from a holder whose hold ran
+-- out, if any) for ?4 seconds after it ends; ?5 now.
+INSERT INTO conveyor_unique (queue, key, job_id, unique_for, created_at)
+VALUES (?1, ?2, ?3, ?4, ?5)
+ON CONFLICT (queue, key) DO UPDATE
+SET job_id = excluded.job_id, unique_for = excluded.unique_for,
+    created_at = excluded.created_at, state = NULL, finished_at = NULL, expires_at = NULL
+
+-- name: drop_expired_unique
+-- Up to 100 locks whose hold ran out by ?1 go: run whenever a key is taken
+-- (and by trim, without the limit), so the table cannot keep growing.
+DELETE FROM conveyor_unique WHERE rowid IN (
+    SELECT rowid FROM conveyor_unique
+    WHERE expires_at IS NOT NULL AND expires_at <= ?1
+    LIMIT ?2
+)
+
+-- name: end_unique
+-- The jobs in the JSON array ?1 ended as ?2 at ?3: the keys they hold are
+-- held unique_for seconds more, then free.
+UPDATE conveyor_unique SET state = ?2, finished_at = ?3, expires_at = ?3 + unique_for
+WHERE job_id IN (SELECT value FROM json_each(?1)) AND expires_at IS NULL
+
+-- name: rehold_unique
+-- The jobs in the JSON array ?1 were retried: a key still held for one of
+-- them at ?2 (its hold not run out) is its again until it ends.
+UPDATE conveyor_unique SET state = NULL, finished_at = NULL, expires_at = NULL
+WHERE job_id IN (SELECT value FROM json_each(?1))
+  AND expires_at IS NOT NULL AND expires_at > ?2
+
+-- name: purge_unique
+-- Before purge deletes queue ?1's jobs in the states of the JSON array ?2:
+-- the keys held by those that have not ended (waiting, delayed) are free.
+DELETE FROM conveyor_unique WHERE expires_at IS NULL AND job_id IN (
+    SELECT id FROM conveyor_jobs
+    WHERE queue = ?1 AND state IN (SELECT value FROM json_each(?2))
+      AND state IN ('waiting', 'delayed')
+)

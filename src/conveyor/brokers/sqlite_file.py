@@ -77,7 +77,7 @@ from conveyor.errors import (
 )
 
 SCHEMA_VERSION = 1  # conveyor_meta's schema_version: where later migrations start from
-OUR_TABLES = frozenset({"conveyor_jobs", "conveyor_meta"})
+OUR_TABLES = frozenset({"conveyor_jobs", "conveyor_meta", "conveyor_unique"})
 SHOWN_TABLES = 5  # how many of a foreign database's tables an error names
 # RETURNING (3.35), UPDATE ... FROM (3.33) and the ->> JSON operator (3.38).
 MIN_SQLITE = (3, 38)
@@ -139,6 +139,7 @@ class _Contents:
 
     others: list[str]  # tables and views that are not conveyor's
     has_jobs: bool  # conveyor_jobs exists
+    has_unique: bool  # conveyor_unique exists (databases made before it lack it)
     columns: tuple[str, ...]  # conveyor_jobs' columns, in table order
     version: Any  # conveyor_meta's schema_version; None when not recorded
 
@@ -214,6 +215,7 @@ class DatabaseFile:
                 f"this Python has {sqlite3.sqlite_version}"
             )
         self._after_fork = after_fork
+        self.has_unique = False  # conveyor_unique exists (_open_database finds out)
         # The path as a file: URI, every character a URI gives a meaning to
         # (?, #, %, space...) escaped: only a URI can say ?mode=rw, which
         # forbids SQLite to create the file.
@@ -375,7 +377,12 @@ class DatabaseFile:
             identity = self._identity_now()
             if identity is None:  # without it, check_unchanged could never tell
                 raise StoreUnavailable(f"cannot open {self.url}: {self.path} vanished meanwhile")
-            changeable = self._judge(self._contents(conn))
+            found = self._contents(conn)
+            changeable = self._judge(found)
+            # Whether the unique-key locks' table is there (set up below, when
+            # this store may write): a store that may not write to a database
+            # made before it leaves the locks alone, and there are none.
+            self.has_unique = found.has_unique or self.create
             if self.create:
                 self._set_up(conn, changeable)
         except sqlite3.DatabaseError as exc:
@@ -412,7 +419,9 @@ class DatabaseFile:
             rows = conn.execute(SQL.schema_version).fetchall()
             version = rows[0][0] if rows else None
         others = [name for name in names if name not in OUR_TABLES]
-        return _Contents(others, "conveyor_jobs" in names, columns, version)
+        return _Contents(
+            others, "conveyor_jobs" in names, "conveyor_unique" in names, columns, version
+        )
 
     def _judge(self, found: _Contents) -> bool:
         """Raise StoreMisconfigured for a database this store must not use.
@@ -479,6 +488,10 @@ class DatabaseFile:
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(SQL.set_schema_version, (SCHEMA_VERSION,))
+            if not found.has_unique:  # a database made before unique keys
+                for statement in SQL.unique_schema.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
             conn.execute("COMMIT")
         finally:
             if conn.in_transaction:

@@ -60,3 +60,35 @@ local function settle(prefix, channel)
   end
 end
 
+-- Unique keys (options(unique_for=...)). A job that took one carries it in
+-- its UNIQUE field; the key's lock is the HASH prefix .. 'unique:' .. key:
+--   j  the id of the job holding it    f  unique_for (seconds)
+--   c  that job's created_at           x  when the hold runs out, set when
+--   s, e  the state it ended in, and finished_at  (the job ends, with a TTL
+--                                                  of unique_for + 1 s)
+-- While its job has not ended the lock has no x and no TTL.
+local UNIQUE = 'u'
+
+local function unique_lock(prefix, ukey)
+  return prefix .. 'unique:' .. ukey
+end
+
+-- Job `id` ended as `state` at `now`: the key it holds (if still its own and
+-- not ended already) is held unique_for seconds more, then expires.
+local function end_unique(prefix, ukey, id, state, now)
+  local lock = unique_lock(prefix, ukey)
+  local held = redis.call('HMGET', lock, 'j', 'f', 'x')
+  if held[1] ~= id or held[3] then return end
+  local unique_for = tonumber(held[2])
+  redis.call('HSET', lock, 's', state, 'e', now,
+             'x', string.format('%.17g', tonumber(now) + unique_for))
+  redis.call('PEXPIRE', lock, math.ceil(unique_for * 1000) + 1000)
+end
+
+-- Job `id` is deleted before it ended (purge): the key it holds is free.
+local function unlock_unique(prefix, ukey, id)
+  local lock = unique_lock(prefix, ukey)
+  local held = redis.call('HMGET', lock, 'j', 'x')
+  if held[1] == id and not held[2] then redis.call('DEL', lock) end
+end
+

@@ -1,4 +1,5 @@
--- cancel: a waiting or delayed job of one queue ends as cancelled.
+-- cancel: a waiting or delayed job of one queue ends as cancelled; a key it
+-- holds (_shared: unique keys) is held unique_for seconds more.
 -- KEYS[1] waiting  LIST   KEYS[2] prioritized  ZSET   (see _shared)
 -- KEYS[3] delayed  ZSET  score run_at   KEYS[4] cancelled  ZSET  score finished_at
 -- ARGV[1] key prefix of the queue   ARGV[2] id   ARGV[3] now
@@ -6,7 +7,7 @@
 -- Returns 1, or 0 when the job is not here or has started.
 local prefix, id, now = ARGV[1], ARGV[2], ARGV[3]
 local key = prefix .. 'job:' .. id
-local job = redis.call('HMGET', key, STATE, ORD)
+local job = redis.call('HMGET', key, STATE, ORD, UNIQUE)
 if job[1] == 'waiting' then
   if redis.call('ZREM', KEYS[2], ready_member(job[2], id)) == 0 then
     redis.call('LREM', KEYS[1], 1, id)
@@ -19,4 +20,5 @@ else
 end
 redis.call('HSET', key, STATE, 'cancelled', END, now)
 redis.call('ZADD', KEYS[4], now, id)
+if job[3] then end_unique(prefix, job[3], id, 'cancelled', now) end
 return 1

@@ -1,5 +1,6 @@
 -- complete: held jobs of one queue end as completed with their result.
 -- A job carries a token only while it is active, so the token is the fence.
+-- A key the job holds (_shared: unique keys) is held unique_for seconds more.
 -- KEYS[1] active     ZSET  score lease expiry, member id
 -- KEYS[2] completed  ZSET  score finished_at, member id
 -- ARGV[1] key prefix of the queue   ARGV[2] now   ARGV[3..] triples: id, token, result
@@ -9,9 +10,11 @@ local out, ended, finished = {}, {}, {}
 for i = 3, #ARGV, 3 do
   local id = ARGV[i]
   local key = ARGV[1] .. 'job:' .. id
-  if redis.call('HGET', key, TOKEN) == ARGV[i + 1] then
+  local job = redis.call('HMGET', key, TOKEN, UNIQUE)
+  if job[1] == ARGV[i + 1] then
     redis.call('HSET', key, STATE, 'completed', END, now, RESULT, ARGV[i + 2])
     redis.call('HDEL', key, TOKEN, LEASE)
+    if job[2] then end_unique(ARGV[1], job[2], id, 'completed', now) end
     ended[#ended + 1] = id
     finished[#finished + 1] = now
     finished[#finished + 1] = id

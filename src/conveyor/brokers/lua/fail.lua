@@ -5,10 +5,11 @@
 -- ARGV[5] the error as JSON without its first field: ',"type":...,"at":now}'
 -- ARGV[6] next state: 'delayed', 'waiting' or 'dead'   ARGV[7] retry_at ('' when dead)
 -- ARGV[8] channel to PUBLISH on when work appears ('' = none)
+-- Dead: a key the job holds (_shared: unique keys) is held unique_for seconds more.
 -- Returns 1, or 0 when the lease was lost (nothing changed).
 local prefix, now, id, state = ARGV[1], ARGV[2], ARGV[3], ARGV[6]
 local key = prefix .. 'job:' .. id
-local job = redis.call('HMGET', key, TOKEN, TRIES, ERRORS, PRIO, ORD)
+local job = redis.call('HMGET', key, TOKEN, TRIES, ERRORS, PRIO, ORD, UNIQUE)
 if job[1] ~= ARGV[4] then
   return 0
 end
@@ -20,6 +21,7 @@ redis.call('ZREM', KEYS[3], id)
 if state == 'dead' then
   redis.call('HSET', key, END, now)
   redis.call('ZADD', KEYS[4], now, id)
+  if job[6] then end_unique(prefix, job[6], id, 'dead', now) end
   return 1
 end
 redis.call('HSET', key, RUN, ARGV[7])

@@ -3,6 +3,7 @@
 -- deletes `limit`. (Delayed and ended jobs go through trim.lua, keep 0.)
 -- KEYS[1] waiting  LIST   KEYS[2] prioritized  ZSET   (see _shared)
 -- ARGV[1] key prefix of the queue   ARGV[2] limit: most jobs deleted by this call
+-- A key a deleted job held (_shared: unique keys) is free: it never ran.
 -- Returns {ids taken off the ready keys, jobs deleted} (an id whose job is not
 -- waiting is only taken off).
 local prefix, limit = ARGV[1], tonumber(ARGV[2])
@@ -14,7 +15,9 @@ end
 local deleted = 0
 for _, id in ipairs(ids) do
   local key = prefix .. 'job:' .. id
-  if redis.call('HGET', key, STATE) == 'waiting' then
+  local job = redis.call('HMGET', key, STATE, UNIQUE)
+  if job[1] == 'waiting' then
+    if job[2] then unlock_unique(prefix, job[2], id) end
     redis.call('DEL', key)
     deleted = deleted + 1
   end

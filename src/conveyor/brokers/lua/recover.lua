@@ -1,6 +1,7 @@
 -- recover: active jobs of one queue whose lease expired (their worker died).
 -- Each stalls once more; above max_stalled it goes dead with a Stalled error,
--- otherwise back to waiting in its old place, its attempt given back.
+-- otherwise back to waiting in its old place, its attempt given back. A dead
+-- job's key (_shared: unique keys) is held unique_for seconds more.
 -- KEYS[1] prioritized  ZSET (see _shared)
 -- KEYS[2] active   ZSET  score lease expiry   KEYS[3] dead  ZSET  score finished_at
 -- ARGV[1] key prefix of the queue   ARGV[2] now   ARGV[3] max_stalled
@@ -13,7 +14,7 @@ local out = {}
 for _, id in ipairs(expired) do
   local key = prefix .. 'job:' .. id
   local stalls = redis.call('HINCRBY', key, STALLS, 1)
-  local job = redis.call('HMGET', key, TRIES, ERRORS, PRIO, ORD, SEQ)
+  local job = redis.call('HMGET', key, TRIES, ERRORS, PRIO, ORD, SEQ, UNIQUE)
   redis.call('HDEL', key, TOKEN, LEASE)
   local state = 'waiting'
   if stalls > max_stalled then
@@ -23,6 +24,7 @@ for _, id in ipairs(expired) do
     local errors = job[2] and (string.sub(job[2], 1, -2) .. ',' .. entry .. ']') or ('[' .. entry .. ']')
     redis.call('HSET', key, STATE, 'dead', END, now, ERRORS, errors)
     redis.call('ZADD', KEYS[3], now, id)
+    if job[6] then end_unique(prefix, job[6], id, 'dead', now) end
   else
     redis.call('HINCRBY', key, TRIES, -1)
     redis.call('HSET', key, STATE, 'waiting')

@@ -5,6 +5,8 @@
 -- KEYS[1] the state's ZSET (completed, dead or cancelled)  score finished_at, member id
 -- ARGV[1] key prefix of the queue   ARGV[2] keep ('' = no limit)
 -- ARGV[3] older_than ('' = none)    ARGV[4] limit: most jobs deleted by this call
+-- ARGV[5] (optional) '1': the jobs have not ended (purge of delayed jobs): a
+--         key one held (_shared: unique keys) is free. Ended jobs keep theirs.
 -- Returns how many were deleted.
 local limit = tonumber(ARGV[4])
 local doomed = {}
@@ -17,7 +19,12 @@ if ARGV[2] ~= '' and #doomed < limit then
   if extra > #doomed then doomed = redis.call('ZRANGE', KEYS[1], 0, extra - 1) end
 end
 for _, id in ipairs(doomed) do
-  redis.call('DEL', ARGV[1] .. 'job:' .. id)
+  local key = ARGV[1] .. 'job:' .. id
+  if ARGV[5] then
+    local ukey = redis.call('HGET', key, UNIQUE)
+    if ukey then unlock_unique(ARGV[1], ukey, id) end
+  end
+  redis.call('DEL', key)
 end
 if #doomed > 0 then redis.call('ZREM', KEYS[1], unpack(doomed)) end
 return #doomed
