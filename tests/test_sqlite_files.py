@@ -466,6 +466,42 @@ def test_a_new_thread_never_recreates_a_deleted_file(running, tmp_path):
     assert not path.exists()
 
 
+def test_files_that_vanish_while_a_new_thread_connects_are_told_as_deleted(
+    running, tmp_path, monkeypatch
+):
+    """The race a worker met: its new thread's connection passed the look at
+    the file, then the file and its -wal and -shm went before the first
+    statement ("disk I/O error"). That is the deleted-file story, not a bug."""
+    from conveyor.brokers.sqlite_file import DatabaseFile
+
+    looked = DatabaseFile.check_unchanged
+
+    def look_then_delete(self: DatabaseFile) -> None:
+        looked(self)
+        for path in tmp_path.glob("jobs.db*"):
+            path.unlink()
+        monkeypatch.setattr(DatabaseFile, "check_unchanged", looked)
+
+    monkeypatch.setattr(DatabaseFile, "check_unchanged", look_then_delete)
+    # The first statement fails, as it did there (SQLite's "disk I/O error"
+    # cannot be had on demand; any error of that statement takes this path).
+    monkeypatch.setattr(running._file, "synchronous", "NORMAL; SELECT 1")
+    seen: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            running.get("a")
+        except BaseException as exc:
+            seen.append(exc)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join()
+    assert isinstance(seen[0], StoreMisconfigured), seen
+    assert "was deleted or moved away" in str(seen[0])
+    assert not (tmp_path / "jobs.db").exists()
+
+
 def test_a_new_thread_never_works_on_a_replacing_file(running, tmp_path):
     make_conveyor_database(tmp_path / "other.db", "b")
     os.replace(tmp_path / "other.db", tmp_path / "jobs.db")

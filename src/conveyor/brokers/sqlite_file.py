@@ -308,9 +308,18 @@ class DatabaseFile:
             except ConveyorError:
                 conn.close()
                 raise
+        try:
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except sqlite3.Error as exc:
+            # The file went between the look above and this first statement
+            # ("disk I/O error"): the same story, told the same way.
+            conn.close()
+            if self._identity is None:
+                raise  # still opening: _open_database explains it
+            self.check_unchanged()
+            raise self._unavailable(exc) from exc
         with self._connections_lock:
             self._connections.append(conn)
-        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         tx = self._local.tx = _Transaction(self, conn)
         # A thread's locals are dropped when it ends: close its connection
         # then, or a process whose threads come and go (a web server's, say)
