@@ -18,7 +18,8 @@ spread over the shards:
   ``s`` state, ``q`` seq, ``n`` ord, ``c`` created_at, ``p`` priority,
   ``o`` options, ``r`` run_at, ``a`` attempts (tries), ``k`` stalls,
   ``b`` started_at, ``e`` finished_at, ``f`` lease token (the fence),
-  ``l`` lease expiry, ``w`` worker, ``v`` result (value), ``x`` errors.
+  ``l`` lease expiry, ``w`` worker, ``v`` result (value), ``x`` errors,
+  ``g`` rate_key (its bucket's key, when the producer gave one).
   The scripts name them through constants (``lua/_shared.lua``). ``seq`` and
   ``created_at`` are whole microseconds, integers Redis packs in half the
   bytes of a float; ``created_at`` is left out when the job's ``seq`` already
@@ -39,6 +40,15 @@ spread over the shards:
   work nobody claimed.
 - ``P:{Q}:paused``: a STRING that exists while the queue is paused (``claim``
   hands out none of its jobs).
+- Held-back work (``lua/_limits.lua`` tells the whole rule), only where
+  the app declared controls: ``P:{Q}:starts``, a ZSET log of the queue's
+  starts in its rate window; ``P:{Q}:capped``, a STRING set while the
+  queue's concurrency cap is full with work behind (a completion then wakes
+  a waiter); jobs of a rate-limited task whose bucket is full, moved out of
+  the ready line into ``P:{Q}:rl-ready:<bucket>`` (same members as
+  ``prioritized``), with ``P:{Q}:rl-log:<bucket>`` its starts,
+  ``P:{Q}:buckets`` (ZSET: buckets holding jobs, scored by when each next
+  has a slot) and ``P:{Q}:held`` (STRING: how many jobs those lines hold).
 - ``P:queues``: SET of queue names, so ``get``, ``counts``, ``cancel``... can
   pipeline one call per queue.
 
@@ -57,13 +67,19 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from conveyor.brokers.base import AttemptError, JobRecord, Lease, NewJob
+from conveyor.brokers.base import AttemptError, Controls, JobRecord, Lease, NewJob
 
-NAMES = ["enqueue", "claim", "extend", "complete", "fail", "release", "recover", "cancel",
-         "retry", "promote", "trim", "purge", "resume", "stamp"]  # fmt: skip
+NAMES = ["enqueue", "claim", "claim_limited", "extend", "complete", "fail", "release",
+         "recover", "cancel", "retry", "promote", "trim", "purge", "resume", "stamp"]  # fmt: skip
+#: The scripts that read or move held-back work: they start with _limits.lua too.
+HOLDING = {"claim_limited", "cancel", "purge"}
 LUA = files("conveyor.brokers").joinpath("lua")
 SHARED = LUA.joinpath("_shared.lua").read_text()  # helpers every script starts with
-SOURCES = {name: SHARED + LUA.joinpath(f"{name}.lua").read_text() for name in NAMES}
+LIMITS = LUA.joinpath("_limits.lua").read_text()
+SOURCES = {
+    name: SHARED + (LIMITS if name in HOLDING else "") + LUA.joinpath(f"{name}.lua").read_text()
+    for name in NAMES
+}
 SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in SOURCES.items()}
 
 #: One Redis command: its name and arguments, as ``execute_command`` takes them.
@@ -88,6 +104,24 @@ class QueueKeys(NamedTuple):
     @property
     def paused(self) -> str:  # STRING: exists while the queue is paused
         return self.prefix + "paused"
+
+    # Held-back work (the module docstring): keys only controlled queues use.
+
+    @property
+    def starts(self) -> str:  # ZSET: the queue's starts in its rate window
+        return self.prefix + "starts"
+
+    @property
+    def buckets(self) -> str:  # ZSET: buckets holding jobs, by when each has a slot
+        return self.prefix + "buckets"
+
+    @property
+    def held(self) -> str:  # STRING: jobs the bucket lines hold
+        return self.prefix + "held"
+
+    @property
+    def capped(self) -> str:  # STRING: the concurrency cap is full, work behind
+        return self.prefix + "capped"
 
     @classmethod
     def of(cls, store_prefix: str, queue: str, channel: str) -> QueueKeys:
@@ -123,7 +157,7 @@ def enqueue(
     Replies one item per job: 1 when stored, else [queue, HGETALL] of the job
     holding the id."""
     rows: list[Any] = []
-    for i in which:  # ARGV[5]'s 9 strings per job
+    for i in which:  # ARGV[5]'s 10 strings per job
         job = jobs[i]
         rows += (
             job.id, str(seqs[i]), job.task, job.payload, str(int(job.priority)),
@@ -131,6 +165,7 @@ def enqueue(
             "" if job.run_at is None else repr(job.run_at),  # '' = none
             states[i],  # 'waiting' or 'delayed'
             "" if job.generated_id else "1",  # '1' when the caller chose the id
+            job.rate_key or "",  # '' = none (JSON text is never empty)
         )  # fmt: skip
     keys = [
         k.waiting,  # KEYS[1] waiting  LIST
@@ -147,9 +182,9 @@ def enqueue(
         # ARGV[3] created_at in whole microseconds; '' = each job's seq tells it
         "" if created_at is None else created_at,
         k.channel,  # ARGV[4] channel to PUBLISH on when work appears ('' = none)
-        # ARGV[5] the jobs as one JSON array of 9 strings per job; a single
-        # job as those 9 strings in ARGV[5..13] instead (no JSON to encode)
-        *(rows if len(rows) == 9 else (orjson.dumps(rows),)),
+        # ARGV[5] the jobs as one JSON array of 10 strings per job; a single
+        # job as those 10 strings in ARGV[5..14] instead (no JSON to encode)
+        *(rows if len(rows) == 10 else (orjson.dumps(rows),)),
     )  # fmt: skip
 
 
@@ -162,23 +197,34 @@ def claim(
     token: str,
     limit: int,
     stamp: str | None = None,
+    controls: tuple[Any, ...] = (),
 ) -> Command:
     """claim.lua: promote the queue's due delayed jobs, then lease up to
     ``limit`` (>= 1) of its ready jobs in claim order. ``stamp``: the key
     stamp.lua set before a wait this claim is queued behind (``now`` and
     ``expiry`` are then moved on by the time since; the key gone, the wait
-    was interrupted and nothing is claimed). Replies pairs, in claim order:
-    id, the job's HGETALL (``read_claim`` reads them)."""
+    was interrupted and nothing is claimed). ``controls``: ``control_args``
+    for the queue; given, claim_limited.lua runs instead and holds jobs back
+    by them (empty: claim.lua, which knows of no controls and pays nothing for
+    them). Replies pairs, in claim order: id, the job's HGETALL
+    (``read_claim`` reads them)."""
     keys: tuple[str, ...] = (
         k.waiting,  # KEYS[1] waiting  LIST
         k.prioritized,  # KEYS[2] prioritized  ZSET
         k.delayed,  # KEYS[3] delayed  ZSET  score run_at
         k.active,  # KEYS[4] active  ZSET  score lease expiry
     )
+    if controls:
+        keys += (
+            k.starts,  # KEYS[5] starts  ZSET  score start time
+            k.buckets,  # KEYS[6] buckets  ZSET  score when the bucket next has a slot
+            k.held,  # KEYS[7] held  STRING
+            k.capped,  # KEYS[8] capped  STRING
+        )
     if stamp:
-        keys += (stamp,)  # KEYS[5] (optional) stamp  STRING, set by stamp.lua
+        keys += (stamp,)  # KEYS[5] (KEYS[9] with controls, optional) stamp  STRING
     return (
-        "EVALSHA", SHAS["claim"], len(keys), *keys,
+        "EVALSHA", SHAS["claim_limited" if controls else "claim"], len(keys), *keys,
         k.prefix,  # ARGV[1] key prefix of the queue
         repr(now),  # ARGV[2] now
         repr(expiry),  # ARGV[3] lease expiry
@@ -186,7 +232,27 @@ def claim(
         token,  # ARGV[5] lease token
         limit,  # ARGV[6] limit (>= 1)
         k.channel,  # ARGV[7] channel to PUBLISH on when jobs are left for others
+        *controls,  # ARGV[8..] (claim_limited.lua only) the controls
     )  # fmt: skip
+
+
+def control_args(controls: Controls, queue: str) -> tuple[Any, ...]:
+    """claim_limited.lua's ARGV[8..] for ``queue``: its rate's limit and
+    period ('' = none), its concurrency cap ('' = none), then task, limit,
+    period of every task rate (a job of any task may be in any queue). Empty
+    when none applies: the queue's claims run claim.lua."""
+    rate = controls.queue_rates.get(queue)
+    cap = controls.concurrency.get(queue)
+    tasks = controls.task_rates
+    if rate is None and cap is None and not tasks:
+        return ()
+    return (
+        "" if rate is None else rate.limit,  # ARGV[8] the queue's rate: limit
+        "" if rate is None else repr(float(rate.period)),  # ARGV[9] its period
+        "" if cap is None else cap,  # ARGV[10] the queue's concurrency cap
+        # ARGV[11..] task, limit, period of each task rate
+        *(x for task, r in tasks.items() for x in (task, r.limit, repr(float(r.period)))),
+    )
 
 
 def extend(k: QueueKeys, *, expiry: float, pairs: Sequence[str]) -> Command:
@@ -201,17 +267,20 @@ def extend(k: QueueKeys, *, expiry: float, pairs: Sequence[str]) -> Command:
     )  # fmt: skip
 
 
-def complete(k: QueueKeys, *, now: float, triples: Sequence[str]) -> Command:
+def complete(k: QueueKeys, *, now: float, triples: Sequence[str], capped: bool = False) -> Command:
     """complete.lua: held jobs of one queue end as completed with their
-    result. ``triples``: id, token, result JSON... Replies one 1 (completed)
-    or 0 (lease lost, nothing changed) per job."""
+    result. ``triples``: id, token, result JSON... ``capped``: the queue has
+    a concurrency cap (the slots freed may wake a waiter). Replies one 1
+    (completed) or 0 (lease lost, nothing changed) per job."""
     return (
         "EVALSHA", SHAS["complete"], 2,
         k.active,  # KEYS[1] active  ZSET  score lease expiry, member id
         k.completed,  # KEYS[2] completed  ZSET  score finished_at, member id
         k.prefix,  # ARGV[1] key prefix of the queue
         repr(now),  # ARGV[2] now
-        *triples,  # ARGV[3..] triples: id, token, result
+        "1" if capped else "",  # ARGV[3] '1': the queue has a concurrency cap
+        k.channel,  # ARGV[4] channel to PUBLISH on when work appears ('' = none)
+        *triples,  # ARGV[5..] triples: id, token, result
     )  # fmt: skip
 
 
@@ -347,7 +416,8 @@ def trim(
 
 
 def purge(k: QueueKeys, *, limit: int) -> Command:
-    """purge.lua: delete up to ``limit`` of one queue's waiting jobs. Replies
+    """purge.lua: delete up to ``limit`` of one queue's waiting jobs (those
+    held in bucket lines too). Replies
     [ids taken off its ready keys (call again while that is ``limit``), jobs
     deleted]."""
     return (
@@ -448,7 +518,7 @@ def record(job_id: str, queue: str, h: dict[str, str]) -> JobRecord:
         job_id, int(seq), h["t"], queue, h["s"], int(g("p", 0)), h["d"], g("o"),
         int(g("a", 0)), int(g("k", 0)), int(g("c", seq)) / 1e6, _float(g("r")),
         _float(g("b")), _float(g("e")), g("f"), _float(g("l")), g("w"),
-        g("v"), g("x", "[]"),
+        g("v"), g("x", "[]"), g("g"),
     )  # fmt: skip
 
 

@@ -14,11 +14,12 @@
 -- ARGV[3] created_at in whole microseconds (an integer: half the bytes of the
 --         float); '' = each job's seq is its created_at (not stored twice)
 -- ARGV[4] channel to PUBLISH on when work appears ('' = none)
--- ARGV[5] the jobs as one JSON array (one argument, not nine a job: cheaper to
---         send) of 9 strings per job: id, seq, task, payload, priority,
+-- ARGV[5] the jobs as one JSON array (one argument, not ten a job: cheaper to
+--         send) of 10 strings per job: id, seq, task, payload, priority,
 --         options ('' = none), run_at ('' = none), state ('waiting' or
---         'delayed'), '1' when the caller chose the id ('' = generated).
---         A single job comes as those 9 strings in ARGV[5..13] instead (no
+--         'delayed'), '1' when the caller chose the id ('' = generated),
+--         rate_key ('' = none; else JSON text, never empty).
+--         A single job comes as those 10 strings in ARGV[5..14] instead (no
 --         JSON to encode and decode).
 -- Returns one item per job: 1 when stored, else {queue, HGETALL} of the job holding the id.
 local store, queue, made = ARGV[1], ARGV[2], ARGV[3]
@@ -27,12 +28,12 @@ if KEYS[5] then redis.call('SADD', KEYS[5], queue) end
 local places -- where a chosen id may be held, this queue first; built when first needed
 local ended = {completed = true, dead = true, cancelled = true}
 local rows = #ARGV > 5 and {unpack(ARGV, 5)} or cjson.decode(ARGV[5])
-local n = #rows / 9
+local n = #rows / 10
 local ord = redis.call('INCRBY', KEYS[4], n) - n
 local head -- run_at of the first delayed job, read when first needed
 local appended, ready, sooner = {}, false, false
 local out = {}
-for i = 1, #rows, 9 do
+for i = 1, #rows, 10 do
   local id, prio, opts, run_at, state = rows[i], rows[i + 4], rows[i + 5], rows[i + 6], rows[i + 7]
   local holder, old
   if rows[i + 8] == '1' then
@@ -65,6 +66,7 @@ for i = 1, #rows, 9 do
     if prio ~= '0' then fields[#fields + 1] = PRIO; fields[#fields + 1] = prio end
     if opts ~= '' then fields[#fields + 1] = OPTS; fields[#fields + 1] = opts end
     if run_at ~= '' then fields[#fields + 1] = RUN; fields[#fields + 1] = run_at end
+    if rows[i + 9] ~= '' then fields[#fields + 1] = RKEY; fields[#fields + 1] = rows[i + 9] end
     redis.call('HSET', here .. 'job:' .. id, unpack(fields))
     if state == 'delayed' then
       if head == nil then head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2] or false end

@@ -1,0 +1,231 @@
+-- claim_limited: claim.lua for a queue under controls (redis_scripts.claim
+-- sends it instead of claim.lua only then). Besides what claim.lua does, it
+-- holds jobs back, atomically with the claim:
+-- - a concurrency cap: at most cap minus the queue's jobs active with an
+--   unexpired lease (a dead worker's share comes back when its lease ends);
+-- - a queue rate: at most `limit` starts in any window of `period` seconds,
+--   counted in a log of start times (a start at t leaves it at t + period);
+-- - task rates per bucket (_limits): a job of a limited task whose bucket has
+--   no slot is moved, once, out of the ready line into its bucket's line, so
+--   no later claim looks at it again until its bucket has a slot. Due buckets
+--   are served merged with the ready line in claim order.
+-- Held-back jobs stay waiting, spend nothing, hold up nothing else. When the
+-- queue's own limits hold its work back, the marker goes (idle workers sleep
+-- until next_due rather than wake for nothing); when the cap is full, the
+-- 'capped' key is set, and a completion, failure or release then wakes a waiter.
+-- KEYS[1] waiting  LIST   KEYS[2] prioritized  ZSET   (see _shared)
+-- KEYS[3] delayed  ZSET  score run_at   KEYS[4] active  ZSET  score lease expiry
+-- KEYS[5] starts   ZSET  the queue's starts in its window, score start time
+-- KEYS[6] buckets  ZSET  buckets holding jobs, score when each next has a slot
+-- KEYS[7] held     STRING  jobs in bucket lines   KEYS[8] capped  STRING
+-- KEYS[9] (optional) stamp: as claim.lua's KEYS[5]
+-- ARGV[1..7] as claim.lua: prefix, now, lease expiry, worker, token, limit, channel
+-- ARGV[8] the queue's rate: limit ('' = none)   ARGV[9] its period in seconds
+-- ARGV[10] the queue's concurrency cap ('' = none)
+-- ARGV[11..] task rates, triples: task, limit, period
+-- Returns pairs, in claim order: id, the job's HGETALL.
+local prefix, now, expiry, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[6])
+if KEYS[9] then
+  local stamped = redis.call('GET', KEYS[9])
+  if not stamped then return {} end
+  local t = redis.call('TIME')
+  local waited = t[1] + t[2] / 1e6 - tonumber(stamped)
+  redis.call('DEL', KEYS[9])
+  now = string.format('%.6f', tonumber(now) + waited)
+  expiry = string.format('%.6f', tonumber(expiry) + waited)
+end
+local due = redis.call('ZRANGE', KEYS[3], '-inf', now, 'BYSCORE')
+for _, id in ipairs(due) do
+  local key = prefix .. 'job:' .. id
+  local job = redis.call('HMGET', key, PRIO, ORD)
+  redis.call('HSET', key, STATE, 'waiting')
+  requeue(prefix, id, job[1], job[2])
+end
+if #due > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+end
+if redis.call('EXISTS', prefix .. 'paused') == 1 then
+  redis.call('DEL', prefix .. 'marker')
+  return {}
+end
+
+local t = tonumber(now)
+local MOVES = 5000 -- most jobs one claim moves to bucket lines: a long script blocks everyone
+local function num(x) return string.format('%.17g', x) end -- redis.call would round to 14 digits
+local function ttl(period) return math.ceil((period + 60) * 1000) end -- an idle log goes
+local function zadd_all(key, flat) -- score, member... in calls of a bounded size
+  for i = 1, #flat, 2000 do
+    redis.call('ZADD', key, unpack(flat, i, math.min(i + 1999, #flat)))
+  end
+end
+
+-- 1. The queue's room: its cap and its window.
+local room = limit
+local cap, busy = tonumber(ARGV[10]), 0
+if cap then
+  busy = redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf')
+  room = math.min(room, cap - busy)
+end
+local qlimit, qperiod = tonumber(ARGV[8]), tonumber(ARGV[9])
+if qlimit then
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', num(t - qperiod))
+  room = math.min(room, qlimit - redis.call('ZCARD', KEYS[5]))
+end
+local bound = room < limit -- the queue's own limits, not the caller's, bound this claim
+
+-- 2. Task rates: a bucket's free slots, read once per claim and counted down.
+local rates = {}
+local limited = #ARGV >= 11
+for i = 11, #ARGV, 3 do rates[ARGV[i]] = {tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])} end
+local free, starts, touched = {}, {}, {} -- per bucket: slots left, starts to log, to rescore
+local function task_of(bucket)
+  local n, rest = string.match(bucket, '^(%d+):(.*)$')
+  return string.sub(rest, 1, tonumber(n))
+end
+local function slots(bucket, rate)
+  if free[bucket] == nil then
+    if rate then
+      local log = prefix .. 'rl-log:' .. bucket
+      redis.call('ZREMRANGEBYSCORE', log, '-inf', num(t - rate[2]))
+      free[bucket] = rate[1] - redis.call('ZCARD', log)
+    else -- its task has no limit any more: its held jobs go as they come
+      free[bucket] = math.huge
+    end
+  end
+  return free[bucket]
+end
+local ids, moved, unheld = {}, 0, 0
+local tag = string.sub(ARGV[5], 1, 16) -- this claim's token: with an id, a unique log entry
+local function take(id, bucket, rate)
+  ids[#ids + 1] = id
+  if rate then
+    free[bucket] = free[bucket] - 1
+    local log = starts[bucket] or {}
+    starts[bucket] = log
+    log[#log + 1] = now
+    log[#log + 1] = tag .. id
+  end
+end
+
+-- Claim order: score (-priority), then member (ord first, fixed width).
+local function before(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end
+-- The jobs of the due buckets that their slots allow, at most `room` buckets.
+local held = {}
+if room > 0 then
+  for _, bucket in ipairs(redis.call('ZRANGE', KEYS[6], '-inf', now, 'BYSCORE', 'LIMIT', 0, room)) do
+    touched[bucket] = true
+    local rate = rates[task_of(bucket)]
+    local n = math.min(slots(bucket, rate), room)
+    if n > 0 then
+      local members = redis.call('ZRANGE', prefix .. 'rl-ready:' .. bucket, 0, n - 1, 'WITHSCORES')
+      for i = 1, #members, 2 do
+        held[#held + 1] = {tonumber(members[i + 1]), members[i], bucket, rate}
+      end
+    end
+  end
+  table.sort(held, before)
+end
+-- The next job of the ready line in claim order: {score, member, id, in the list}.
+local function line_head()
+  local z = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  local score = z[2] and tonumber(z[2])
+  if score and score < 0 then return {score, z[1], string.sub(z[1], 13), false} end
+  local id = redis.call('LINDEX', KEYS[1], 0)
+  if id then
+    local member = ready_member(redis.call('HGET', prefix .. 'job:' .. id, ORD), id)
+    if not (score == 0 and z[1] < member) then return {0, member, id, true} end
+  end
+  if score then return {score, z[1], string.sub(z[1], 13), false} end
+  return nil
+end
+
+-- 3. Take, in claim order, from the due buckets and the ready line.
+local h, head = 1, nil
+while #ids < room do
+  head = head or line_head()
+  local c = held[h]
+  if c and (not head or before(c, head)) then
+    h = h + 1
+    redis.call('ZREM', prefix .. 'rl-ready:' .. c[3], c[2])
+    unheld = unheld + 1
+    take(string.sub(c[2], 13), c[3], c[4])
+  elseif head then
+    if head[4] then redis.call('LPOP', KEYS[1]) else redis.call('ZREM', KEYS[2], head[2]) end
+    local id, rate, bucket = head[3], nil, nil
+    if limited then
+      local job = redis.call('HMGET', prefix .. 'job:' .. id, TASK, RKEY)
+      rate = rates[job[1]]
+      if rate then bucket = bucket_of(job[1], job[2] or nil) end
+    end
+    if not bucket then
+      take(id)
+    elseif redis.call('EXISTS', prefix .. 'rl-ready:' .. bucket) == 0 and slots(bucket, rate) > 0 then
+      take(id, bucket, rate)
+    else -- behind its bucket's held jobs, or no slot: into the bucket's line
+      redis.call('ZADD', prefix .. 'rl-ready:' .. bucket, num(head[1]), head[2])
+      touched[bucket] = true
+      moved = moved + 1
+    end
+    head = nil
+    if moved >= MOVES then break end
+  else
+    break
+  end
+end
+
+-- 4. Log the starts, and put each bucket touched where it next has a slot.
+if qlimit and #ids > 0 then
+  local log = {}
+  for _, id in ipairs(ids) do log[#log + 1] = now; log[#log + 1] = tag .. id end
+  zadd_all(KEYS[5], log)
+  redis.call('PEXPIRE', KEYS[5], ttl(qperiod))
+end
+for bucket, log in pairs(starts) do
+  local key = prefix .. 'rl-log:' .. bucket
+  zadd_all(key, log)
+  redis.call('PEXPIRE', key, ttl(rates[task_of(bucket)][2]))
+end
+for bucket in pairs(touched) do
+  if redis.call('EXISTS', prefix .. 'rl-ready:' .. bucket) == 0 then
+    redis.call('ZREM', KEYS[6], bucket)
+  else
+    local rate, at = rates[task_of(bucket)], t
+    if rate and slots(bucket, rate) <= 0 then -- when the start that fills its window leaves it
+      local log = prefix .. 'rl-log:' .. bucket
+      local over = redis.call('ZCARD', log) - rate[1]
+      local oldest = redis.call('ZRANGE', log, over, over, 'WITHSCORES')[2]
+      if oldest then at = tonumber(oldest) + rate[2] end
+    end
+    redis.call('ZADD', KEYS[6], num(at), bucket)
+  end
+end
+if moved ~= unheld then redis.call('INCRBY', KEYS[7], moved - unheld) end
+
+local out, leased = {}, {}
+for _, id in ipairs(ids) do
+  local key = prefix .. 'job:' .. id
+  redis.call('HSET', key, STATE, 'active', START, now, TOKEN, ARGV[5],
+             LEASE, expiry, WORKER, ARGV[4])
+  redis.call('HINCRBY', key, TRIES, 1)
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HGETALL', key)
+  leased[#leased + 1] = expiry
+  leased[#leased + 1] = id
+end
+if #leased > 0 then zadd_all(KEYS[4], leased) end
+
+-- 5. The marker: set only while work is claimable now.
+local left = ready_count(prefix) > 0
+    or #redis.call('ZRANGE', KEYS[6], '-inf', now, 'BYSCORE', 'LIMIT', 0, 1) > 0
+if cap and busy + #ids >= cap and (left or redis.call('EXISTS', KEYS[6]) == 1) then
+  redis.call('SET', KEYS[8], '1') -- full with work behind: the next end of a job wakes a waiter
+end
+if left and not (bound and #ids >= room) then
+  signal(prefix, ARGV[7], false)
+else
+  redis.call('DEL', prefix .. 'marker')
+end
+return out
