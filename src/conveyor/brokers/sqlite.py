@@ -31,11 +31,13 @@ from typing import Any
 
 import orjson
 
+from conveyor.brokers import sqlite_limits
 from conveyor.brokers.base import (
     ENDED_STATES,
     STATES,
     AttemptError,
     Broker,
+    Controls,
     EnqueueResult,
     JobRecord,
     Lease,
@@ -148,7 +150,8 @@ class SQLiteBroker(Broker):
             return []
         now = self.clock.now()
         rows = [
-            (j.id, j.task, j.queue, j.priority, j.payload, j.options, j.run_at, now) for j in jobs
+            (j.id, j.task, j.queue, j.priority, j.payload, j.options, j.run_at, now, j.rate_key)
+            for j in jobs
         ]
         with self._file.tx() as conn:
             results = None
@@ -204,6 +207,7 @@ class SQLiteBroker(Broker):
     ) -> tuple[list[bool], list[JobRecord]]:
         # One transaction for both halves: a busy worker pays one commit per batch.
         now = self.clock.now()
+        controls = self.controls  # one consistent set for the whole claim
         claimed: list[JobRecord] = []
         promoted = 0
         with self._file.tx() as conn:
@@ -217,12 +221,20 @@ class SQLiteBroker(Broker):
                 for queue in queues:
                     if len(claimed) >= limit:
                         break
-                    params = (now, now + lease_seconds, worker, queue, limit - len(claimed))
-                    rows = conn.execute(SQL.claim_ready, params).fetchall()
+                    if controls and sqlite_limits.limited(controls, queue):
+                        rows = sqlite_limits.claim(
+                            conn, controls, queue, limit - len(claimed),
+                            now, now + lease_seconds, worker,
+                        )  # fmt: skip
+                    else:
+                        params = (now, now + lease_seconds, worker, queue, limit - len(claimed))
+                        rows = conn.execute(SQL.claim_ready, params).fetchall()
                     rows.sort(key=_claim_order)
                     claimed += [JobRecord(*row) for row in rows]
-        if promoted:
-            self._notify()  # jobs of queues other than these may be ready now
+        if promoted or (completed and controls.concurrency):
+            # Jobs of queues other than these may be ready now, or a
+            # completion freed a slot of a capped queue.
+            self._notify()
         accepted = []
         for lease, _ in done:
             accepted.append(lease.job_id in completed)
@@ -247,8 +259,8 @@ class SQLiteBroker(Broker):
         params = (lease.job_id, lease.token, *error_fields, retry_at, now)
         with self._file.tx() as conn:
             failed = conn.execute(SQL.fail_job, params).rowcount == 1
-        if failed and retry_at is not None:
-            self._notify()
+        if failed and (retry_at is not None or self.controls.concurrency):
+            self._notify()  # a retry, or a slot of a capped queue freed
         return failed
 
     def release(self, leases: Sequence[Lease]) -> int:
@@ -259,8 +271,11 @@ class SQLiteBroker(Broker):
         # for one os.stat, that the file was deleted or replaced under us.
         self._file.check_unchanged()
         now = self.clock.now()
+        controls = self.controls
         with self._file.tx() as conn:
             rows = conn.execute(SQL.recover_expired, (now, max_stalled, repr(now))).fetchall()
+            if controls:  # and, as often, forget windows and holds that ended
+                sqlite_limits.sweep(conn, controls, now)
         if rows:
             self._notify()
         rows.sort(key=lambda row: row[1])  # seq order, as readable as any
@@ -355,7 +370,33 @@ class SQLiteBroker(Broker):
 
     def next_due(self, queues: Sequence[str]) -> float | None:
         rows = self._file.read(SQL.next_due, (_json(list(queues)),))
-        return rows[0][0] if rows else None
+        due: float | None = rows[0][0] if rows else None
+        controls = self.controls
+        if controls and any(sqlite_limits.limited(controls, q) for q in queues):
+            held = self._read_limits(sqlite_limits.held_due, controls, queues)
+            if held is not None and (due is None or held < due):
+                due = held
+        return due
+
+    def _read_limits(self, read: Any, controls: Controls, queues: Sequence[str]) -> Any:
+        """One of sqlite_limits' reads, outside a transaction."""
+        try:
+            return read(self._file.conn(), controls, queues, self.clock.now())
+        except sqlite3.OperationalError as exc:
+            raise self._file._unavailable(exc) from exc
+
+    def _work_hint(self, queues: Sequence[str], params: tuple[str]) -> tuple[bool, float | None]:
+        """For wait_for_work: may a claim take a job now, and when does the
+        next held-back or delayed one come due? Under controls, a ready job
+        counts only if the controls let a claim take it: held-back work
+        must not end an idle wait (it would spin until its window opens)."""
+        controls = self.controls
+        if controls and any(sqlite_limits.limited(controls, q) for q in queues):
+            return self._read_limits(sqlite_limits.claimable, controls, queues), self.next_due(
+                queues
+            )
+        ready, due = self._file.read(SQL.work_hint, params)[0]
+        return bool(ready), due
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         # SQLite cannot tell another process about a commit, so we poll
@@ -372,7 +413,7 @@ class SQLiteBroker(Broker):
         try:
             version = self._file.read(DATA_VERSION)[0][0]  # before looking: no commit slips by
             while True:
-                ready, due = self._file.read(SQL.work_hint, hint_params)[0]
+                ready, due = self._work_hint(queues, hint_params)
                 if ready:
                     return
                 while True:

@@ -11,7 +11,7 @@
 -- the query's own terms imply the index's condition.
 
 -- name: schema
--- Tables and indexes, created once under BEGIN IMMEDIATE (schema version 1).
+-- Tables and indexes, created under BEGIN IMMEDIATE when missing (schema version 2).
 -- conveyor_meta holds conveyor's schema version. PRAGMA user_version is not
 -- ours to use: in a database shared with an application (?shared=1) it is
 -- often that application's migration marker.
@@ -40,7 +40,9 @@ CREATE TABLE IF NOT EXISTS conveyor_jobs (
     lease_expires REAL,
     worker        TEXT,
     result        TEXT,
-    errors        TEXT    NOT NULL DEFAULT '[]'
+    errors        TEXT    NOT NULL DEFAULT '[]',
+    -- The job's rate_key argument as JSON text (its task's bucket), or NULL.
+    rate_key      TEXT
 );
 CREATE INDEX IF NOT EXISTS conveyor_jobs_ready
     ON conveyor_jobs (queue, priority DESC, seq) WHERE state = 'waiting';
@@ -51,6 +53,30 @@ CREATE INDEX IF NOT EXISTS conveyor_jobs_leases
 CREATE INDEX IF NOT EXISTS conveyor_jobs_ended
     ON conveyor_jobs (queue, state, finished_at)
     WHERE state IN ('completed', 'dead', 'cancelled');
+-- Flow control (sqlite_limits.py). The job starts of the last period of each
+-- limited bucket: a queue's (kind 'queue', name = the queue, key '') or a
+-- task's (kind 'task', name = the task, key = the rate_key, '' for none).
+-- Only queues and tasks with a rate limit write here.
+CREATE TABLE IF NOT EXISTS conveyor_starts (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    key  TEXT NOT NULL,
+    at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS conveyor_starts_window ON conveyor_starts (kind, name, key, at);
+-- A task's bucket found full by a claim, and when its window opens again:
+-- claims leave its jobs out (in SQL) until then, instead of stepping over
+-- them one by one in Python.
+CREATE TABLE IF NOT EXISTS conveyor_buckets (
+    task  TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    opens REAL NOT NULL,
+    PRIMARY KEY (task, key)
+) WITHOUT ROWID;
+
+-- name: add_rate_key
+-- Bring a version 1 conveyor_jobs up to version 2 (a new last column).
+ALTER TABLE conveyor_jobs ADD COLUMN rate_key TEXT
 
 -- name: named_objects
 -- The tables and views a database holds (SQLite's own sqlite_* tables left
@@ -68,17 +94,19 @@ SELECT name FROM pragma_table_info('conveyor_jobs') ORDER BY cid
 SELECT value FROM conveyor_meta WHERE key = 'schema_version'
 
 -- name: set_schema_version
--- Record the schema version ?1 where none is recorded yet: in a new database,
--- and in one made before conveyor_meta existed (version 1, marked then by
--- PRAGMA user_version, which is left as it is).
+-- Record the schema version ?1: in a new database, in one made before
+-- conveyor_meta existed (version 1, marked then by PRAGMA user_version, which
+-- is left as it is), and in one just brought up from an older version.
 INSERT INTO conveyor_meta (key, value) VALUES ('schema_version', ?1)
-ON CONFLICT (key) DO NOTHING
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
 
 -- name: insert_job
 -- Store one new job; a taken id inserts nothing (the caller deals with it).
--- ?1 id, ?2 task, ?3 queue, ?4 priority, ?5 payload, ?6 options, ?7 run_at, ?8 now
-INSERT INTO conveyor_jobs (id, task, queue, state, priority, payload, options, run_at, created_at)
-VALUES (?1, ?2, ?3, CASE WHEN ?7 > ?8 THEN 'delayed' ELSE 'waiting' END, ?4, ?5, ?6, ?7, ?8)
+-- ?1 id, ?2 task, ?3 queue, ?4 priority, ?5 payload, ?6 options, ?7 run_at, ?8 now,
+-- ?9 rate_key
+INSERT INTO conveyor_jobs
+    (id, task, queue, state, priority, payload, options, run_at, created_at, rate_key)
+VALUES (?1, ?2, ?3, CASE WHEN ?7 > ?8 THEN 'delayed' ELSE 'waiting' END, ?4, ?5, ?6, ?7, ?8, ?9)
 ON CONFLICT (id) DO NOTHING
 
 -- name: count_taken_ids
@@ -310,3 +338,74 @@ SELECT substr(key, 8) FROM conveyor_meta WHERE key LIKE 'paused:%'
 DELETE FROM conveyor_jobs
 WHERE queue = ?1 AND state IN (SELECT value FROM json_each(?2)) AND state != 'active'
 
+
+-- Flow control (sqlite_limits.py): only queues and tasks the controls limit
+-- run these; every other claim is claim_ready alone.
+
+-- name: window_prune
+-- Forget the starts of bucket (?1 kind, ?2 name, ?3 key) that left its window:
+-- those at or before ?4 (now - period).
+DELETE FROM conveyor_starts WHERE kind = ?1 AND name = ?2 AND key = ?3 AND at <= ?4
+
+-- name: window_count
+-- The starts in the window of bucket (?1, ?2, ?3): those after ?4 (now - period).
+SELECT count(*) FROM conveyor_starts WHERE kind = ?1 AND name = ?2 AND key = ?3 AND at > ?4
+
+-- name: window_nth
+-- The ?5-th oldest start (from 0) in the window of bucket (?1, ?2, ?3) after ?4.
+SELECT at FROM conveyor_starts WHERE kind = ?1 AND name = ?2 AND key = ?3 AND at > ?4
+ORDER BY at LIMIT 1 OFFSET ?5
+
+-- name: window_start
+-- One job start at ?4 in bucket (?1, ?2, ?3).
+INSERT INTO conveyor_starts (kind, name, key, at) VALUES (?1, ?2, ?3, ?4)
+
+-- name: running
+-- How many jobs of queue ?1 are active with a lease unexpired at ?2, and the
+-- earliest end of those leases.
+SELECT count(*), min(lease_expires) FROM conveyor_jobs
+WHERE state = 'active' AND lease_expires > ?2 AND queue = ?1
+
+-- name: queue_state
+-- Is queue ?1 paused; does it hold a waiting job?
+SELECT EXISTS (SELECT 1 FROM conveyor_meta WHERE key = 'paused:' || ?1),
+       EXISTS (SELECT 1 FROM conveyor_jobs WHERE state = 'waiting' AND queue = ?1)
+
+-- name: ready_unheld
+-- Up to ?4 ready jobs of queue ?1 in claim order (seq, task, rate_key or ''),
+-- leaving out those of a bucket held until after ?2 of a task named in the
+-- JSON array ?3 (the tasks limited now).
+SELECT seq, task, coalesce(rate_key, '') FROM conveyor_jobs AS j
+WHERE state = 'waiting' AND queue = ?1
+  AND NOT EXISTS (SELECT 1 FROM conveyor_buckets AS b
+                  WHERE b.task = j.task AND b.key = coalesce(j.rate_key, '') AND b.opens > ?2
+                    AND b.task IN (SELECT value FROM json_each(?3)))
+ORDER BY priority DESC, seq
+LIMIT ?4
+
+-- name: hold_bucket
+-- Task ?1's bucket ?2 is full: claims leave its jobs out until ?3.
+INSERT INTO conveyor_buckets (task, key, opens) VALUES (?1, ?2, ?3)
+ON CONFLICT (task, key) DO UPDATE SET opens = excluded.opens
+
+-- name: claim_seqs
+-- Lease the waiting jobs whose seqs are in the JSON array ?4 to worker ?3
+-- (?1 now, ?2 lease expiry), as claim_ready does.
+UPDATE conveyor_jobs
+SET state = 'active', attempts = attempts + 1, started_at = ?1,
+    lease_token = lower(hex(randomblob(8))), lease_expires = ?2, worker = ?3
+WHERE seq IN (SELECT value FROM json_each(?4)) AND state = 'waiting'
+RETURNING *
+
+-- name: next_bucket_opening
+-- The earliest time after ?1 a held bucket of a task in the JSON array ?2 opens.
+SELECT min(opens) FROM conveyor_buckets
+WHERE opens > ?1 AND task IN (SELECT value FROM json_each(?2))
+
+-- name: sweep_starts
+-- Starts older than every window (before ?1 = now - the longest period).
+DELETE FROM conveyor_starts WHERE at <= ?1
+
+-- name: sweep_buckets
+-- Buckets whose hold has ended by ?1.
+DELETE FROM conveyor_buckets WHERE opens <= ?1
