@@ -60,18 +60,18 @@ local function zadd_all(key, flat) -- score, member... in calls of a bounded siz
 end
 
 -- 1. The queue's room: its cap and its window.
-local room = limit
+local qroom = math.huge -- starts the queue's own limits allow now
 local cap, busy = tonumber(ARGV[10]), 0
 if cap then
   busy = redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf')
-  room = math.min(room, cap - busy)
+  qroom = cap - busy
 end
 local qlimit, qperiod = tonumber(ARGV[8]), tonumber(ARGV[9])
 if qlimit then
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', num(t - qperiod))
-  room = math.min(room, qlimit - redis.call('ZCARD', KEYS[5]))
+  qroom = math.min(qroom, qlimit - redis.call('ZCARD', KEYS[5]))
 end
-local bound = room < limit -- the queue's own limits, not the caller's, bound this claim
+local room = math.min(limit, qroom)
 
 -- 2. Task rates: a bucket's free slots, read once per claim and counted down.
 local rates = {}
@@ -223,7 +223,7 @@ local left = ready_count(prefix) > 0
 if cap and busy + #ids >= cap and (left or redis.call('EXISTS', KEYS[6]) == 1) then
   redis.call('SET', KEYS[8], '1') -- full with work behind: the next end of a job wakes a waiter
 end
-if left and not (bound and #ids >= room) then
+if left and #ids < qroom then -- else the queue's own limits hold its work back
   signal(prefix, ARGV[7], false)
 else
   redis.call('DEL', prefix .. 'marker')
