@@ -50,7 +50,7 @@ if redis.call('EXISTS', prefix .. 'paused') == 1 then
 end
 
 local t = tonumber(now)
-local MOVES = 5000 -- most jobs one claim moves to bucket lines: a long script blocks everyone
+local MOVES = 2000 -- most jobs one claim moves to bucket lines: a long script blocks everyone
 local function num(x) return string.format('%.17g', x) end -- redis.call would round to 14 digits
 local function ttl(period) return math.ceil((period + 60) * 1000) end -- an idle log goes
 local function zadd_all(key, flat) -- score, member... in calls of a bounded size

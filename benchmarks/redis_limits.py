@@ -1,0 +1,296 @@
+"""Rate limits and concurrency caps on Redis: what they cost and whether they hold.
+
+    .venv/bin/python benchmarks/redis_limits.py rate [--url redis://127.0.0.1:6379/11]
+        [--rate 5000] [--jobs 30000] [-c 50]
+    .venv/bin/python benchmarks/redis_limits.py server-time [--jobs 20000] [-c 10]
+    .venv/bin/python benchmarks/redis_limits.py keys [--url ...] [--keys 10000] [--backlog 5000]
+    .venv/bin/python benchmarks/redis_limits.py idle [--seconds 10] [--workers 3]
+
+- ``rate``: a queue limited to ``--rate`` starts a second, drained by ONE
+  ``conveyor worker --burst`` process; from the start time of every job (as
+  the store recorded it): the rate reached, and the most starts in any
+  one-second window (a sliding window over the sorted start times).
+- ``server-time``: Redis server time per job (enqueue one at a time + claim
+  + complete, a noop drain by one worker) from ``INFO commandstats`` (usec of
+  every command, divided by the jobs), on a private redis-server so no other
+  client's commands count. Runs with whatever ``conveyor`` the Python running
+  it imports: run it with an older checkout's ``.venv`` to compare.
+- ``keys``: claim speed with ``--keys`` per-key buckets (one task limited
+  per ``rate_key``, one slot an hour each), behind a backlog of ``--backlog``
+  jobs of one key at the head of the line; against the same jobs unlimited.
+- ``idle``: worker processes idle beside a queue whose work is all held back
+  (a full window, then a full concurrency cap): Redis commands per second.
+
+The report goes to stdout. ``--url`` databases are flushed first (never use
+a database holding anything you keep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from conveyor import Conveyor
+from throughput import PrivateRedis, say, worker_command
+
+HERE = Path(__file__).resolve().parent
+
+
+def worker(url: str, app: str, env: dict[str, str], *options: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        worker_command(app, *options),
+        cwd=HERE,
+        env=dict(os.environ, CONVEYOR_URL=url, **env),
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def flush(url: str) -> None:
+    client = redis.Redis.from_url(url.partition("?")[0])
+    client.flushdb()
+    client.close()
+
+
+def commandstats(client: Any) -> dict[str, dict[str, float]]:
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): values for name, values in stats.items()}
+
+
+def max_in_window(starts: list[float], window: float = 1.0) -> int:
+    """The most starts in any half-open window [t, t + window): for each start
+    as the window's left edge (a window holding the most starts can always be
+    slid right until its left edge meets one)."""
+    starts = sorted(starts)
+    best, j = 0, 0
+    for i, s in enumerate(starts):
+        while j < len(starts) and starts[j] < s + window:
+            j += 1
+        best = max(best, j - i)
+    return best
+
+
+def records(app: Conveyor) -> list[Any]:
+    out, after = [], None
+    while page := app.broker.list(limit=5_000, after=after):
+        out += page
+        after = page[-1].seq
+    return out
+
+
+# -- rate --------------------------------------------------------------------
+
+
+def rate(args: argparse.Namespace) -> None:
+    url = f"{args.url}?prefix=bench-{uuid.uuid4().hex[:8]}"
+    flush(url)
+    from bench_app import make_app
+
+    app = make_app(url)
+    task = app.tasks["noop-async"]
+    for start in range(0, args.jobs, 1_000):
+        app.enqueue_many([task.s() for _ in range(min(1_000, args.jobs - start))])
+    say(f"{args.jobs:,} jobs enqueued; one worker -c {args.c}, queue limited to {args.rate}/s")
+    began = time.perf_counter()
+    proc = worker(url, "limits_app:app", {"CONVEYOR_QUEUE_RATE": f"{args.rate}/1"},
+                  "--burst", "-c", str(args.c))  # fmt: skip
+    code = proc.wait(timeout=args.jobs / args.rate * 3 + 60)
+    wall = time.perf_counter() - began
+    done = [r for r in records(app) if r.state == "completed"]
+    starts = sorted(r.started_at or 0.0 for r in done)
+    span = starts[-1] - starts[0]
+    # The rate over whole windows: jobs started, minus the first window's
+    # burst (the limit lets N start at once), over the time after it.
+    steady = (len(starts) - args.rate) / span if span > 0 else float("inf")
+    peak = max_in_window(starts)
+    print(f"rate: exit {code}; {len(done):,} of {args.jobs:,} completed in {wall:.2f} s")
+    print(
+        f"  first to last start: {span:.3f} s; {len(starts) / span:,.0f} starts/s overall, "
+        f"{steady:,.0f}/s after the first window ({steady / args.rate:.1%} of {args.rate:,}/s)"
+    )
+    print(f"  most starts in any 1-second window: {peak:,} (limit {args.rate:,}: "
+          f"{'held' if peak <= args.rate else 'EXCEEDED'})")  # fmt: skip
+    app.close()
+    flush(url)
+
+
+# -- server time ----------------------------------------------------------------
+
+
+def server_time(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as folder, PrivateRedis(Path(folder)) as server:
+        from bench_app import make_app
+
+        app = make_app(server.url)
+        client = redis.Redis(port=server.port)
+        task = app.tasks["noop-async"]
+        app.stats()
+        client.config_resetstat()
+        for _ in range(args.jobs):
+            task.enqueue()
+        enqueued = commandstats(client)
+        proc = worker(server.url, "bench_app:app", {}, "--burst", "-c", str(args.c))
+        proc.wait(timeout=600)
+        total = commandstats(client)
+        app.close()
+        client.close()
+    skip = {"info", "config|resetstat", "config", "flushdb"}
+    usec = {k: v["usec"] for k, v in total.items() if k not in skip}
+    calls = {k: v["calls"] for k, v in total.items() if k not in skip}
+    enq = sum(v["usec"] for k, v in enqueued.items() if k not in skip)
+    n = args.jobs
+    print(
+        f"server-time: {n:,} noop jobs, enqueued one at a time, drained by one worker -c {args.c}"
+    )
+    print(f"  per job: {sum(usec.values()) / n:.1f} usec of Redis server time "
+          f"({enq / n:.1f} enqueue, {(sum(usec.values()) - enq) / n:.1f} claim+complete+rest), "
+          f"{sum(calls.values()) / n:.2f} commands")  # fmt: skip
+    for name in sorted(usec, key=usec.get, reverse=True)[:6]:  # type: ignore[arg-type]
+        print(f"  {name:<12} {usec[name] / n:7.2f} usec/job  {calls[name] / n:6.3f} calls/job")
+
+
+# -- keys --------------------------------------------------------------------
+
+
+def keys(args: argparse.Namespace) -> None:
+    from conveyor.brokers import open_broker
+    from conveyor.brokers.base import Controls, NewJob, RateLimit
+    from conveyor.clock import SystemClock
+
+    def timed_claims(broker: Any, total: int, limit: int) -> tuple[list[float], int]:
+        took, got = [], 0
+        while got < total:
+            began = time.perf_counter()
+            jobs = broker.claim(["default"], limit, 300.0, "w")
+            took.append(time.perf_counter() - began)
+            if not jobs:
+                break
+            got += len(jobs)
+        return took, got
+
+    for limited in (False, True):
+        url = f"{args.url}?prefix=bench-{uuid.uuid4().hex[:8]}"
+        flush(url)
+        broker = open_broker(url, SystemClock())
+        if limited:
+            broker.controls = Controls(task_rates={"sync": RateLimit(1, 3600.0)})
+        jobs = [NewJob(f"big{i}", "sync", "default", "[[],{}]", rate_key='"big"')
+                for i in range(args.backlog)]  # fmt: skip
+        jobs += [NewJob(f"k{i}-{j}", "sync", "default", "[[],{}]", rate_key=f'"key-{i}"')
+                 for j in range(2) for i in range(args.keys)]  # fmt: skip
+        for start in range(0, len(jobs), 1_000):
+            broker.enqueue(jobs[start : start + 1_000])
+        want = 1 + args.keys if limited else len(jobs)
+        began = time.perf_counter()
+        took, got = timed_claims(broker, want, args.limit)
+        elapsed = time.perf_counter() - began
+        ms = sorted(t * 1e3 for t in took)
+        label = "per-key limit (1/h)" if limited else "no limit"
+        print(f"keys, {label}: {args.backlog:,} jobs of one key first, then 2 jobs for each "
+              f"of {args.keys:,} keys; claim(limit={args.limit}) until {want:,} claimed")  # fmt: skip
+        print(f"  {got:,} claimed in {len(took):,} claims, {elapsed:.2f} s: {got / elapsed:,.0f} "
+              f"jobs/s; per claim p50 {statistics.median(ms):.2f} ms, "
+              f"p99 {ms[int(len(ms) * 0.99)]:.2f} ms, max {ms[-1]:.1f} ms")  # fmt: skip
+        if limited:
+            began = time.perf_counter()
+            extra = broker.claim(["default"], args.limit, 300.0, "w")
+            empty = (time.perf_counter() - began) * 1e3
+            began = time.perf_counter()
+            due = broker.next_due(["default"])
+            print(f"  then, all {args.backlog - 1 + args.keys:,} left held: a claim takes "
+                  f"{empty:.2f} ms ({len(extra)} jobs), next_due {(time.perf_counter() - began) * 1e3:.2f} ms "
+                  f"(in {due - time.time():,.0f} s)")  # fmt: skip
+            counts = broker.counts()["default"]
+            print(f"  counts: {counts}")
+        broker.close()
+        flush(url)
+
+
+# -- idle --------------------------------------------------------------------
+
+
+def idle(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as folder, PrivateRedis(Path(folder)) as server:
+        from bench_app import make_app
+
+        client = redis.Redis(port=server.port)
+        for label, env, jobs in (
+            ("queue rate 1/h, window full", {"CONVEYOR_QUEUE_RATE": "1/3600"}, 1),
+            ("concurrency 2, both slots held", {"CONVEYOR_CONCURRENCY": "2"}, 2),
+        ):
+            client.flushall()
+            app = make_app(server.url)
+            task = app.tasks["noop-async"]
+            blockers = app.tasks["probe"]
+            # The cap's slots are held by jobs leased to a "worker" that never ends them.
+            if "CONVEYOR_CONCURRENCY" in env:
+                from conveyor.brokers.base import Controls
+
+                app.broker.controls = Controls(concurrency={"default": 2})
+                for _ in range(jobs):
+                    blockers.enqueue(0.0)
+                app.broker.claim(["default"], jobs, 3600.0, "holder")
+            else:
+                from conveyor.brokers.base import Controls, RateLimit
+
+                app.broker.controls = Controls(queue_rates={"default": RateLimit(1, 3600.0)})
+                task.enqueue()
+                app.broker.claim(["default"], 1, 3600.0, "holder")
+            for _ in range(100):
+                task.enqueue()
+            procs = [worker(server.url, "limits_app:app", env, "-c", "10")
+                     for _ in range(args.workers)]  # fmt: skip
+            time.sleep(3)  # started and settled into their idle waits
+            before = commandstats(client)
+            time.sleep(args.seconds)
+            after = commandstats(client)
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(timeout=30)
+            calls = {k: after[k]["calls"] - before.get(k, {}).get("calls", 0) for k in after}
+            calls = {k: v for k, v in calls.items() if v and k != "info"}
+            usec = sum(after[k]["usec"] - before.get(k, {}).get("usec", 0) for k in calls)
+            waiting = app.broker.counts()["default"]["waiting"]
+            print(f"idle, {label}: {args.workers} workers -c 10, {waiting} jobs held back, "
+                  f"{args.seconds:.0f} s: {sum(calls.values()) / args.seconds:.1f} commands/s, "
+                  f"{usec / args.seconds / 1e3:.3f} ms/s of server time; {calls}")  # fmt: skip
+            app.close()
+        client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("rate")
+    p.add_argument("--url", default="redis://127.0.0.1:6379/11")
+    p.add_argument("--rate", type=int, default=5_000)
+    p.add_argument("--jobs", type=int, default=30_000)
+    p.add_argument("-c", type=int, default=50)
+    p = sub.add_parser("server-time")
+    p.add_argument("--jobs", type=int, default=20_000)
+    p.add_argument("-c", type=int, default=10)
+    p = sub.add_parser("keys")
+    p.add_argument("--url", default="redis://127.0.0.1:6379/11")
+    p.add_argument("--keys", type=int, default=10_000)
+    p.add_argument("--backlog", type=int, default=5_000)
+    p.add_argument("--limit", type=int, default=10)
+    p = sub.add_parser("idle")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--workers", type=int, default=3)
+    args = parser.parse_args(argv)
+    {"rate": rate, "server-time": server_time, "keys": keys, "idle": idle}[args.what](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
