@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/redis_limits.py rate [--url redis://127.0.0.1:6379/11]
         [--rate 5000] [--jobs 30000] [-c 50]
     .venv/bin/python benchmarks/redis_limits.py server-time [--jobs 20000] [-c 10]
+    .venv/bin/python benchmarks/redis_limits.py bullmq-server-time [--jobs 20000] [-c 10]
+        [--node-modules benchmarks/compare/.envs/node/node_modules]
     .venv/bin/python benchmarks/redis_limits.py keys [--url ...] [--keys 10000] [--backlog 5000]
     .venv/bin/python benchmarks/redis_limits.py idle [--seconds 10] [--workers 3]
 
@@ -15,6 +17,12 @@
   every command, divided by the jobs), on a private redis-server so no other
   client's commands count. Runs with whatever ``conveyor`` the Python running
   it imports: run it with an older checkout's ``.venv`` to compare.
+- ``bullmq-server-time``: the same for BullMQ (Node), through the compare
+  harness's peer (``compare/peers/bullmq_node.js``: ``Queue.add`` one at a
+  time, one ``Worker``); its job body's RPUSH goes to a second private
+  server, so only BullMQ's own commands count. Needs ``npm install bullmq
+  ioredis`` in the folder above ``--node-modules`` (``compare/run.py`` makes
+  ``compare/.envs/node``).
 - ``keys``: claim speed with ``--keys`` per-key buckets (one task limited
   per ``rate_key``, one slot an hour each), behind a backlog of ``--backlog``
   jobs of one key at the head of the line; against the same jobs unlimited.
@@ -143,19 +151,59 @@ def server_time(args: argparse.Namespace) -> None:
         total = commandstats(client)
         app.close()
         client.close()
-    skip = {"info", "config|resetstat", "config", "flushdb"}
+    report(
+        f"server-time: {args.jobs:,} noop jobs, enqueued one at a time, drained by one "
+        f"worker -c {args.c}",
+        args.jobs,
+        enqueued,
+        total,
+    )
+
+
+def report(title: str, n: int, enqueued: dict[str, Any], total: dict[str, Any]) -> None:
+    """Server time per job from two snapshots of INFO commandstats: after the
+    enqueue, after the drain."""
+    skip = {"info", "config|resetstat", "config", "flushdb", "client|setname", "client"}
     usec = {k: v["usec"] for k, v in total.items() if k not in skip}
     calls = {k: v["calls"] for k, v in total.items() if k not in skip}
     enq = sum(v["usec"] for k, v in enqueued.items() if k not in skip)
-    n = args.jobs
-    print(
-        f"server-time: {n:,} noop jobs, enqueued one at a time, drained by one worker -c {args.c}"
-    )
+    print(title)
     print(f"  per job: {sum(usec.values()) / n:.1f} usec of Redis server time "
           f"({enq / n:.1f} enqueue, {(sum(usec.values()) - enq) / n:.1f} claim+complete+rest), "
           f"{sum(calls.values()) / n:.2f} commands")  # fmt: skip
     for name in sorted(usec, key=usec.get, reverse=True)[:6]:  # type: ignore[arg-type]
         print(f"  {name:<12} {usec[name] / n:7.2f} usec/job  {calls[name] / n:6.3f} calls/job")
+
+
+def bullmq_server_time(args: argparse.Namespace) -> None:
+    peer = HERE / "compare" / "peers" / "bullmq_node.js"
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        PrivateRedis(Path(folder) / "queue") as queue,
+        PrivateRedis(Path(folder) / "record") as record,
+    ):
+        env = dict(
+            os.environ, NODE_PATH=str(Path(args.node_modules).resolve()),
+            CMP_QUEUE_URL=queue.url, CMP_RECORD_URL=record.url, CMP_CONCURRENCY=str(args.c),
+        )  # fmt: skip
+        client, done = redis.Redis(port=queue.port), redis.Redis(port=record.port)
+        client.config_resetstat()
+        n = args.jobs
+        subprocess.run(["node", str(peer), "enqueue", "--mode", "one", "--count", str(n)],
+                       env=env, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        enqueued = commandstats(client)
+        proc = subprocess.Popen(["node", str(peer), "worker"], env=env)
+        deadline = time.monotonic() + 600
+        while done.llen("cmp:done") < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # the last completions are written after their body ran
+        total = commandstats(client)
+        proc.terminate()
+        proc.wait(timeout=30)
+        ran = done.llen("cmp:done")
+        client.close()
+        done.close()
+    report(f"bullmq-server-time: {ran:,} of {n:,} noop jobs ran", n, enqueued, total)
 
 
 # -- keys --------------------------------------------------------------------
@@ -279,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("server-time")
     p.add_argument("--jobs", type=int, default=20_000)
     p.add_argument("-c", type=int, default=10)
+    p = sub.add_parser("bullmq-server-time")
+    p.add_argument("--jobs", type=int, default=20_000)
+    p.add_argument("-c", type=int, default=10)
+    p.add_argument("--node-modules", default=str(HERE / "compare/.envs/node/node_modules"))
     p = sub.add_parser("keys")
     p.add_argument("--url", default="redis://127.0.0.1:6379/11")
     p.add_argument("--keys", type=int, default=10_000)
@@ -288,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--workers", type=int, default=3)
     args = parser.parse_args(argv)
-    {"rate": rate, "server-time": server_time, "keys": keys, "idle": idle}[args.what](args)
+    commands = {"rate": rate, "server-time": server_time, "bullmq-server-time": bullmq_server_time,
+                "keys": keys, "idle": idle}  # fmt: skip
+    commands[args.what](args)
     return 0
 
 

@@ -16,6 +16,7 @@ from conveyor.brokers import redis_scripts as scripts
 from conveyor.brokers.base import Controls, Lease, NewJob, RateLimit
 from conveyor.brokers.redis_store import RedisBroker
 from conveyor.clock import FakeClock
+from helpers import poll_until_done, sent
 
 START = 1_700_000_000.0
 SYNC = "tasks.sync"
@@ -205,3 +206,28 @@ def test_control_args_hold_hostile_task_names_and_fractions(broker):
     )
     assert scripts.control_args(controls, "q") == (3, "0.5", 2, "a}b\n", 1, "0.001")
     assert scripts.control_args(Controls(), "q") == ()
+
+
+def test_the_worker_doors_planned_pipelines_enforce_the_controls(broker):
+    """The busy worker's complete-and-claim and the idle worker's wait, as
+    the event loop sends them: the same limits as a claim (one server)."""
+    if broker.topology.wakes_by_pubsub:
+        assert broker.plan_complete_and_claim([], ["default"], 5, 30.0, "w") is None
+        return
+    broker.controls = Controls(
+        queue_rates={"default": RateLimit(3, 60.0)}, concurrency={"default": 2}
+    )
+    broker.enqueue([job(f"x{i}", task="t") for i in range(6)])
+    accepted, first = poll_until_done(
+        sent(broker, broker.plan_complete_and_claim([], ["default"], 5, 30.0, "w"))
+    )
+    assert ids(first) == ["x0", "x1"]  # the cap
+    done = [(Lease(j.id, j.lease_token or ""), "null") for j in first]
+    accepted, second = poll_until_done(
+        sent(broker, broker.plan_complete_and_claim(done, ["default"], 5, 30.0, "w"))
+    )
+    assert accepted == [True, True] and ids(second) == ["x2"]  # the window: 3 starts
+    assert poll_until_done(sent(broker, broker.plan_wait(["default"], 5, 30.0, "w", 0.05))) == []
+    broker.clock.advance(60)
+    waited = poll_until_done(sent(broker, broker.plan_wait(["default"], 5, 30.0, "w", 0.05)))
+    assert ids(waited) == ["x3", "x4"]  # x2's 30 s lease ran out: both slots are free
