@@ -38,7 +38,6 @@ from conveyor.brokers.base import (
     WAITING,
     AttemptError,
     Broker,
-    Controls,
     EnqueueResult,
     JobRecord,
     Lease,
@@ -46,7 +45,7 @@ from conveyor.brokers.base import (
     Recovered,
     purge_states,
 )
-from conveyor.brokers.memory_limits import Parking, Windows, queue_bucket, task_bucket
+from conveyor.brokers.memory_limits import Flow, limited
 from conveyor.clock import Clock
 
 ReadyEntry = tuple[int, int, int, str]  # (-priority, seq, ticket, job_id): smallest first
@@ -86,9 +85,7 @@ class MemoryBroker(Broker):
         self._generation: dict[str, int] = {}
         self._paused: set[str] = set()
         self._closed = False
-        # Flow control (``controls``): start windows and parked jobs.
-        self._windows = Windows()
-        self._parking = Parking()
+        self._flow = Flow()  # controls: start windows and parked jobs
 
     # -- bookkeeping (call with the lock held) ---------------------------
 
@@ -228,51 +225,34 @@ class MemoryBroker(Broker):
             self._promote_due(now)
             claimed: list[JobRecord] = []
             controls = self.controls
-            if self._parking.controls is not controls:
-                self._new_controls(controls)
+            if self._flow.controls is not controls:
+                self._flow.new_controls(controls, self._ready)
             for queue in queues:
                 heap = None if queue in self._paused else self._ready.get(queue)
-                if controls and heap is not None and self._limited(controls, queue):
-                    self._claim_limited(queue, heap, limit, now, lease_seconds, worker, claimed)
+                if controls and heap is not None and limited(controls, queue):
+                    self._flow.claim(self, queue, heap, limit, now, lease_seconds, worker, claimed)
                     continue
                 while heap and len(claimed) < limit:
                     _, _, ticket, job_id = heapq.heappop(heap)
                     job = self._live(ticket, job_id, WAITING)
                     if job is None:
                         continue  # stale entry: the job was cancelled, replaced...
-                    self._lease(job, now, lease_seconds, worker)
-                    claimed.append(_snapshot(job))
+                    claimed.append(self._lease(job, now, lease_seconds, worker))
             return claimed
 
-    def _lease(self, job: JobRecord, now: float, lease_seconds: float, worker: str) -> None:
+    def _lease(self, job: JobRecord, now: float, lease_seconds: float, worker: str) -> JobRecord:
+        """Make a waiting job active for ``worker``; a snapshot of it."""
         self._move(job, ACTIVE)
         job.attempts += 1
         job.started_at = now
         job.lease_token = secrets.token_hex(8)
         job.lease_expires = now + lease_seconds
         job.worker = worker
-
-    # -- flow control (``controls``; call with the lock held) -------------
-
-    @staticmethod
-    def _limited(controls: Controls, queue: str) -> bool:
-        # Any queue may hold jobs of a task with a rate limit.
-        return bool(
-            controls.task_rates or queue in controls.queue_rates or queue in controls.concurrency
-        )
-
-    def _new_controls(self, controls: Controls) -> None:
-        """The app swapped the controls: parked jobs go back in line (their
-        limit may have changed or gone); the next claims judge them again."""
-        for queue, entries in self._parking.unpark_all():
-            heap = self._ready.setdefault(queue, [])
-            for entry in entries:
-                heapq.heappush(heap, entry)
-        self._parking.controls = controls
+        return _snapshot(job)
 
     def _running(self, queue: str, now: float) -> tuple[int, float | None]:
         """Jobs of ``queue`` active with an unexpired lease, and the earliest
-        of those leases' ends."""
+        of those leases' ends (for its concurrency cap)."""
         count, first = 0, None
         for job_id in self._active:
             job = self._jobs[job_id]
@@ -281,89 +261,6 @@ class MemoryBroker(Broker):
                 count += 1
                 first = expires if first is None else min(first, expires)
         return count, first
-
-    def _claim_limited(
-        self,
-        queue: str,
-        heap: list[ReadyEntry],
-        limit: int,
-        now: float,
-        lease_seconds: float,
-        worker: str,
-        claimed: list[JobRecord],
-    ) -> None:
-        """``claim``'s loop for a queue under controls: as many as the queue's
-        window and cap allow, each job only while its task's bucket has room;
-        a job of a full bucket is parked (out of line until the bucket opens)."""
-        controls = self.controls
-        room = limit - len(claimed)
-        queue_rate = controls.queue_rates.get(queue)
-        if queue_rate is not None:
-            room = min(room, self._windows.room(queue_bucket(queue), queue_rate, now))
-        cap = controls.concurrency.get(queue)
-        if cap is not None:
-            room = min(room, cap - self._running(queue, now)[0])
-        rates = controls.task_rates
-        if rates:
-            self._unpark(queue, heap, now)
-        taken = 0
-        while heap and taken < room:
-            entry = heapq.heappop(heap)
-            job = self._live(entry[2], entry[3], WAITING)
-            if job is None:
-                continue
-            rate = rates.get(job.task) if rates else None
-            if rate is not None:
-                bucket = task_bucket(job.task, job.rate_key)
-                if self._windows.room(bucket, rate, now) <= 0:
-                    self._parking.park(
-                        queue, bucket, entry, self._windows.opening(bucket, rate, now)
-                    )
-                    continue
-                self._windows.start(bucket, now)
-            self._lease(job, now, lease_seconds, worker)
-            claimed.append(_snapshot(job))
-            taken += 1
-        if queue_rate is not None and taken:
-            self._windows.start(queue_bucket(queue), now, taken)
-
-    def _unpark(self, queue: str, heap: list[ReadyEntry], now: float) -> None:
-        """Put back in line, from each bucket of ``queue`` whose opening has
-        come, as many parked jobs as its window has room for."""
-        for bucket, entries in list(self._parking.opened(queue, now)):
-            rate = self.controls.task_rates.get(bucket[1])  # type: ignore[index]
-            room = len(entries) if rate is None else self._windows.room(bucket, rate, now)
-            while entries and room > 0:
-                entry = heapq.heappop(entries)
-                if self._live(entry[2], entry[3], WAITING) is not None:
-                    heapq.heappush(heap, entry)
-                    room -= 1
-            if entries and rate is not None:
-                opens = self._windows.refill(bucket, rate, now)
-                for entry in entries:
-                    self._parking.park(queue, bucket, entry, opens)
-
-    def _held_due(self, queue: str, now: float) -> float | None:
-        """When a ready job of ``queue`` held back by the controls may be
-        claimable, or None when none is held back."""
-        controls = self.controls
-        counts = self._counts.get(queue)
-        if not controls or counts is None or not counts[WAITING]:
-            return None
-        times = []
-        queue_rate = controls.queue_rates.get(queue)
-        if queue_rate is not None:
-            bucket = queue_bucket(queue)
-            if self._windows.room(bucket, queue_rate, now) <= 0:
-                times.append(self._windows.opening(bucket, queue_rate, now))
-        cap = controls.concurrency.get(queue)
-        if cap is not None:
-            running, first = self._running(queue, now)
-            if running >= cap and first is not None:
-                times.append(first)
-        if (opens := self._parking.next_opening(queue)) is not None:
-            times.append(opens)
-        return min(times, default=None)
 
     def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
         with self._lock:
@@ -422,7 +319,7 @@ class MemoryBroker(Broker):
             now = self.clock.now()
             # Every worker calls this every few seconds: the place to forget
             # the windows of keys not seen for a period.
-            self._windows.sweep(self.controls, now)
+            self._flow.windows.sweep(self.controls, now)
             expired = [
                 job
                 for job in map(self._jobs.__getitem__, self._active)
@@ -579,7 +476,9 @@ class MemoryBroker(Broker):
                     continue
                 if (entry := self._delayed_top(queue)) is not None:
                     tops.append(entry[0])
-                if self.controls and (held := self._held_due(queue, now)) is not None:
+                counts = self._counts.get(queue)
+                held_back = self.controls and counts and counts[WAITING]  # else nothing is
+                if held_back and (held := self._flow.held_due(self, queue, now)) is not None:
                     tops.append(held)
             return min(tops, default=None)
 

@@ -22,10 +22,33 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Hashable, Iterator
+from typing import Protocol
 
-from conveyor.brokers.base import Controls, RateLimit
+from conveyor.brokers.base import WAITING, Controls, JobRecord, RateLimit
 
 ReadyEntry = tuple[int, int, int, str]  # as in memory.py: (-priority, seq, ticket, job_id)
+
+
+class _Store(Protocol):
+    """What ``Flow`` asks of the memory store (under its lock)."""
+
+    controls: Controls
+
+    def _live(self, ticket: int, job_id: str, state: str) -> JobRecord | None: ...
+
+    def _lease(
+        self, job: JobRecord, now: float, lease_seconds: float, worker: str
+    ) -> JobRecord: ...
+
+    def _running(self, queue: str, now: float) -> tuple[int, float | None]: ...
+
+
+def limited(controls: Controls, queue: str) -> bool:
+    """Do the controls touch ``queue``'s claims? (Any queue may hold jobs of
+    a task with a rate limit.)"""
+    return bool(
+        controls.task_rates or queue in controls.queue_rates or queue in controls.concurrency
+    )
 
 
 def queue_bucket(queue: str) -> Hashable:
@@ -118,3 +141,104 @@ class Parking:
         for queue, buckets in parked.items():
             for entries in buckets.values():
                 yield queue, entries
+
+
+class Flow:
+    """The memory store's claims under controls: its windows and parked jobs,
+    and the decisions that read them (always under the store's lock)."""
+
+    def __init__(self) -> None:
+        self.windows = Windows()
+        self.parking = Parking()
+
+    @property
+    def controls(self) -> Controls | None:
+        return self.parking.controls
+
+    def new_controls(self, controls: Controls, ready: dict[str, list[ReadyEntry]]) -> None:
+        """The app swapped the controls: parked jobs go back in line (their
+        limit may have changed or gone); the next claims judge them again."""
+        for queue, entries in self.parking.unpark_all():
+            heap = ready.setdefault(queue, [])
+            for entry in entries:
+                heapq.heappush(heap, entry)
+        self.parking.controls = controls
+
+    def claim(
+        self,
+        store: _Store,
+        queue: str,
+        heap: list[ReadyEntry],
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        worker: str,
+        claimed: list[JobRecord],
+    ) -> None:
+        """``claim``'s loop for a queue under controls: as many as the queue's
+        window and cap allow, each job only while its task's bucket has room;
+        a job of a full bucket is parked (out of line until the bucket opens)."""
+        controls = store.controls
+        room = limit - len(claimed)
+        queue_rate = controls.queue_rates.get(queue)
+        if queue_rate is not None:
+            room = min(room, self.windows.room(queue_bucket(queue), queue_rate, now))
+        cap = controls.concurrency.get(queue)
+        if cap is not None:
+            room = min(room, cap - store._running(queue, now)[0])
+        rates = controls.task_rates
+        if rates:
+            self._unpark(store, queue, heap, now)
+        taken = 0
+        while heap and taken < room:
+            entry = heapq.heappop(heap)
+            job = store._live(entry[2], entry[3], WAITING)
+            if job is None:
+                continue
+            rate = rates.get(job.task) if rates else None
+            if rate is not None:
+                bucket = task_bucket(job.task, job.rate_key)
+                if self.windows.room(bucket, rate, now) <= 0:
+                    opens = self.windows.opening(bucket, rate, now)
+                    self.parking.park(queue, bucket, entry, opens)
+                    continue
+                self.windows.start(bucket, now)
+            claimed.append(store._lease(job, now, lease_seconds, worker))
+            taken += 1
+        if queue_rate is not None and taken:
+            self.windows.start(queue_bucket(queue), now, taken)
+
+    def _unpark(self, store: _Store, queue: str, heap: list[ReadyEntry], now: float) -> None:
+        """Put back in line, from each bucket of ``queue`` whose opening has
+        come, as many parked jobs as its window has room for."""
+        for bucket, entries in list(self.parking.opened(queue, now)):
+            rate = store.controls.task_rates.get(bucket[1])  # type: ignore[index]
+            room = len(entries) if rate is None else self.windows.room(bucket, rate, now)
+            while entries and room > 0:
+                entry = heapq.heappop(entries)
+                if store._live(entry[2], entry[3], WAITING) is not None:
+                    heapq.heappush(heap, entry)
+                    room -= 1
+            if entries and rate is not None:
+                opens = self.windows.refill(bucket, rate, now)
+                for entry in entries:
+                    self.parking.park(queue, bucket, entry, opens)
+
+    def held_due(self, store: _Store, queue: str, now: float) -> float | None:
+        """When a ready job of ``queue`` (which holds some) held back by the
+        controls may be claimable, or None when none is held back."""
+        controls = store.controls
+        times = []
+        queue_rate = controls.queue_rates.get(queue)
+        if queue_rate is not None:
+            bucket = queue_bucket(queue)
+            if self.windows.room(bucket, queue_rate, now) <= 0:
+                times.append(self.windows.opening(bucket, queue_rate, now))
+        cap = controls.concurrency.get(queue)
+        if cap is not None:
+            running, first = store._running(queue, now)
+            if running >= cap and first is not None:
+                times.append(first)
+        if (opens := self.parking.next_opening(queue)) is not None:
+            times.append(opens)
+        return min(times, default=None)
