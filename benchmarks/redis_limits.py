@@ -116,15 +116,16 @@ def rate(args: argparse.Namespace) -> None:
     done = [r for r in records(app) if r.state == "completed"]
     starts = sorted(r.started_at or 0.0 for r in done)
     span = starts[-1] - starts[0]
-    # The rate over whole windows: jobs started, minus the first window's
-    # burst (the limit lets N start at once), over the time after it.
-    steady = (len(starts) - args.rate) / span if span > 0 else float("inf")
+    # The rate a limiter is judged by: starts per window over the run's whole
+    # seconds, [first + k, first + k + 1) (the last, partial one left out).
+    whole = [sum(1 for s in starts if starts[0] + k <= s < starts[0] + k + 1)
+             for k in range(int(span))]  # fmt: skip
     peak = max_in_window(starts)
     print(f"rate: exit {code}; {len(done):,} of {args.jobs:,} completed in {wall:.2f} s")
-    print(
-        f"  first to last start: {span:.3f} s; {len(starts) / span:,.0f} starts/s overall, "
-        f"{steady:,.0f}/s after the first window ({steady / args.rate:.1%} of {args.rate:,}/s)"
-    )
+    print(f"  first to last start: {span:.3f} s ({len(starts) / span:,.0f} starts/s overall)")
+    print(f"  starts in each whole second from the first: {whole}; mean "
+          f"{statistics.mean(whole):,.0f}/s = {statistics.mean(whole) / args.rate:.1%} of "
+          f"{args.rate:,}/s, lowest {min(whole) / args.rate:.1%}")  # fmt: skip
     print(f"  most starts in any 1-second window: {peak:,} (limit {args.rate:,}: "
           f"{'held' if peak <= args.rate else 'EXCEEDED'})")  # fmt: skip
     app.close()

@@ -6,6 +6,7 @@ store shares is in tests/conformance/test_limits.py."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -231,3 +232,20 @@ def test_the_worker_doors_planned_pipelines_enforce_the_controls(broker):
     broker.clock.advance(60)
     waited = poll_until_done(sent(broker, broker.plan_wait(["default"], 5, 30.0, "w", 0.05)))
     assert ids(waited) == ["x3", "x4"]  # x2's 30 s lease ran out: both slots are free
+
+
+def test_work_that_opened_since_the_claim_took_the_marker_is_due_at_once(broker):
+    """The window moved on after the claim that found it full (and took the
+    marker away): no idle wait would wake for that work, so next_due says
+    it is due already, and the worker claims at once instead of sleeping a
+    whole poll interval (seen as a stall of most of a second at 5,000/s)."""
+    broker.controls = Controls(queue_rates={"default": RateLimit(1, 10.0)})
+    broker.enqueue([job("x1", task="t"), job("x2", task="t")])
+    claim(broker)
+    assert broker.next_due(["default"]) == START + 10
+    broker.clock.advance(10.5)
+    assert broker.next_due(["default"]) == START + 10.5  # opened: due now
+    began = time.monotonic()
+    broker.wait_for_work(["default"], 5.0)
+    assert time.monotonic() - began < 1.0
+    assert ids(claim(broker)) == ["x2"]

@@ -615,7 +615,7 @@ class RedisBroker(Broker):
             if paused:
                 continue
             line, (opens, at) = llen + zcard, openings[q].read(llen + zcard, held)
-            ready += line if opens else 0
+            ready += max(line, 1) if opens else 0  # open buckets count too
             for t in (delayed[0][1] if delayed else None, at):
                 if t is not None and (due is None or t < due):
                     due = t
@@ -691,7 +691,10 @@ class Opening:
         )
 
     def calls(self, k: QueueKeys) -> builtins.list[Call]:
-        now, calls = self.now, []
+        now, calls = self.now, builtins.list[Call]()
+        if not (self.buckets or self.cap is not None or self.rate is not None):
+            return calls
+        calls.append(lambda c: c.exists(k.marker))
         if self.buckets:  # the bucket that next has a slot
             calls.append(lambda c: c.zrange(k.buckets, 0, 0, withscores=True))
         if self.cap is not None:  # leases not expired: how many, and the first to end
@@ -711,10 +714,16 @@ class Opening:
         return calls
 
     def read(self, line: int, replies: builtins.list[Any]) -> tuple[bool, float | None]:
-        """(whether work is claimable now, else when it next may be; None:
-        no work is held back) from the replies of ``calls`` and the length
-        of the queue's ready line."""
+        """(whether work is claimable now, when held-back work opens or None)
+        from the replies of ``calls`` and the length of the queue's ready
+        line. Work a claim held back may have opened since (its window moved
+        on, a lease ran out) while the claim took the marker away, so no idle
+        wait would wake for it: then the time it opened, already past, so
+        the caller claims at once rather than sleep."""
+        if not replies:  # no controls: the line is open, and its marker tells
+            return bool(line), None
         now, it = self.now, iter(replies)
+        marked = next(it)
         bucket = next(it) if self.buckets else []
         opens = now  # when the queue's own limits let a job start
         if self.cap is not None:
@@ -731,7 +740,9 @@ class Opening:
         if not times:
             return False, None
         at = min(times)
-        return (True, None) if at <= now else (False, at)
+        if at > now:
+            return False, at
+        return True, (None if marked else at)
 
 
 def _hgetall(key: str) -> Call:
