@@ -362,6 +362,35 @@ def test_buckets_are_per_task_and_the_key_is_text(broker, clock):
     assert claim(broker) == []
 
 
+def test_jobs_held_back_by_their_bucket_are_waiting_to_every_reader(broker, clock):
+    """However a store sets them aside, they are waiting jobs: listed, counted
+    and pending as such, and they can be cancelled and purged."""
+    limit(broker, task_rates={SYNC: RateLimit(1, 60.0)})
+    add(broker, *(for_customer(f"a{i}", '"acme"') for i in range(4)))
+    assert ids(claim(broker)) == ["a0"]
+    assert claim(broker) == []
+
+    assert state_of(broker, "a1") == "waiting"
+    assert ids(broker.list(state="waiting")) == ["a1", "a2", "a3"]
+    assert broker.counts()["default"]["waiting"] == 3
+    assert broker.pending(["default"]) == 4
+    assert broker.enqueue([for_customer("a1", '"acme"')])[0].record.state == "waiting"  # dedup
+    assert broker.cancel("a2")
+    assert broker.purge("default", ["waiting"]) == 2
+    assert broker.counts()["default"]["waiting"] == 0
+    clock.advance(60)
+    assert claim(broker) == []
+
+
+def test_jobs_held_back_by_a_limit_that_goes_are_claimed_at_once(broker, clock):
+    limit(broker, task_rates={SYNC: RateLimit(1, 60.0)})
+    add(broker, *(for_customer(f"a{i}", '"acme"') for i in range(3)))
+    assert ids(claim(broker)) == ["a0"]
+    assert claim(broker) == []
+    broker.controls = NO_CONTROLS
+    assert ids(claim(broker)) == ["a1", "a2"]
+
+
 def test_a_key_on_a_task_without_a_limit_is_not_limited(broker, clock):
     add(broker, *(for_customer(f"a{i}", '"acme"') for i in range(5)))
     limit(broker, task_rates={"tasks.other": RateLimit(1, 60.0)})

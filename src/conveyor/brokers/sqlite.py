@@ -35,6 +35,7 @@ from conveyor.brokers import sqlite_limits
 from conveyor.brokers.base import (
     ENDED_STATES,
     STATES,
+    WAITING,
     AttemptError,
     Broker,
     Controls,
@@ -79,6 +80,7 @@ __all__ = [
 # keeps the wake-up latency for work enqueued elsewhere to a few ms.
 POLL_SECONDS = 0.003
 DATA_VERSION = "PRAGMA data_version"  # changes when another connection commits
+HELD = sqlite_limits.HELD
 # One job: insert and get the stored row back in the same statement.
 INSERT_RETURNING = SQL.insert_job + "\nRETURNING *"
 
@@ -90,6 +92,15 @@ def _json(value: Any) -> str:
 
 def _claim_order(row: tuple[Any, ...]) -> tuple[int, int]:
     return -row[5], row[1]  # (-priority, seq): the order claim promises
+
+
+def _record(row: tuple[Any, ...]) -> JobRecord:
+    """A stored job as readers see it: a job held back by its rate-limit
+    bucket (state 'held', see sqlite_limits.py) is waiting."""
+    job = JobRecord(*row)
+    if job.state == HELD:
+        job.state = WAITING
+    return job
 
 
 class SQLiteBroker(Broker):
@@ -105,6 +116,7 @@ class SQLiteBroker(Broker):
         self._generation = 0
         self._waiters = 0
         self._closed = False
+        self._controls_seen: Controls | None = None  # the controls claims last ran under
         # The file: parsed URL, connections, transactions; opened (and
         # judged, set up) here, or refused with a one-line error.
         self._file = DatabaseFile(url, create=create, after_fork=self._forget_waits)
@@ -183,7 +195,7 @@ class SQLiteBroker(Broker):
     def _insert_one(conn: sqlite3.Connection, row: tuple[Any, ...]) -> EnqueueResult:
         created = conn.execute(INSERT_RETURNING, row).fetchall()
         if not created:  # the id is taken
-            existing = JobRecord(*conn.execute(SQL.get_job, row[:1]).fetchone())
+            existing = _record(conn.execute(SQL.get_job, row[:1]).fetchone())
             if existing.state not in ENDED_STATES:
                 return EnqueueResult(existing, created=False)
             conn.execute(SQL.delete_job, row[:1])  # an ended job's id may be reused
@@ -211,6 +223,11 @@ class SQLiteBroker(Broker):
         claimed: list[JobRecord] = []
         promoted = 0
         with self._file.tx() as conn:
+            if controls is not self._controls_seen:
+                # The app changed the limits: jobs held for a limit that went
+                # come back now, not at the next sweep.
+                sqlite_limits.sweep(conn, controls, now)
+                self._controls_seen = controls
             completed = (
                 {row[0] for row in conn.execute(SQL.complete_jobs, (now, _json(list(done))))}
                 if done
@@ -274,8 +291,9 @@ class SQLiteBroker(Broker):
         controls = self.controls
         with self._file.tx() as conn:
             rows = conn.execute(SQL.recover_expired, (now, max_stalled, repr(now))).fetchall()
-            if controls:  # and, as often, forget windows and holds that ended
-                sqlite_limits.sweep(conn, controls, now)
+            # As often: forget windows that ended, put back jobs held for
+            # limits that went (a few index probes when there are none).
+            sqlite_limits.sweep(conn, controls, now)
         if rows:
             self._notify()
         rows.sort(key=lambda row: row[1])  # seq order, as readable as any
@@ -337,6 +355,8 @@ class SQLiteBroker(Broker):
 
     def purge(self, queue: str, states: Sequence[str]) -> int:
         chosen = purge_states(states)
+        if WAITING in chosen:
+            chosen = (*chosen, HELD)  # held jobs are waiting ones
         with self._file.tx() as conn:
             deleted: int = conn.execute(SQL.purge, (queue, _json(list(chosen)))).rowcount
         return deleted
@@ -345,7 +365,7 @@ class SQLiteBroker(Broker):
 
     def get(self, job_id: str) -> JobRecord | None:
         rows = self._file.read(SQL.get_job, (job_id,))
-        return JobRecord(*rows[0]) if rows else None
+        return _record(rows[0]) if rows else None
 
     def list(
         self,
@@ -356,12 +376,12 @@ class SQLiteBroker(Broker):
     ) -> list[JobRecord]:
         # max(): SQLite reads a negative LIMIT as "no limit".
         rows = self._file.read(SQL.list_jobs, (queue, state, after or 0, max(limit, 0)))
-        return [JobRecord(*row) for row in rows]
+        return [_record(row) for row in rows]
 
     def counts(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
         for queue, state, n in self._file.read(SQL.counts):
-            counts.setdefault(queue, dict.fromkeys(STATES, 0))[state] = n
+            counts.setdefault(queue, dict.fromkeys(STATES, 0))[state] += n  # held: waiting
         return counts
 
     def pending(self, queues: Sequence[str]) -> int:

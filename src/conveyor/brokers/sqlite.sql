@@ -64,15 +64,20 @@ CREATE TABLE IF NOT EXISTS conveyor_starts (
     at   REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS conveyor_starts_window ON conveyor_starts (kind, name, key, at);
--- A task's bucket found full by a claim, and when its window opens again:
--- claims leave its jobs out (in SQL) until then, instead of stepping over
--- them one by one in Python.
+-- A task's bucket found full by a claim, and when its window opens again.
+-- The claim sets the bucket's waiting jobs it met aside: their state is
+-- 'held' (shown as 'waiting' to every reader), so they leave the ready index
+-- and no later claim steps over them; when the bucket opens, a claim puts
+-- back as many as its window has room for.
 CREATE TABLE IF NOT EXISTS conveyor_buckets (
     task  TEXT NOT NULL,
     key   TEXT NOT NULL,
     opens REAL NOT NULL,
     PRIMARY KEY (task, key)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conveyor_buckets_opens ON conveyor_buckets (opens);
+CREATE INDEX IF NOT EXISTS conveyor_jobs_held
+    ON conveyor_jobs (task, rate_key, priority DESC, seq) WHERE state = 'held';
 
 -- name: add_rate_key
 -- Bring a version 1 conveyor_jobs up to version 2 (a new last column).
@@ -215,9 +220,9 @@ WHERE state = 'active' AND lease_expires <= ?1
 RETURNING id, seq, state
 
 -- name: cancel_job
--- A waiting or delayed job (?1) ends as cancelled at ?2.
+-- A waiting (or held) or delayed job (?1) ends as cancelled at ?2.
 UPDATE conveyor_jobs SET state = 'cancelled', finished_at = ?2
-WHERE id = ?1 AND state IN ('waiting', 'delayed')
+WHERE id = ?1 AND state IN ('waiting', 'held', 'delayed')
 
 -- name: retry_ids
 -- Dead or cancelled jobs among the ids in ?1 (of queue ?2 when not NULL)
@@ -267,14 +272,16 @@ DELETE FROM conveyor_jobs WHERE seq IN (
 
 -- name: list_jobs
 -- A page of jobs in seq order after cursor ?3, filtered by queue ?1 and
--- state ?2 when they are not NULL.
+-- state ?2 when they are not NULL (a held job is a waiting one).
 SELECT * FROM conveyor_jobs
-WHERE seq > ?3 AND (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR state = ?2)
+WHERE seq > ?3 AND (?1 IS NULL OR queue = ?1)
+  AND (?2 IS NULL OR state = ?2 OR (?2 = 'waiting' AND state = 'held'))
 ORDER BY seq
 LIMIT ?4
 
 -- name: counts
--- (queue, state, n) for every pair that holds jobs. One part per partial
+-- (queue, state, n) for every pair that holds jobs (held jobs count as
+-- waiting: a queue may come twice with 'waiting'). One part per partial
 -- index, so most of the work is index-only instead of reading every row.
 SELECT queue, 'waiting', count(*) FROM conveyor_jobs WHERE state = 'waiting' GROUP BY queue
 UNION ALL
@@ -282,15 +289,20 @@ SELECT queue, 'delayed', count(*) FROM conveyor_jobs WHERE state = 'delayed' GRO
 UNION ALL
 SELECT queue, 'active', count(*) FROM conveyor_jobs WHERE state = 'active' GROUP BY queue
 UNION ALL
+SELECT queue, 'waiting', count(*) FROM conveyor_jobs WHERE state = 'held' GROUP BY queue
+UNION ALL
 SELECT queue, state, count(*) FROM conveyor_jobs
 WHERE state IN ('completed', 'dead', 'cancelled') GROUP BY queue, state
 
 -- name: pending
 -- Jobs of the queues in ?1 (JSON array) that are active, or (in queues not
--- paused) waiting or delayed and due by ?2.
+-- paused) waiting (held ones too) or delayed and due by ?2.
 SELECT
     (SELECT count(*) FROM conveyor_jobs
      WHERE state = 'waiting' AND queue IN (SELECT j.value FROM json_each(?1) AS j
+                     WHERE NOT EXISTS (SELECT 1 FROM conveyor_meta AS m WHERE m.key = 'paused:' || j.value)))
+  + (SELECT count(*) FROM conveyor_jobs
+     WHERE state = 'held' AND queue IN (SELECT j.value FROM json_each(?1) AS j
                      WHERE NOT EXISTS (SELECT 1 FROM conveyor_meta AS m WHERE m.key = 'paused:' || j.value)))
   + (SELECT count(*) FROM conveyor_jobs
      WHERE state = 'active' AND queue IN (SELECT value FROM json_each(?1)))
@@ -367,26 +379,47 @@ SELECT count(*), min(lease_expires) FROM conveyor_jobs
 WHERE state = 'active' AND lease_expires > ?2 AND queue = ?1
 
 -- name: queue_state
--- Is queue ?1 paused; does it hold a waiting job?
+-- Is queue ?1 paused; does it hold a waiting job (not held)?
 SELECT EXISTS (SELECT 1 FROM conveyor_meta WHERE key = 'paused:' || ?1),
        EXISTS (SELECT 1 FROM conveyor_jobs WHERE state = 'waiting' AND queue = ?1)
 
--- name: ready_unheld
--- Up to ?4 ready jobs of queue ?1 in claim order (seq, task, rate_key or ''),
--- leaving out those of a bucket held until after ?2 of a task named in the
--- JSON array ?3 (the tasks limited now).
-SELECT seq, task, coalesce(rate_key, '') FROM conveyor_jobs AS j
+-- name: ready_keyed
+-- Up to ?2 ready jobs of queue ?1 in claim order: seq, task, rate_key or ''.
+SELECT seq, task, coalesce(rate_key, '') FROM conveyor_jobs
 WHERE state = 'waiting' AND queue = ?1
-  AND NOT EXISTS (SELECT 1 FROM conveyor_buckets AS b
-                  WHERE b.task = j.task AND b.key = coalesce(j.rate_key, '') AND b.opens > ?2
-                    AND b.task IN (SELECT value FROM json_each(?3)))
 ORDER BY priority DESC, seq
-LIMIT ?4
+LIMIT ?2
 
 -- name: hold_bucket
--- Task ?1's bucket ?2 is full: claims leave its jobs out until ?3.
+-- Task ?1's bucket ?2 is full until ?3.
 INSERT INTO conveyor_buckets (task, key, opens) VALUES (?1, ?2, ?3)
 ON CONFLICT (task, key) DO UPDATE SET opens = excluded.opens
+
+-- name: hold_jobs
+-- Set aside the waiting jobs whose seqs are in the JSON array ?1 (their
+-- bucket is full): out of the ready index until it opens.
+UPDATE conveyor_jobs SET state = 'held'
+WHERE seq IN (SELECT value FROM json_each(?1)) AND state = 'waiting'
+
+-- name: opened_buckets
+-- The held buckets whose window has opened by ?1.
+SELECT task, key FROM conveyor_buckets WHERE opens <= ?1
+
+-- name: unhold_bucket
+-- Put back in line the first ?3 held jobs of task ?1 with rate_key ?2 (NULL:
+-- the shared bucket), in claim order.
+UPDATE conveyor_jobs SET state = 'waiting'
+WHERE seq IN (SELECT seq FROM conveyor_jobs
+              WHERE state = 'held' AND task = ?1 AND rate_key IS ?2
+              ORDER BY priority DESC, seq LIMIT ?3)
+
+-- name: bucket_holds
+-- Does task ?1's bucket ?2 (rate_key, NULL: shared) still hold jobs?
+SELECT EXISTS (SELECT 1 FROM conveyor_jobs WHERE state = 'held' AND task = ?1 AND rate_key IS ?2)
+
+-- name: drop_bucket
+-- Task ?1's bucket ?2 holds nothing any more.
+DELETE FROM conveyor_buckets WHERE task = ?1 AND key = ?2
 
 -- name: claim_seqs
 -- Lease the waiting jobs whose seqs are in the JSON array ?4 to worker ?3
@@ -398,14 +431,24 @@ WHERE seq IN (SELECT value FROM json_each(?4)) AND state = 'waiting'
 RETURNING *
 
 -- name: next_bucket_opening
--- The earliest time after ?1 a held bucket of a task in the JSON array ?2 opens.
-SELECT min(opens) FROM conveyor_buckets
-WHERE opens > ?1 AND task IN (SELECT value FROM json_each(?2))
+-- The earliest time a held bucket of a task in the JSON array ?1 opens
+-- (perhaps already: the next claim puts its jobs back).
+SELECT min(opens) FROM conveyor_buckets WHERE task IN (SELECT value FROM json_each(?1))
+
+-- name: any_opened
+-- Has a held bucket of a task in the JSON array ?2 opened by ?1?
+SELECT EXISTS (SELECT 1 FROM conveyor_buckets
+               WHERE opens <= ?1 AND task IN (SELECT value FROM json_each(?2)))
 
 -- name: sweep_starts
 -- Starts older than every window (before ?1 = now - the longest period).
 DELETE FROM conveyor_starts WHERE at <= ?1
 
+-- name: sweep_held
+-- Held jobs of tasks no longer limited (not in the JSON array ?1) go back in line.
+UPDATE conveyor_jobs SET state = 'waiting'
+WHERE state = 'held' AND task NOT IN (SELECT value FROM json_each(?1))
+
 -- name: sweep_buckets
--- Buckets whose hold has ended by ?1.
-DELETE FROM conveyor_buckets WHERE opens <= ?1
+-- The buckets of tasks no longer limited (not in the JSON array ?1) go.
+DELETE FROM conveyor_buckets WHERE task NOT IN (SELECT value FROM json_each(?1))

@@ -9,10 +9,13 @@ claim's own transaction (so every process and thread sees one truth).
 - A concurrency cap counts the queue's active jobs whose lease has not
   expired: a dead worker's share comes back when its lease runs out.
 - Per-task buckets: a claim walks the queue's ready jobs in order; a job whose
-  bucket is full is left waiting where it is, and its bucket is written to
-  ``conveyor_buckets`` with the time its window opens, so the next claims
-  leave that bucket's jobs out in SQL (an index probe a row) instead of
-  judging them one by one here.
+  bucket is full is *held*: its state becomes ``'held'`` (every reader sees
+  ``'waiting'``: ``sqlite.py`` maps it), which takes it out of the ready
+  index, and its bucket goes into ``conveyor_buckets`` with the time its
+  window opens. So one key's backlog at the head of the line is stepped
+  over once, not by every claim. When the bucket opens, a claim puts back
+  (in order) as many of its held jobs as its window has room for, and the
+  bucket's next opening is when that room would be used up again.
 
 A queue without controls never comes here: ``sqlite.py`` runs its one
 ``claim_ready`` statement as before.
@@ -30,6 +33,8 @@ from conveyor.brokers.base import Controls, RateLimit
 from conveyor.brokers.sqlite_file import SQL
 
 Bucket = tuple[str, str, str]  # (kind, name, key): conveyor_starts' columns
+#: The stored state of a waiting job set aside while its bucket is full.
+HELD = "held"
 
 
 def limited(controls: Controls, queue: str) -> bool:
@@ -67,6 +72,34 @@ def _tasks(rates: Mapping[str, RateLimit]) -> str:
     return orjson.dumps(list(rates)).decode()
 
 
+def _unhold(conn: sqlite3.Connection, rates: Mapping[str, RateLimit], now: float) -> None:
+    """Put back in line the held jobs of every bucket whose window opened:
+    as many as it has room for (all, when its task lost its limit)."""
+    for task, key in conn.execute(SQL.opened_buckets, (now,)).fetchall():
+        rate_key = key or None  # '' is the shared bucket: jobs without a key
+        rate = rates.get(task)
+        room = -1 if rate is None else _room(conn, ("task", task, key), rate, now)
+        if room:  # -1: no limit, all of them
+            conn.execute(SQL.unhold_bucket, (task, rate_key, room))
+        if rate is not None and conn.execute(SQL.bucket_holds, (task, rate_key)).fetchone()[0]:
+            # Still jobs held: look again when the room put back is used up.
+            opens = (
+                _refill(conn, ("task", task, key), rate, now)
+                if room
+                else _opening(conn, ("task", task, key), rate, now)
+            )
+            conn.execute(SQL.hold_bucket, (task, key, opens))
+        else:
+            conn.execute(SQL.drop_bucket, (task, key))
+
+
+def _refill(conn: sqlite3.Connection, bucket: Bucket, rate: RateLimit, now: float) -> float:
+    """When a window whose room is taken now opens again: its oldest start
+    (or now) plus the period."""
+    rows = conn.execute(SQL.window_nth, (*bucket, now - rate.period, 0)).fetchall()
+    return (rows[0][0] if rows else now) + rate.period
+
+
 def claim(
     conn: sqlite3.Connection,
     controls: Controls,
@@ -78,6 +111,8 @@ def claim(
 ) -> list[Any]:
     """Lease up to ``want`` jobs of ``queue`` as the controls allow (in the
     caller's transaction); the rows in no promised order."""
+    if controls.task_rates:
+        _unhold(conn, controls.task_rates, now)  # first: they may be all it has
     paused, waiting = conn.execute(SQL.queue_state, (queue,)).fetchone()
     if paused or not waiting:
         return []
@@ -108,17 +143,17 @@ def _claim_by_bucket(
     expires: float,
     worker: str,
 ) -> list[Any]:
-    """Walk the ready jobs not held back, in order: take each whose bucket has
-    room; hold a full bucket (its jobs drop out of the next look), and look
-    again while holding one left the batch short."""
-    tasks = _tasks(rates)
+    """Walk the ready jobs in order: take each whose bucket has room, hold
+    those of a full bucket (out of line until it opens), and look again
+    while holding some left the batch short."""
     left: dict[Bucket, int] = {}  # room left in each bucket met in this claim
+    holding: set[Bucket] = set()  # the buckets this claim holds jobs of
     claimed: list[Any] = []
     while len(claimed) < room:
         want = room - len(claimed)
-        candidates = conn.execute(SQL.ready_unheld, (queue, now, tasks, want)).fetchall()
+        candidates = conn.execute(SQL.ready_keyed, (queue, want)).fetchall()
         take: list[int] = []
-        held = False
+        hold: list[int] = []
         for seq, task, key in candidates:
             rate = rates.get(task)
             if rate is not None:
@@ -126,8 +161,11 @@ def _claim_by_bucket(
                 if bucket not in left:
                     left[bucket] = _room(conn, bucket, rate, now)
                 if left[bucket] <= 0:
-                    conn.execute(SQL.hold_bucket, (task, key, _opening(conn, bucket, rate, now)))
-                    held = True
+                    if bucket not in holding:  # the first of its jobs held by this claim
+                        opens = _opening(conn, bucket, rate, now)
+                        conn.execute(SQL.hold_bucket, (task, key, opens))
+                        holding.add(bucket)
+                    hold.append(seq)
                     continue
                 left[bucket] -= 1
                 conn.execute(SQL.window_start, (*bucket, now))
@@ -135,8 +173,10 @@ def _claim_by_bucket(
         if take:
             params = (now, expires, worker, orjson.dumps(take).decode())
             claimed += conn.execute(SQL.claim_seqs, params).fetchall()
-        if not held or len(candidates) < want:
-            break  # every ready job not held back was looked at
+        if hold:
+            conn.execute(SQL.hold_jobs, (orjson.dumps(hold).decode(),))
+        if not hold or len(candidates) < want:
+            break  # every ready job was looked at
     return claimed
 
 
@@ -154,19 +194,16 @@ def claimable(
     conn: sqlite3.Connection, controls: Controls, queues: Sequence[str], now: float
 ) -> bool:
     """For an idle wait: may a claim of ``queues`` take a job now? (Reads only.)
-    A bucket full but not yet held may answer yes once: the claim then holds it."""
+    Held jobs whose bucket opened answer yes (the claim puts them back), and
+    so, once, does a job of a full bucket not held yet (the claim holds it)."""
+    rates = controls.task_rates
+    if rates and conn.execute(SQL.any_opened, (now, _tasks(rates))).fetchone()[0]:
+        return True
     for queue in dict.fromkeys(queues):
         paused, waiting = conn.execute(SQL.queue_state, (queue,)).fetchone()
         if paused or not waiting:
             continue
-        if not limited(controls, queue):
-            return True
-        if not _open_now(conn, controls, queue, now):
-            continue
-        if not controls.task_rates:
-            return True
-        params = (queue, now, _tasks(controls.task_rates), 1)
-        if conn.execute(SQL.ready_unheld, params).fetchone() is not None:
+        if not limited(controls, queue) or _open_now(conn, controls, queue, now):
             return True
     return False
 
@@ -174,18 +211,17 @@ def claimable(
 def held_due(
     conn: sqlite3.Connection, controls: Controls, queues: Sequence[str], now: float
 ) -> float | None:
-    """When ready jobs of ``queues`` held back by the controls may become
-    claimable: a full window's opening, the earliest lease of a full cap, a
-    held bucket's opening; None when no queue holds a waiting job. (Reads only.)"""
+    """When jobs of ``queues`` held back by the controls may become claimable:
+    a full window's opening, the earliest lease of a full cap, a held
+    bucket's opening (perhaps past: the next claim puts its jobs back); None
+    when nothing is held back. (Reads only.)"""
     times: list[float] = []
-    any_waiting = False
     for queue in dict.fromkeys(queues):
         if not limited(controls, queue):
             continue
         paused, waiting = conn.execute(SQL.queue_state, (queue,)).fetchone()
         if paused or not waiting:
             continue
-        any_waiting = True
         queue_rate = controls.queue_rates.get(queue)
         if queue_rate is not None:
             bucket = ("queue", queue, "")
@@ -196,10 +232,10 @@ def held_due(
             running, first = conn.execute(SQL.running, (queue, now)).fetchone()
             if running >= cap and first is not None:
                 times.append(first)
-    if any_waiting and controls.task_rates:
-        # Held buckets of every queue: a bucket of another queue's task wakes
-        # a wait once, needlessly, at worst.
-        params = (now, _tasks(controls.task_rates))
+    if controls.task_rates:
+        # Held buckets of every queue: one of another queue's task wakes a
+        # wait once, needlessly, at worst (a claim then moves it on).
+        params = (_tasks(controls.task_rates),)
         opens = conn.execute(SQL.next_bucket_opening, params).fetchone()[0]
         if opens is not None:
             times.append(opens)
@@ -207,11 +243,12 @@ def held_due(
 
 
 def sweep(conn: sqlite3.Connection, controls: Controls, now: float) -> None:
-    """Forget starts older than every window and holds that have ended (keys
-    not seen again leave nothing behind)."""
-    periods = [
-        rate.period for rate in (*controls.queue_rates.values(), *controls.task_rates.values())
-    ]
-    if periods:
-        conn.execute(SQL.sweep_starts, (now - max(periods),))
-    conn.execute(SQL.sweep_buckets, (now,))
+    """Forget starts older than every window (keys not seen again leave
+    nothing behind), and put back in line the jobs held for tasks no longer
+    limited (the app dropped their limit)."""
+    rates = (*controls.queue_rates.values(), *controls.task_rates.values())
+    if rates:
+        conn.execute(SQL.sweep_starts, (now - max(rate.period for rate in rates),))
+    tasks = _tasks(controls.task_rates)
+    conn.execute(SQL.sweep_held, (tasks,))
+    conn.execute(SQL.sweep_buckets, (tasks,))
