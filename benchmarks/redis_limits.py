@@ -284,6 +284,7 @@ def idle(args: argparse.Namespace) -> None:
 
         client = redis.Redis(port=server.port)
         for label, env, jobs in (
+            ("no limits, empty queue (the baseline)", {}, 0),
             ("queue rate 1/h, window full", {"CONVEYOR_QUEUE_RATE": "1/h"}, 1),
             ("concurrency 2, both slots held", {"CONVEYOR_CONCURRENCY": "2"}, 2),
         ):
@@ -299,13 +300,13 @@ def idle(args: argparse.Namespace) -> None:
                 for _ in range(jobs):
                     blockers.enqueue(0.0)
                 app.broker.claim(["default"], jobs, 3600.0, "holder")
-            else:
+            elif env:
                 from conveyor.brokers.base import Controls, RateLimit
 
                 app.broker.controls = Controls(queue_rates={"default": RateLimit(1, 3600.0)})
                 task.enqueue()
                 app.broker.claim(["default"], 1, 3600.0, "holder")
-            for _ in range(100):
+            for _ in range(100 if env else 0):
                 task.enqueue()
             procs = [worker(server.url, "limits_app:app", env, "-c", "10")
                      for _ in range(args.workers)]  # fmt: skip
@@ -320,7 +321,7 @@ def idle(args: argparse.Namespace) -> None:
             calls = {k: after[k]["calls"] - before.get(k, {}).get("calls", 0) for k in after}
             calls = {k: v for k, v in calls.items() if v and k != "info"}
             usec = sum(after[k]["usec"] - before.get(k, {}).get("usec", 0) for k in calls)
-            waiting = app.broker.counts()["default"]["waiting"]
+            waiting = app.broker.counts().get("default", {}).get("waiting", 0)
             print(f"idle, {label}: {args.workers} workers -c 10, {waiting} jobs held back, "
                   f"{args.seconds:.0f} s: {sum(calls.values()) / args.seconds:.1f} commands/s, "
                   f"{usec / args.seconds / 1e3:.3f} ms/s of server time; {calls}")  # fmt: skip
