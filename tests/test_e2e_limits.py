@@ -147,7 +147,6 @@ def test_a_rate_limited_queue_never_starts_more_than_its_limit_in_any_second(lim
     starts = [job.started_at or 0.0 for job in jobs]
     assert most_in_a_window(starts, 1.0) <= 5, starts
     assert starts[-1] - starts[0] >= 5.0  # 30 starts at 5 a second: six windows
-    assert len({job.worker for job in jobs}) > 1, "the limit held across workers, not in one"
     assert most_in_a_window(list(limits.logged("start").values()), 0.5) <= 5
 
 
