@@ -198,6 +198,7 @@ def claim(
     limit: int,
     stamp: str | None = None,
     controls: tuple[Any, ...] = (),
+    sweep: bool = False,
 ) -> Command:
     """claim.lua: promote the queue's due delayed jobs, then lease up to
     ``limit`` (>= 1) of its ready jobs in claim order. ``stamp``: the key
@@ -206,8 +207,11 @@ def claim(
     was interrupted and nothing is claimed). ``controls``: ``control_args``
     for the queue; given, claim_limited.lua runs instead and holds jobs back
     by them (empty: claim.lua, which knows of no controls and pays nothing for
-    them). Replies pairs, in claim order: id, the job's HGETALL
-    (``read_claim`` reads them)."""
+    them). ``sweep``: claim_limited.lua, which first puts the jobs held for a
+    task without a limit in ``controls`` back in line. Replies pairs, in
+    claim order: id, the job's HGETALL (``read_claim`` reads them)."""
+    if sweep and not controls:
+        controls = ("", "", "")  # no limit at all
     keys: tuple[str, ...] = (
         k.waiting,  # KEYS[1] waiting  LIST
         k.prioritized,  # KEYS[2] prioritized  ZSET
@@ -215,6 +219,7 @@ def claim(
         k.active,  # KEYS[4] active  ZSET  score lease expiry
     )
     if controls:
+        controls = ("1" if sweep else "", *controls)
         keys += (
             k.starts,  # KEYS[5] starts  ZSET  score start time
             k.buckets,  # KEYS[6] buckets  ZSET  score when the bucket next has a slot
@@ -232,12 +237,12 @@ def claim(
         token,  # ARGV[5] lease token
         limit,  # ARGV[6] limit (>= 1)
         k.channel,  # ARGV[7] channel to PUBLISH on when jobs are left for others
-        *controls,  # ARGV[8..] (claim_limited.lua only) the controls
+        *controls,  # ARGV[8..] (claim_limited.lua only) sweep, then the controls
     )  # fmt: skip
 
 
 def control_args(controls: Controls, queue: str) -> tuple[Any, ...]:
-    """claim_limited.lua's ARGV[8..] for ``queue``: its rate's limit and
+    """claim_limited.lua's ARGV[9..] for ``queue``: its rate's limit and
     period ('' = none), its concurrency cap ('' = none), then task, limit,
     period of every task rate (a job of any task may be in any queue). Empty
     when none applies: the queue's claims run claim.lua."""
@@ -247,10 +252,10 @@ def control_args(controls: Controls, queue: str) -> tuple[Any, ...]:
     if rate is None and cap is None and not tasks:
         return ()
     return (
-        "" if rate is None else rate.limit,  # ARGV[8] the queue's rate: limit
-        "" if rate is None else repr(float(rate.period)),  # ARGV[9] its period
-        "" if cap is None else cap,  # ARGV[10] the queue's concurrency cap
-        # ARGV[11..] task, limit, period of each task rate
+        "" if rate is None else rate.limit,  # ARGV[9] the queue's rate: limit
+        "" if rate is None else repr(float(rate.period)),  # ARGV[10] its period
+        "" if cap is None else cap,  # ARGV[11] the queue's concurrency cap
+        # ARGV[12..] task, limit, period of each task rate
         *(x for task, r in tasks.items() for x in (task, r.limit, repr(float(r.period)))),
     )
 

@@ -123,6 +123,7 @@ class RedisBroker(Broker):
         self._known_at = self._promoted_at = -1e9  # time.monotonic() of the last look
         # claim_limited.lua's ARGV tail per queue, for the Controls it was made from
         self._args_of: tuple[Controls, dict[str, tuple[Any, ...]]] = (NO_CONTROLS, {})
+        self._swept: set[str] = set()  # queues claimed from under those Controls
         # The waits know of the operations only what they are given here.
         self._waits = open_waits(
             self.topology,
@@ -270,15 +271,12 @@ class RedisBroker(Broker):
         groups, commands = self._complete_commands(done)
         completes, learn = len(commands), False
         if limit > 0:
-            sweep = self._promotion_due()
-            if sweep:
+            if self._promotion_due():
                 commands += self._promotions(queues)
                 learn = time.monotonic() - self._known_at > QUEUES_TTL
                 if learn:  # for the next promotion: this one goes by what it knew
                     commands.append(("SMEMBERS", self.topology.queues_key))
-            commands.append(
-                self._claim_command(queues[0], limit, lease_seconds, worker, sweep=sweep)
-            )
+            commands.append(self._claim_command(queues[0], limit, lease_seconds, worker))
 
         def finish(replies: list[Any]) -> tuple[list[bool], list[JobRecord]]:
             for i, reply in enumerate(replies):
@@ -302,20 +300,20 @@ class RedisBroker(Broker):
         lease: float,
         worker: str,
         stamp: str | None = None,
-        *,
-        sweep: bool = False,
     ) -> Command:
         """claim.lua for ``queue`` (claim_limited.lua when controls apply to
         it); ``stamp``: the key stamp.lua set before a wait that this claim
-        follows (redis_waits). ``sweep``: claim_limited.lua even without
-        controls, so jobs held for a task limit the app no longer declares
-        are claimed too (``_claim`` asks for it once a second)."""
+        follows (redis_waits). The first claim of a queue under each new
+        ``Controls`` (and this process's first) sweeps: jobs held for a task
+        limit no longer declared go back to the line (claim_limited.lua)."""
         now = self.clock.now()
         controls = self._control_args(queue)
+        sweep = queue not in self._swept
+        if sweep:
+            self._swept.add(queue)
         return scripts.claim(
             self._keys(queue), now=now, expiry=now + lease, worker=worker,
-            token=lease_token(queue), limit=limit, stamp=stamp,
-            controls=controls or (("", "", "") if sweep else ()),
+            token=lease_token(queue), limit=limit, stamp=stamp, controls=controls, sweep=sweep,
         )  # fmt: skip
 
     def _control_args(self, queue: str) -> tuple[Any, ...]:
@@ -323,12 +321,13 @@ class RedisBroker(Broker):
         (empty: none apply), made once per queue for each ``Controls`` the app
         sets (it replaces the whole object)."""
         controls = self.controls
-        if controls is NO_CONTROLS:
-            return ()
         made_for, args = self._args_of
         if made_for is not controls:
             args = {}
             self._args_of = (controls, args)
+            self._swept.clear()
+        if controls is NO_CONTROLS:
+            return ()
         if (found := args.get(queue)) is None:
             found = args[queue] = scripts.control_args(controls, queue)
         return found
@@ -340,15 +339,14 @@ class RedisBroker(Broker):
         later one only when the earlier ones did not fill ``limit``."""
         calls, head = list(before), None
         jobs: list[JobRecord] = []
-        sweep = limit > 0 and self._promotion_due()
-        if sweep:
+        if limit > 0 and self._promotion_due():
             if time.monotonic() - self._known_at > QUEUES_TTL:
                 self._learn(self._run([lambda c: c.smembers(self.topology.queues_key)])[0])
             calls += map(as_call, self._promotions(queues))
         for queue in dict.fromkeys(queues) if limit > 0 else ():
             if len(jobs) >= limit:
                 break
-            claim = self._claim_command(queue, limit - len(jobs), lease, worker, sweep=sweep)
+            claim = self._claim_command(queue, limit - len(jobs), lease, worker)
             replies = self._run([*calls, as_call(claim)])
             head, calls = head or replies[: len(before)], []
             jobs += read_claim(queue, replies[-1])
@@ -607,7 +605,8 @@ class RedisBroker(Broker):
         controls hold back opens (``Opening``). Queues without controls cost
         the same four reads as ever."""
         now = self.clock.now()
-        openings = {q: Opening.of(self.controls, q, now) for q in dict.fromkeys(queues)}
+        marks = not self.topology.wakes_by_pubsub
+        openings = {q: Opening.of(self.controls, q, now, marks) for q in dict.fromkeys(queues)}
         plan = {q: self._head_calls(self._keys(q), o) for q, o in openings.items()}
         found = self._split(plan, self._run([c for calls in plan.values() for c in calls]))
         ready, due = 0, None
@@ -680,14 +679,19 @@ class Opening:
     rate: RateLimit | None  # the queue's rate
     cap: int | None  # the queue's concurrency cap
     buckets: bool  # task rates exist: the queue may hold jobs in bucket lines
+    # The marker is set whenever the queue has claimable work (one server);
+    # in a Cluster it only records that work was announced, and the waits
+    # look at whether work is ready instead.
+    marks: bool
 
     @classmethod
-    def of(cls, controls: Controls, queue: str, now: float) -> Opening:
+    def of(cls, controls: Controls, queue: str, now: float, marks: bool) -> Opening:
         return cls(
             now,
             controls.queue_rates.get(queue),
             controls.concurrency.get(queue),
             bool(controls.task_rates),
+            marks,
         )
 
     def calls(self, k: QueueKeys) -> builtins.list[Call]:
@@ -742,7 +746,7 @@ class Opening:
         at = min(times)
         if at > now:
             return False, at
-        return True, (None if marked else at)
+        return True, (None if marked or not self.marks else at)
 
 
 def _hgetall(key: str) -> Call:

@@ -20,9 +20,12 @@
 -- KEYS[7] held     STRING  jobs in bucket lines   KEYS[8] capped  STRING
 -- KEYS[9] (optional) stamp: as claim.lua's KEYS[5]
 -- ARGV[1..7] as claim.lua: prefix, now, lease expiry, worker, token, limit, channel
--- ARGV[8] the queue's rate: limit ('' = none)   ARGV[9] its period in seconds
--- ARGV[10] the queue's concurrency cap ('' = none)
--- ARGV[11..] task rates, triples: task, limit, period
+-- ARGV[8] '1': sweep first: the jobs held in the bucket lines of a task not in
+--         ARGV[12..] (its limit went) go back to the ready line, in their place
+--         (the first claim of a queue under each new set of controls)
+-- ARGV[9] the queue's rate: limit ('' = none)   ARGV[10] its period in seconds
+-- ARGV[11] the queue's concurrency cap ('' = none)
+-- ARGV[12..] task rates, triples: task, limit, period
 -- Returns pairs, in claim order: id, the job's HGETALL.
 local prefix, now, expiry, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[6])
 if KEYS[9] then
@@ -59,14 +62,35 @@ local function zadd_all(key, flat) -- score, member... in calls of a bounded siz
   end
 end
 
+local rates = {}
+local limited = #ARGV >= 12
+for i = 12, #ARGV, 3 do rates[ARGV[i]] = {tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])} end
+local function task_of(bucket)
+  local n, rest = string.match(bucket, '^(%d+):(.*)$')
+  return string.sub(rest, 1, tonumber(n))
+end
+if ARGV[8] == '1' then
+  local back = 0
+  for _, bucket in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
+    if not rates[task_of(bucket)] then
+      local line = prefix .. 'rl-ready:' .. bucket
+      back = back + redis.call('ZCARD', line)
+      redis.call('ZUNIONSTORE', KEYS[2], 2, KEYS[2], line) -- same members, same scores
+      redis.call('DEL', line)
+      redis.call('ZREM', KEYS[6], bucket)
+    end
+  end
+  if back > 0 then redis.call('DECRBY', KEYS[7], back) end
+end
+
 -- 1. The queue's room: its cap and its window.
 local qroom = math.huge -- starts the queue's own limits allow now
-local cap, busy = tonumber(ARGV[10]), 0
+local cap, busy = tonumber(ARGV[11]), 0
 if cap then
   busy = redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf')
   qroom = cap - busy
 end
-local qlimit, qperiod = tonumber(ARGV[8]), tonumber(ARGV[9])
+local qlimit, qperiod = tonumber(ARGV[9]), tonumber(ARGV[10])
 if qlimit then
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', num(t - qperiod))
   qroom = math.min(qroom, qlimit - redis.call('ZCARD', KEYS[5]))
@@ -74,14 +98,7 @@ end
 local room = math.min(limit, qroom)
 
 -- 2. Task rates: a bucket's free slots, read once per claim and counted down.
-local rates = {}
-local limited = #ARGV >= 11
-for i = 11, #ARGV, 3 do rates[ARGV[i]] = {tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])} end
 local free, starts, touched = {}, {}, {} -- per bucket: slots left, starts to log, to rescore
-local function task_of(bucket)
-  local n, rest = string.match(bucket, '^(%d+):(.*)$')
-  return string.sub(rest, 1, tonumber(n))
-end
 local function slots(bucket, rate)
   if free[bucket] == nil then
     if rate then
