@@ -125,7 +125,7 @@ local function take(id, bucket, rate)
 end
 
 -- Claim order: score (-priority), then member (ord first, fixed width).
-local function before(a, b)
+local function in_order(a, b)
   if a[1] ~= b[1] then return a[1] < b[1] end
   return a[2] < b[2]
 end
@@ -143,20 +143,42 @@ if room > 0 then
       end
     end
   end
-  table.sort(held, before)
+  table.sort(held, in_order)
+end
+-- The ready line, read ahead: the head of 'prioritized' (nil: not read yet,
+-- false: empty), and the list in slices; the ids taken off the list are cut
+-- from it once, after the loop.
+local zhead, slice, at, listed, list_done = nil, {}, 1, 0, false
+local function list_next()
+  if at > #slice and not list_done then
+    slice, at = redis.call('LRANGE', KEYS[1], listed, listed + 99), 1
+    list_done = #slice == 0
+  end
+  return slice[at]
+end
+local function member_of(entry) -- a list job's member, made when first needed
+  if not entry[2] then
+    entry[2] = ready_member(redis.call('HGET', prefix .. 'job:' .. entry[3], ORD), entry[3])
+  end
+  return entry[2]
 end
 -- The next job of the ready line in claim order: {score, member, id, in the list}.
 local function line_head()
-  local z = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  local score = z[2] and tonumber(z[2])
-  if score and score < 0 then return {score, z[1], string.sub(z[1], 13), false} end
-  local id = redis.call('LINDEX', KEYS[1], 0)
-  if id then
-    local member = ready_member(redis.call('HGET', prefix .. 'job:' .. id, ORD), id)
-    if not (score == 0 and z[1] < member) then return {0, member, id, true} end
+  if zhead == nil then
+    local z = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+    zhead = z[1] and {tonumber(z[2]), z[1], string.sub(z[1], 13), false} or false
   end
-  if score then return {score, z[1], string.sub(z[1], 13), false} end
-  return nil
+  if zhead and zhead[1] < 0 then return zhead end
+  local id = list_next()
+  if id then
+    local entry = {0, false, id, true}
+    if not (zhead and zhead[1] == 0) or member_of(entry) < zhead[2] then return entry end
+  end
+  return zhead or nil
+end
+local function before(c, entry) -- a held job before the line's next one?
+  if c[1] ~= entry[1] then return c[1] < entry[1] end
+  return c[2] < member_of(entry)
 end
 
 -- 3. Take, in claim order, from the due buckets and the ready line.
@@ -170,7 +192,12 @@ while #ids < room do
     unheld = unheld + 1
     take(string.sub(c[2], 13), c[3], c[4])
   elseif head then
-    if head[4] then redis.call('LPOP', KEYS[1]) else redis.call('ZREM', KEYS[2], head[2]) end
+    if head[4] then
+      at, listed = at + 1, listed + 1
+    else
+      redis.call('ZREM', KEYS[2], head[2])
+      zhead = nil
+    end
     local id, rate, bucket = head[3], nil, nil
     if limited then
       local job = redis.call('HMGET', prefix .. 'job:' .. id, TASK, RKEY)
@@ -182,7 +209,7 @@ while #ids < room do
     elseif redis.call('EXISTS', prefix .. 'rl-ready:' .. bucket) == 0 and slots(bucket, rate) > 0 then
       take(id, bucket, rate)
     else -- behind its bucket's held jobs, or no slot: into the bucket's line
-      redis.call('ZADD', prefix .. 'rl-ready:' .. bucket, num(head[1]), head[2])
+      redis.call('ZADD', prefix .. 'rl-ready:' .. bucket, num(head[1]), member_of(head))
       touched[bucket] = true
       moved = moved + 1
     end
@@ -192,6 +219,7 @@ while #ids < room do
     break
   end
 end
+if listed > 0 then redis.call('LTRIM', KEYS[1], listed, -1) end
 
 -- 4. Log the starts, and put each bucket touched where it next has a slot.
 if qlimit and #ids > 0 then
