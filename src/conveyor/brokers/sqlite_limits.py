@@ -78,15 +78,19 @@ def _unhold(conn: sqlite3.Connection, rates: Mapping[str, RateLimit], now: float
     for task, key in conn.execute(SQL.opened_buckets, (now,)).fetchall():
         rate_key = key or None  # '' is the shared bucket: jobs without a key
         rate = rates.get(task)
-        room = -1 if rate is None else _room(conn, ("task", task, key), rate, now)
-        if room:  # -1: no limit, all of them
+        if rate is None:
+            conn.execute(SQL.unhold_bucket, (task, rate_key, -1))  # LIMIT -1: all
+            conn.execute(SQL.drop_bucket, (task, key))
+            continue
+        bucket = ("task", task, key)
+        room = _room(conn, bucket, rate, now)
+        if room > 0:
             conn.execute(SQL.unhold_bucket, (task, rate_key, room))
-        if rate is not None and conn.execute(SQL.bucket_holds, (task, rate_key)).fetchone()[0]:
-            # Still jobs held: look again when the room put back is used up.
+        if conn.execute(SQL.bucket_holds, (task, rate_key)).fetchone()[0]:
+            # Jobs still held: look again when the room put back is used up
+            # (or, with none, when the window next opens).
             opens = (
-                _refill(conn, ("task", task, key), rate, now)
-                if room
-                else _opening(conn, ("task", task, key), rate, now)
+                _refill(conn, bucket, rate, now) if room > 0 else _opening(conn, bucket, rate, now)
             )
             conn.execute(SQL.hold_bucket, (task, key, opens))
         else:
