@@ -294,12 +294,7 @@ class RedisBroker(Broker):
         return Pipeline(commands, REPLY_MARGIN, finish, self.topology.error)
 
     def _claim_command(
-        self,
-        queue: str,
-        limit: int,
-        lease: float,
-        worker: str,
-        stamp: str | None = None,
+        self, queue: str, limit: int, lease: float, worker: str, stamp: str | None = None
     ) -> Command:
         """claim.lua for ``queue`` (claim_limited.lua when controls apply to
         it); ``stamp``: the key stamp.lua set before a wait that this claim
@@ -538,7 +533,7 @@ class RedisBroker(Broker):
             if name == "buckets"
             for bucket in members
         ]
-        in_buckets = self._run([as_call(("ZRANGE", key, 0, -1)) for _, key in held])
+        in_buckets = self._run([as_call(("ZRANGE", key, 0, -1)) for _, key in held]) if held else []
         found = list({  # (queue, id), each once
             **{
                 (q, m[12:] if name == "prioritized" else m): None

@@ -1,6 +1,6 @@
 -- claim_limited: claim.lua for a queue under controls (redis_scripts.claim
--- sends it instead of claim.lua only then). Besides what claim.lua does, it
--- holds jobs back, atomically with the claim:
+-- sends it instead of claim.lua only then, and for a sweep: ARGV[8]). Besides
+-- what claim.lua does, it holds jobs back, atomically with the claim:
 -- - a concurrency cap: at most cap minus the queue's jobs active with an
 --   unexpired lease (a dead worker's share comes back when its lease ends);
 -- - a queue rate: at most `limit` starts in any window of `period` seconds,
@@ -13,6 +13,8 @@
 -- queue's own limits hold its work back, the marker goes (idle workers sleep
 -- until next_due rather than wake for nothing); when the cap is full, the
 -- 'capped' key is set, and a completion, failure or release then wakes a waiter.
+-- Times are the claimer's clock (ARGV[2]), as for leases: workers on several
+-- machines need synchronised clocks (NTP) for the windows to hold across them.
 -- KEYS[1] waiting  LIST   KEYS[2] prioritized  ZSET   (see _shared)
 -- KEYS[3] delayed  ZSET  score run_at   KEYS[4] active  ZSET  score lease expiry
 -- KEYS[5] starts   ZSET  the queue's starts in its window, score start time
