@@ -160,8 +160,9 @@ def test_a_concurrency_cap_holds_across_three_workers(limits):
     in_tasks = [(starts[tag], ends[tag]) for tag in starts]
     assert most_at_once(in_tasks) == 2, in_tasks
     # The store's own spans, from claim to completion. On Redis a claim made
-    # by a woken idle wait is stamped with the time the wait began (a few ms
-    # early), so there each span is judged from a little after its start.
+    # by a woken idle wait is dated from the worker's clock when it planned
+    # the wait plus the server time the wait took, which can be a few ms
+    # early, so there each span is judged from a little after its start.
     skew = 0.0 if limits.kind == "sqlite" else 0.05
     in_store = [((job.started_at or 0.0) + skew, job.finished_at or 0.0) for job in jobs]
     assert most_at_once(in_store) == 2, in_store
