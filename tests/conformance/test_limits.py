@@ -352,16 +352,20 @@ def test_buckets_are_per_task_and_the_key_is_text(broker, clock):
     """The same key for two limited tasks: two buckets. Keys that look
     alike as values but differ as text are different buckets; hostile text
     (a brace, a newline, a 20-digit number) is just a key."""
-    limit(broker, task_rates={SYNC: RateLimit(1, 60.0), "tasks.other": RateLimit(1, 60.0)})
+    other = "tasks.{other}: a}b"  # a hash tag's braces in a task name
+    limit(broker, task_rates={SYNC: RateLimit(1, 60.0), other: RateLimit(1, 60.0)})
     keys = ['"1"', "1", '"a}b"', '"a\\nb"', "12345678901234567890", '{"id":{"x":"}"}}']
     add(
         broker,
         *(for_customer(f"k{i}", key) for i, key in enumerate(keys)),
         *(for_customer(f"again{i}", key) for i, key in enumerate(keys)),
-        for_customer("other-task", '"1"', task="tasks.other"),
+        for_customer("other-task", '"1"', task=other),
+        for_customer("other-again", '"1"', task=other),
     )
     assert ids(claim(broker)) == [*(f"k{i}" for i in range(len(keys))), "other-task"]
     assert claim(broker) == []
+    clock.advance(60)
+    assert ids(claim(broker)) == [*(f"again{i}" for i in range(len(keys))), "other-again"]
 
 
 def test_jobs_held_back_by_their_bucket_are_waiting_to_every_reader(broker, clock):
