@@ -150,6 +150,20 @@ def test_a_limited_queue_does_not_hold_back_other_queues(broker, clock):
     assert state_of(broker, "s1") == "waiting"
 
 
+def test_queues_whose_names_look_alike_keep_their_own_limits(broker, clock):
+    """Names that extend each other (as store keys would) share nothing."""
+    names = ["q", "q:starts", "q:cap", "q.1", "Q"]
+    limit(
+        broker,
+        queue_rates={name: RateLimit(1, 60.0) for name in names},
+        concurrency={name: 1 for name in names},
+    )
+    for name in names:
+        fill(broker, 2, f"{name}-", queue=name)
+    assert ids(claim(broker, names)) == [f"{name}-0" for name in names]
+    assert claim(broker, names) == []
+
+
 def test_queues_and_tasks_without_controls_are_unaffected(broker, clock):
     limit(
         broker,
