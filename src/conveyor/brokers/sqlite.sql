@@ -64,6 +64,9 @@ CREATE TABLE IF NOT EXISTS conveyor_starts (
     at   REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS conveyor_starts_window ON conveyor_starts (kind, name, key, at);
+-- The sweep of every worker's maintenance finds the old starts of keys not
+-- seen again by this, instead of reading the whole table.
+CREATE INDEX IF NOT EXISTS conveyor_starts_at ON conveyor_starts (at);
 -- A task's bucket found full by a claim, and when its window opens again.
 -- The claim sets the bucket's waiting jobs it met aside: their state is
 -- 'held' (shown as 'waiting' to every reader), so they leave the ready index
