@@ -175,3 +175,23 @@ def test_the_store_holds_the_limits_through_the_app(app):
     assert [j.rate_key for j in claimed] == ['"a"', '"b"']  # queue: 2 a minute; "a" once
     app.clock.advance(60)
     assert [j.rate_key for j in app.broker.claim(["bulk"], 10, 30.0, "w")] == ['"a"', '"c"']
+
+
+def test_drain_and_inline_lift_the_limits_as_they_skip_delays(app):
+    """A unit test of a task on a "1/m" queue must not wait a minute a job."""
+    from conveyor.testing import drain, inline
+
+    app.queue("bulk", rate_limit="1/m", concurrency=1)
+    ran = []
+
+    @app.task(queue="bulk", rate_limit="1/h", rate_key="n")
+    def work(n):
+        ran.append(n)
+
+    for _ in range(3):
+        work.enqueue(0)
+    assert drain(app, skip_delays=True) == 3
+    with inline(app):
+        assert work.enqueue(0).state == "completed"
+    assert ran == [0, 0, 0, 0]
+    assert app.broker.controls is app.controls and app.controls.concurrency == {"bulk": 1}
