@@ -16,7 +16,7 @@ from conveyor.brokers import open_broker
 from conveyor.brokers import redis_scripts as scripts
 from conveyor.brokers.base import Controls, Lease, NewJob, RateLimit
 from conveyor.brokers.redis_store import RedisBroker
-from conveyor.clock import FakeClock
+from conveyor.clock import FakeClock, SystemClock
 from helpers import poll_until_done, sent
 
 START = 1_700_000_000.0
@@ -264,3 +264,31 @@ def test_work_that_opened_since_the_claim_took_the_marker_is_due_at_once(broker)
     broker.wait_for_work(["default"], 5.0)
     assert time.monotonic() - began < 1.0
     assert ids(claim(broker)) == ["x2"]
+
+
+def test_a_claim_after_an_idle_wait_is_dated_when_it_ran(broker):
+    """On the wall clock, the claim queued behind a BZPOPMIN takes the
+    server's clock when it runs: the time the caller read before the wait,
+    moved on by the wait's length, would be early by the time between that
+    read and the wait's start, and a start logged early leaves a rate window
+    early (the window would let a start through before its time)."""
+    if broker.topology.wakes_by_pubsub:  # a Cluster's waits claim when woken
+        return
+    wall = open_broker(broker.url, SystemClock())
+    try:
+        wall.enqueue([job("x", task="t")])
+        wall.topology.load_scripts()  # sent by hand below: no NOSCRIPT retry
+        command = wall._claim_command(
+            "default", 1, 30.0, "w", stamp=f"{wall.target.prefix}:stamp:t"
+        )
+        time.sleep(0.2)  # between reading the clock and the wait: dated by the server
+        ran = wall.topology.run(
+            [lambda c: c.execute_command(*scripts.stamp(f"{wall.target.prefix}:stamp:t",
+                                                        wall_clock=True)),
+             lambda c: c.execute_command(*command)]
+        )  # fmt: skip
+        (claimed,) = scripts.read_claim("default", ran[1])
+        assert abs(claimed.started_at - time.time()) < 0.05
+        assert abs(claimed.lease_expires - claimed.started_at - 30.0) < 1e-3
+    finally:
+        wall.close()

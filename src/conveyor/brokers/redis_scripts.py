@@ -445,10 +445,17 @@ def resume(k: QueueKeys) -> Command:
     )  # fmt: skip
 
 
-def stamp(key: str) -> Command:
+def stamp(key: str, *, wall_clock: bool = False) -> Command:
     """stamp.lua: note the server's clock in ``key`` for the claim queued
-    behind a BZPOPMIN in the same pipeline (see ``claim``'s ``stamp``)."""
-    return ("EVALSHA", SHAS["stamp"], 1, key)  # KEYS[1] the stamp  STRING
+    behind a BZPOPMIN in the same pipeline (see ``claim``'s ``stamp``).
+    ``wall_clock``: the claimer's clock is the wall clock, so the claim takes
+    the server's clock when it runs (exact) rather than moving the time the
+    claimer read before the wait on by the wait's length."""
+    return (
+        "EVALSHA", SHAS["stamp"], 1,
+        key,  # KEYS[1] the stamp  STRING
+        "1" if wall_clock else "",  # ARGV[1] '1': the claimer's clock is the wall clock
+    )  # fmt: skip
 
 
 # -- lease tokens, and what the scripts hand back -----------------------------

@@ -29,7 +29,7 @@ from conveyor.brokers.base import JobRecord
 from conveyor.brokers.redis_connection import REDIS_ERRORS, Pipeline
 from conveyor.brokers.redis_scripts import Command, read_claim, stamp
 from conveyor.brokers.redis_topology import REPLY_MARGIN, Topology
-from conveyor.clock import Clock
+from conveyor.clock import Clock, SystemClock
 from conveyor.errors import StoreMisconfigured, StoreUnavailable
 
 MAX_BLOCK = 5.0  # seconds one BZPOPMIN may block
@@ -182,7 +182,7 @@ class MarkerWaits(Waits):
         markers = [self.topology.keys(q).marker for q in queues] + [self._interrupt_key]
         block = round(min(max(timeout, 0.001), MAX_BLOCK), 3)
         commands = [
-            stamp(key),
+            stamp(key, wall_clock=isinstance(self.clock, SystemClock)),
             ("BZPOPMIN", *markers, block),
             self._claim_command(queues[0], limit, lease, worker, key),
         ]

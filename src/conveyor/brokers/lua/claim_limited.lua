@@ -34,10 +34,16 @@ if KEYS[9] then
   local stamped = redis.call('GET', KEYS[9])
   if not stamped then return {} end
   local t = redis.call('TIME')
-  local waited = t[1] + t[2] / 1e6 - tonumber(stamped)
+  local clock = t[1] + t[2] / 1e6
   redis.call('DEL', KEYS[9])
-  now = string.format('%.6f', tonumber(now) + waited)
-  expiry = string.format('%.6f', tonumber(expiry) + waited)
+  local moved -- how far to move the caller's clock on
+  if string.sub(stamped, 1, 1) == '=' then
+    moved = clock - tonumber(now) -- a wall clock: to the server's, now (stamp.lua)
+  else
+    moved = clock - tonumber(stamped) -- another clock: by the time the wait took
+  end
+  now = string.format('%.6f', tonumber(now) + moved)
+  expiry = string.format('%.6f', tonumber(expiry) + moved)
 end
 local due = redis.call('ZRANGE', KEYS[3], '-inf', now, 'BYSCORE')
 for _, id in ipairs(due) do
