@@ -64,7 +64,7 @@ def exists(broker: RedisBroker, key: str) -> bool:
 
 def test_queues_without_controls_run_the_plain_claim_script(broker):
     first = broker._claim_command("default", 5, 30.0, "w")
-    assert first[1] == scripts.SHAS["claim_limited"] and first[-4:] == ("1", "", "", "")
+    assert first[1] == scripts.SHAS["claim_limited"] and first[-4:] == ("s", "", "", "")
     plain = broker._claim_command("default", 5, 30.0, "w")  # swept once: plain from now on
     assert (
         plain[1] == scripts.SHAS["claim"] and len(plain) == 3 + 4 + 7
@@ -75,7 +75,7 @@ def test_queues_without_controls_run_the_plain_claim_script(broker):
     limited = broker._claim_command("other", 5, 30.0, "w")
     assert limited[1] == scripts.SHAS["claim_limited"]
     # a sweep; rate limit, period; no cap; no task rates
-    assert limited[-4:] == ("1", 1, "1.0", "")
+    assert limited[-4:] == ("s", 1, "1.0", "")
     assert broker._claim_command("other", 5, 30.0, "w")[-4:] == ("", 1, "1.0", "")
     # Completing in a queue without a cap looks at nothing more.
     (done,) = broker._complete_commands([(Lease("j", "0" * 16 + ":default"), "null")])[1]
@@ -292,3 +292,23 @@ def test_a_claim_after_an_idle_wait_is_dated_when_it_ran(broker):
         assert abs(claimed.lease_expires - claimed.started_at - 30.0) < 1e-3
     finally:
         wall.close()
+
+
+def test_on_the_wall_clock_a_limited_claim_takes_the_servers_time(broker):
+    """Under controls, every worker's starts are dated by one clock, the
+    server's, when the claim runs (not by the time the caller read before
+    sending it)."""
+    wall = open_broker(broker.url, SystemClock())
+    try:
+        wall.controls = Controls(queue_rates={"default": RateLimit(5, 1.0)})
+        wall.enqueue([job("x", task="t")])
+        wall.topology.load_scripts()  # sent by hand below: no NOSCRIPT retry
+        command = wall._claim_command("default", 1, 30.0, "w")
+        assert command[-4] == "sw"  # a sweep (the first claim), on the wall clock
+        time.sleep(0.2)
+        (claimed,) = scripts.read_claim("default", wall.topology.execute([command])[0])
+        assert abs(claimed.started_at - time.time()) < 0.05
+        assert abs(claimed.lease_expires - claimed.started_at - 30.0) < 1e-3
+    finally:
+        wall.close()
+    assert broker._claim_command("default", 1, 30.0, "w")[-4] == "s"  # a FakeClock's time

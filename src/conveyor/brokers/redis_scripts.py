@@ -199,6 +199,7 @@ def claim(
     stamp: str | None = None,
     controls: tuple[Any, ...] = (),
     sweep: bool = False,
+    wall_clock: bool = False,
 ) -> Command:
     """claim.lua: promote the queue's due delayed jobs, then lease up to
     ``limit`` (>= 1) of its ready jobs in claim order. ``stamp``: the key
@@ -208,7 +209,9 @@ def claim(
     for the queue; given, claim_limited.lua runs instead and holds jobs back
     by them (empty: claim.lua, which knows of no controls and pays nothing for
     them). ``sweep``: claim_limited.lua, which first puts the jobs held for a
-    task without a limit in ``controls`` back in line. Replies pairs, in
+    task without a limit in ``controls`` back in line. ``wall_clock``: the
+    caller's clock is the wall clock, so claim_limited.lua takes the server's
+    (the same for every worker, read when the claim runs). Replies pairs, in
     claim order: id, the job's HGETALL (``read_claim`` reads them)."""
     if sweep and not controls:
         controls = ("", "", "")  # no limit at all
@@ -219,7 +222,8 @@ def claim(
         k.active,  # KEYS[4] active  ZSET  score lease expiry
     )
     if controls:
-        controls = ("1" if sweep else "", *controls)
+        flags = ("s" if sweep else "") + ("w" if wall_clock else "")
+        controls = (flags, *controls)
         keys += (
             k.starts,  # KEYS[5] starts  ZSET  score start time
             k.buckets,  # KEYS[6] buckets  ZSET  score when the bucket next has a slot
@@ -237,7 +241,7 @@ def claim(
         token,  # ARGV[5] lease token
         limit,  # ARGV[6] limit (>= 1)
         k.channel,  # ARGV[7] channel to PUBLISH on when jobs are left for others
-        *controls,  # ARGV[8..] (claim_limited.lua only) sweep, then the controls
+        *controls,  # ARGV[8..] (claim_limited.lua only) flags, then the controls
     )  # fmt: skip
 
 

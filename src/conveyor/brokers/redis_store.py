@@ -83,7 +83,7 @@ from conveyor.brokers.redis_scripts import (
 )
 from conveyor.brokers.redis_topology import REPLY_MARGIN, Call, as_call, open_topology
 from conveyor.brokers.redis_waits import open_waits
-from conveyor.clock import Clock
+from conveyor.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
     from conveyor.brokers.redis_async import RedisAsyncStore
@@ -124,6 +124,8 @@ class RedisBroker(Broker):
         # claim_limited.lua's ARGV tail per queue, for the Controls it was made from
         self._args_of: tuple[Controls, dict[str, tuple[Any, ...]]] = (NO_CONTROLS, {})
         self._swept: set[str] = set()  # queues claimed from under those Controls
+        # Under controls, claims then take the server's clock (claim_limited.lua).
+        self._wall_clock = isinstance(clock, SystemClock)
         # The waits know of the operations only what they are given here.
         self._waits = open_waits(
             self.topology,
@@ -309,6 +311,7 @@ class RedisBroker(Broker):
         return scripts.claim(
             self._keys(queue), now=now, expiry=now + lease, worker=worker,
             token=lease_token(queue), limit=limit, stamp=stamp, controls=controls, sweep=sweep,
+            wall_clock=self._wall_clock,
         )  # fmt: skip
 
     def _control_args(self, queue: str) -> tuple[Any, ...]:

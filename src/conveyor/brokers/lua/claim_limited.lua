@@ -13,8 +13,8 @@
 -- queue's own limits hold its work back, the marker goes (idle workers sleep
 -- until next_due rather than wake for nothing); when the cap is full, the
 -- 'capped' key is set, and a completion, failure or release then wakes a waiter.
--- Times are the claimer's clock (ARGV[2]), as for leases: workers on several
--- machines need synchronised clocks (NTP) for the windows to hold across them.
+-- Times are the server's clock on the wall clock (ARGV[8] 'w'), else the
+-- claimer's (a test's fake clock).
 -- KEYS[1] waiting  LIST   KEYS[2] prioritized  ZSET   (see _shared)
 -- KEYS[3] delayed  ZSET  score run_at   KEYS[4] active  ZSET  score lease expiry
 -- KEYS[5] starts   ZSET  the queue's starts in its window, score start time
@@ -22,9 +22,11 @@
 -- KEYS[7] held     STRING  jobs in bucket lines   KEYS[8] capped  STRING
 -- KEYS[9] (optional) stamp: as claim.lua's KEYS[5]
 -- ARGV[1..7] as claim.lua: prefix, now, lease expiry, worker, token, limit, channel
--- ARGV[8] '1': sweep first: the jobs held in the bucket lines of a task not in
---         ARGV[12..] (its limit went) go back to the ready line, in their place
---         (the first claim of a queue under each new set of controls)
+-- ARGV[8] flags: 's' sweep first: the jobs held in the bucket lines of a task
+--         not in ARGV[12..] (its limit went) go back to the ready line, in their
+--         place (the first claim of a queue under each new set of controls);
+--         'w' the claimer's clock is the wall clock: take the server's instead
+--         (one clock for every worker's starts, read when the claim runs)
 -- ARGV[9] the queue's rate: limit ('' = none)   ARGV[10] its period in seconds
 -- ARGV[11] the queue's concurrency cap ('' = none)
 -- ARGV[12..] task rates, triples: task, limit, period
@@ -60,6 +62,12 @@ if redis.call('EXISTS', prefix .. 'paused') == 1 then
   return {}
 end
 
+if string.find(ARGV[8], 'w', 1, true) and not KEYS[9] then
+  local clock = redis.call('TIME')
+  clock = clock[1] + clock[2] / 1e6
+  expiry = string.format('%.6f', tonumber(expiry) - tonumber(now) + clock)
+  now = string.format('%.6f', clock)
+end
 local t = tonumber(now)
 local MOVES = 2000 -- most jobs one claim moves to bucket lines: a long script blocks everyone
 local function num(x) return string.format('%.17g', x) end -- redis.call would round to 14 digits
@@ -77,7 +85,7 @@ local function task_of(bucket)
   local n, rest = string.match(bucket, '^(%d+):(.*)$')
   return string.sub(rest, 1, tonumber(n))
 end
-if ARGV[8] == '1' then
+if string.find(ARGV[8], 's', 1, true) then
   local back = 0
   for _, bucket in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
     if not rates[task_of(bucket)] then
