@@ -17,7 +17,7 @@ from urllib.parse import quote
 import pytest
 
 from conveyor.brokers import open_broker
-from conveyor.brokers.base import NewJob
+from conveyor.brokers.base import Controls, NewJob, RateLimit
 from conveyor.brokers.sqlite import SQL, SQLiteBroker
 from conveyor.clock import SystemClock
 from conveyor.errors import ConfigurationError, StoreMisconfigured
@@ -42,8 +42,20 @@ CREATE INDEX conveyor_jobs_ended ON conveyor_jobs (queue, state, finished_at)
     WHERE state IN ('completed', 'dead', 'cancelled');
 PRAGMA user_version = 1;
 """
+# A job as that conveyor stored it.
+OLD_INSERT = (
+    "INSERT INTO conveyor_jobs (id, task, queue, state, payload, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
 
 APP_TABLES = ("orders", "sessions", "users")
+OUR_TABLES = [
+    "conveyor_buckets",
+    "conveyor_jobs",
+    "conveyor_meta",
+    "conveyor_starts",
+    "conveyor_unique",
+]
 
 
 def url_of(path: Path, options: str = "") -> str:
@@ -156,7 +168,7 @@ def test_shared_adds_our_tables_beside_the_apps_and_leaves_user_version(tmp_path
     store.enqueue([job("beside-the-app")])
     store.close()
 
-    assert tables_of(path) == ["conveyor_jobs", "conveyor_meta", "conveyor_unique", *APP_TABLES]
+    assert tables_of(path) == sorted([*OUR_TABLES, *APP_TABLES])
     assert pragma(path, "journal_mode") == "wal"  # shared=1 asked for this
     assert pragma(path, "user_version") == 7  # the app's marker, untouched
     raw = sqlite3.connect(path)
@@ -195,7 +207,7 @@ def test_no_file_or_an_empty_one_is_ours_to_set_up(tmp_path, content):
     store = open_broker(url_of(path))
     store.enqueue([job("a")])
     store.close()
-    assert tables_of(path) == ["conveyor_jobs", "conveyor_meta", "conveyor_unique"]
+    assert tables_of(path) == OUR_TABLES
     assert pragma(path, "journal_mode") == "wal"
 
 
@@ -204,7 +216,7 @@ def test_a_database_from_before_conveyor_meta_keeps_working(tmp_path):
     raw = sqlite3.connect(path, isolation_level=None)
     raw.execute("PRAGMA journal_mode = WAL")
     raw.executescript(VERSION_1_SCHEMA)
-    raw.execute(SQL.insert_job, ("old-job", "tasks.add", "default", 0, "[]", None, None, 1.0))
+    raw.execute(OLD_INSERT, ("old-job", "tasks.add", "default", "waiting", "[]", 1.0))
     raw.close()
 
     # A read-only open uses it as it is, creating nothing.
@@ -217,7 +229,7 @@ def test_a_database_from_before_conveyor_meta_keeps_working(tmp_path):
     assert [j.id for j in store.claim(["default"], 10, 30, "w")] == ["old-job"]
     store.close()
     raw = sqlite3.connect(path)
-    assert raw.execute(SQL.schema_version).fetchone()[0] == 1  # recorded our way now
+    assert raw.execute(SQL.schema_version).fetchone()[0] == 2  # recorded our way now
     raw.close()
     assert pragma(path, "user_version") == 1  # and the old marker left alone
 
@@ -249,19 +261,54 @@ def test_a_database_from_before_unique_keys_gets_their_table(tmp_path):
     assert "conveyor_unique" in tables_of(path)
 
 
+def test_a_version_1_database_is_brought_up_to_version_2(tmp_path):
+    """Made by the conveyor before flow control: read-only opens use it as it
+    is; the first store that may create adds rate_key and the control tables,
+    and its jobs run as before, beside new ones that carry a key."""
+    path = tmp_path / "v1.db"
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("PRAGMA journal_mode = WAL")
+    raw.executescript(VERSION_1_SCHEMA.replace("PRAGMA user_version = 1;", ""))
+    raw.execute("CREATE TABLE conveyor_meta (key TEXT PRIMARY KEY, value NOT NULL)")
+    raw.execute("INSERT INTO conveyor_meta VALUES ('schema_version', 1)")
+    raw.execute(OLD_INSERT, ("old-job", "tasks.add", "default", "waiting", "[]", 1.0))
+    raw.close()
+
+    store = open_broker(url_of(path), create=False)
+    assert store.get("old-job").rate_key is None
+    assert [j.id for j in store.list()] == ["old-job"]
+    store.close()
+    assert tables_of(path) == ["conveyor_jobs", "conveyor_meta"]
+
+    for _ in range(2):  # the second open finds version 2 and changes nothing
+        store = open_broker(url_of(path))
+        store.close()
+    assert tables_of(path) == OUR_TABLES
+    raw = sqlite3.connect(path)
+    assert raw.execute(SQL.schema_version).fetchone()[0] == 2
+    raw.close()
+
+    store = open_broker(url_of(path))
+    store.enqueue([NewJob(id="new-job", task="t", queue="default", payload="[]", rate_key='"k"')])
+    store.controls = Controls(task_rates={"t": RateLimit(1, 60.0)})
+    claimed = store.claim(["default"], 10, 30, "w")
+    assert [(j.id, j.rate_key) for j in claimed] == [("old-job", None), ("new-job", '"k"')]
+    store.close()
+
+
 @pytest.mark.parametrize("create", [True, False])
 def test_a_newer_schema_is_refused(tmp_path, create):
     path = tmp_path / "jobs.db"
     make_conveyor_database(path, "a")
     raw = sqlite3.connect(path)
-    raw.execute("UPDATE conveyor_meta SET value = 2 WHERE key = 'schema_version'")
+    raw.execute("UPDATE conveyor_meta SET value = 3 WHERE key = 'schema_version'")
     raw.commit()
     raw.close()
     before = folder_snapshot(tmp_path)
     url = url_of(path)
     with pytest.raises(StoreMisconfigured) as info:
         SQLiteBroker(url, SystemClock(), create=create)
-    assert_one_line(info, url, f"schema version of {path}, 2, is newer than this conveyor's 1")
+    assert_one_line(info, url, f"schema version of {path}, 3, is newer than this conveyor's 2")
     assert folder_snapshot(tmp_path) == before
 
 

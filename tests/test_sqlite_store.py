@@ -21,7 +21,7 @@ import pytest
 
 from conveyor.brokers import open_broker
 from conveyor.brokers.base import NewJob
-from conveyor.brokers.sqlite import SQL, SQLiteBroker
+from conveyor.brokers.sqlite import SCHEMA_VERSION, SQL, SQLiteBroker
 from conveyor.clock import SystemClock
 from conveyor.errors import ConfigurationError, StoreMisconfigured, StoreUnavailable
 
@@ -139,7 +139,7 @@ def test_database_is_in_wal_mode_with_a_schema_version(broker, db):
     raw = sqlite3.connect(db)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute(SQL.schema_version).fetchone()[0] == 1
+        assert raw.execute(SQL.schema_version).fetchone()[0] == SCHEMA_VERSION
         # user_version is left to whoever else uses the file (see test_sqlite_files.py).
         assert raw.execute("PRAGMA user_version").fetchone()[0] == 0
     finally:

@@ -14,8 +14,10 @@ from conveyor import validate
 from conveyor.brokers import check_url, mask, open_broker
 from conveyor.brokers.base import (
     BACKLOG,
+    NO_CONTROLS,
     STATES,
     Broker,
+    Controls,
     EnqueueResult,
     NewJob,
     purge_states,
@@ -26,6 +28,8 @@ from conveyor.job import Job, new_job_id
 from conveyor.options import (
     DEFAULT_QUEUE,
     ENQUEUE_OPTIONS,
+    TASK_LIMITS,
+    TASK_OPTIONS,
     EnqueueOptions,
     JobDefaults,
     QueueConfig,
@@ -115,6 +119,8 @@ class Conveyor:
         self.schedules: dict[str, Schedule] = {}  # @app.periodic, by name
         self._undeclared: dict[str, QueueConfig] = {}
         self._broker: Broker | None = None
+        #: What the store enforces for this app's definitions (``_declared``).
+        self.controls: Controls = NO_CONTROLS
         self._open_lock = threading.Lock()
         self._run_options: dict[tuple[str, str, str | None], RunOptions] = {}
         # set by conveyor.testing.inline: run jobs as they are enqueued
@@ -131,7 +137,9 @@ class Conveyor:
         if self._broker is None:
             with self._open_lock:
                 if self._broker is None:
-                    self._broker = open_broker(self.url, self.clock)
+                    broker = open_broker(self.url, self.clock)
+                    broker.controls = self.controls
+                    self._broker = broker
         return self._broker
 
     def open(self, *, create: bool = True) -> Broker:
@@ -141,7 +149,9 @@ class Conveyor:
         never leaves an empty database behind."""
         with self._open_lock:
             if self._broker is None:
-                self._broker = open_broker(self.url, self.clock, create=create)
+                broker = open_broker(self.url, self.clock, create=create)
+                broker.controls = self.controls
+                self._broker = broker
         return self._broker
 
     def close(self) -> None:
@@ -180,11 +190,23 @@ class Conveyor:
         ``name`` defaults to ``module.qualname``. Options not given fall back
         to the queue's, then to 3 attempts with exponential backoff from 1 s.
         Every option is checked here, so a typo fails at import, not at run.
+
+        ``rate_limit="100/s"`` caps the task's job starts across all workers
+        (a sliding window); with ``rate_key="customer"`` the cap holds per
+        value of the function's ``customer`` argument.
         """
         if name is not None:
             validate.task_name("name", name)
         if queue is not None:
             validate.queue_name("queue", queue)
+        limits = check_options(
+            "@app.task", {key: defaults.pop(key) for key in TASK_LIMITS if key in defaults},
+            TASK_OPTIONS,
+        )  # fmt: skip
+        if "rate_key" in limits and "rate_limit" not in limits:
+            raise ConfigurationError(
+                f"rate_key={limits['rate_key']!r} needs a rate_limit= to hold for each of its values"
+            )
         job_defaults = JobDefaults("@app.task", **defaults)
 
         def register(function: Callable[..., Any]) -> Task[Any, Any]:
@@ -196,9 +218,13 @@ class Conveyor:
             if task_name in self.tasks and self.tasks[task_name].fn is not function:
                 raise ConfigurationError(f"a task named {task_name!r} is already registered")
             kind = AsyncTask if inspect.iscoroutinefunction(function) else SyncTask
-            task: Task[Any, Any] = kind(self, function, task_name, queue, job_defaults)
+            task: Task[Any, Any] = kind(
+                self, function, task_name, queue, job_defaults,
+                limits.get("rate_limit"), limits.get("rate_key"),
+            )  # fmt: skip
             self.tasks[task_name] = task
             self._run_options.clear()
+            self._declared()
             return task
 
         return register(fn) if fn is not None else register
@@ -323,11 +349,28 @@ class Conveyor:
         ``backoff_delay``, ``backoff_max``, ``jitter``. Retention (the seed's
         removeOnComplete / removeOnFail): ``keep_completed`` (default 10,000),
         ``keep_completed_for`` (seconds), ``keep_dead``, ``keep_dead_for``.
+        Flow control, held by the store across all workers: ``rate_limit``
+        (``"10/s"``: at most 10 job starts in any 1-second window) and
+        ``concurrency`` (at most that many of its jobs active at once)::
+
+            app.queue("bulk", rate_limit="10/m", concurrency=4)
         """
         config = QueueConfig.declare(name, options)
         self.queues[name] = config
         self._run_options.clear()
+        self._declared()
         return config
+
+    def _declared(self) -> None:
+        """Hand the store the limits of the definitions made so far: one new
+        ``Controls`` at once, so a claim never sees half of a change."""
+        self.controls = Controls(
+            queue_rates={n: q.rate_limit for n, q in self.queues.items() if q.rate_limit},
+            concurrency={n: q.concurrency for n, q in self.queues.items() if q.concurrency},
+            task_rates={n: t.rate_limit for n, t in self.tasks.items() if t.rate_limit},
+        )
+        if self._broker is not None:
+            self._broker.controls = self.controls
 
     def queue_config(self, name: str) -> QueueConfig:
         config = self.queues.get(name)
@@ -487,6 +530,9 @@ class Conveyor:
             generated_id=job_id is None,
             unique_key=key,
             unique_for=unique_for,
+            # A producer that does not know the task leaves it None: the
+            # job then goes to the task's shared bucket, still limited.
+            rate_key=known.rate_key.of(args, kwargs) if known and known.rate_key else None,
         )
 
     # -- reading and controlling ----------------------------------------

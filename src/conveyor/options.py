@@ -25,6 +25,7 @@ from typing import Annotated, Any, TypedDict, get_type_hints
 
 from conveyor import validate
 from conveyor.backoff import KINDS, Backoff, BackoffFunction
+from conveyor.brokers.base import RateLimit
 from conveyor.errors import ConfigurationError
 
 DEFAULT_QUEUE = "default"
@@ -62,12 +63,19 @@ class JobOptions(TypedDict, total=False):
 
 
 class TaskOptions(JobOptions, total=False):
-    """``@app.task``'s options (besides ``name`` and ``queue``)."""
+    """``@app.task``'s options (besides ``name`` and ``queue``): its jobs'
+    defaults, and its rate limit (per value of its ``rate_key`` argument)."""
+
+    rate_limit: Annotated[str | None, validate.rate_limit]
+    rate_key: Annotated[str | None, validate.rate_key]
 
 
 class QueueOptions(JobOptions, total=False):
-    """``app.queue``'s options: its jobs' defaults and its retention."""
+    """``app.queue``'s options: its jobs' defaults, its retention, and its
+    flow control (enforced by the store, across all workers)."""
 
+    rate_limit: Annotated[str | None, validate.rate_limit]
+    concurrency: Annotated[int | None, validate.queue_concurrency]
     keep_completed: Annotated[int | None, validate.retention_count]
     keep_completed_for: Annotated[float | None, _positive_seconds]
     keep_dead: Annotated[int | None, validate.retention_count]
@@ -98,6 +106,8 @@ CHECKS: dict[str, Check] = {
 }
 JOB_OPTIONS = tuple(get_type_hints(JobOptions))
 TASK_OPTIONS = tuple(get_type_hints(TaskOptions))
+#: A task's options that are not its jobs' run defaults.
+TASK_LIMITS = tuple(name for name in TASK_OPTIONS if name not in JOB_OPTIONS)
 QUEUE_OPTIONS = tuple(get_type_hints(QueueOptions))
 ENQUEUE_OPTIONS = tuple(get_type_hints(EnqueueOptions))
 #: A job's own run options, stored with it (priority has its own column).
@@ -206,10 +216,16 @@ class QueueConfig:
     those older than that many seconds. These are the seed's removeOnComplete
     and removeOnFail. By default the last 10,000 completed jobs are kept and
     dead jobs are kept until someone retries or removes them.
+
+    ``rate_limit`` (at most that many job starts in any window of its
+    period) and ``concurrency`` (at most that many jobs active at once) are
+    enforced by the store for every worker; None: no limit.
     """
 
     name: str
     defaults: JobDefaults = field(default_factory=JobDefaults)
+    rate_limit: RateLimit | None = None
+    concurrency: int | None = None
     keep_completed: int | None = 10_000
     keep_completed_for: float | None = None
     keep_dead: int | None = None

@@ -11,11 +11,16 @@ and now returns: the value, or a coroutine.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
 
+import orjson
+
+from conveyor.brokers.base import RateLimit
+from conveyor.errors import ConfigurationError
 from conveyor.options import ENQUEUE_OPTIONS, EnqueueOptions, JobDefaults, check_options
 
 if TYPE_CHECKING:
@@ -63,6 +68,54 @@ class CallCheck:
         return None
 
 
+#: A rate key's JSON text longer than this is stored as its SHA-256 instead:
+#: one customer's 1 MB argument must not become a 1 MB store key.
+MAX_RATE_KEY = 200
+
+
+class RateKey:
+    """Where a task's ``rate_key`` argument is in a call, and its bucket:
+    the argument's value as canonical JSON text (keys sorted, no spaces),
+    whether it was passed by position, by keyword, or left to its default.
+
+    >>> def sync_customer(customer, payload=None): ...
+    >>> RateKey(sync_customer, "customer").of(("acme",), {})
+    '"acme"'
+    """
+
+    def __init__(self, fn: Callable[..., Any], name: str) -> None:
+        try:
+            parameters = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            parameters = {}  # type: ignore[assignment]  # a callable Python cannot describe
+        param = parameters.get(name)
+        if param is None or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            shown = f"{getattr(fn, '__name__', fn)}{inspect.signature(fn) if parameters else ''}"
+            raise ConfigurationError(f"rate_key={name!r} names no argument of {shown}")
+        self.name = name
+        self.index = list(parameters).index(name) if param.kind in _POSITIONAL else None
+        self.by_keyword = param.kind is not param.POSITIONAL_ONLY
+        self.default = param.default
+
+    def of(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> str:
+        """The bucket of a call that fits the function (checked before)."""
+        if self.index is not None and self.index < len(args):
+            value = args[self.index]
+        elif self.by_keyword and self.name in kwargs:
+            value = kwargs[self.name]
+        else:
+            value = None if self.default is inspect.Parameter.empty else self.default
+        try:
+            text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        except TypeError as exc:  # a default JSON cannot carry (the arguments passed)
+            raise ConfigurationError(
+                f"rate_key {self.name!r}: its value {value!r} cannot be a bucket ({exc})"
+            ) from None
+        if len(text) > MAX_RATE_KEY:
+            text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()  # never valid JSON
+        return text
+
+
 class Task(Generic[P, R]):
     """A registered function: ``enqueue`` sends it to a worker.
 
@@ -77,6 +130,8 @@ class Task(Generic[P, R]):
         name: str,
         queue: str | None,
         defaults: JobDefaults,
+        rate_limit: RateLimit | None = None,
+        rate_key: str | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
@@ -85,6 +140,10 @@ class Task(Generic[P, R]):
         self.defaults = defaults
         self.is_async = inspect.iscoroutinefunction(fn)
         self.call_check = CallCheck(fn)
+        #: At most this many starts of the task in any window, per bucket.
+        self.rate_limit = rate_limit
+        #: Picks each job's bucket (None: one bucket for all its jobs).
+        self.rate_key = RateKey(fn, rate_key) if rate_key is not None else None
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
         self.__wrapped__ = fn

@@ -4,7 +4,8 @@ Two ways to run your tasks in a test, both through the real worker code:
 
 ``drain(app)`` runs every ready job now, in order, and returns when none is
 left (with ``skip_delays=True`` delayed jobs and retries run at once instead
-of waiting)::
+of waiting, and so do jobs a rate limit or a concurrency cap would hold
+back: the app's limits are lifted while it runs)::
 
     app = Conveyor("memory://")
     signup(user)                      # your code enqueues a welcome email
@@ -34,6 +35,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from conveyor.brokers.base import NO_CONTROLS
 from conveyor.errors import ConfigurationError
 from conveyor.worker import Worker
 
@@ -48,6 +50,8 @@ async def drain_async(
     names = list(queues) if queues else app.queue_names()
     ran = 0
     app._draining = True
+    if skip_delays:  # nor wait for rate windows and caps: the limits are lifted
+        app.broker.controls = NO_CONTROLS
     try:
         while True:
             worker = Worker(app, names, concurrency=1, burst=True, poll_interval=0.01)
@@ -60,6 +64,7 @@ async def drain_async(
                 return ran
     finally:
         app._draining = False
+        app.broker.controls = app.controls
 
 
 def drain(app: Conveyor, queues: Sequence[str] | None = None, *, skip_delays: bool = False) -> int:
@@ -77,7 +82,8 @@ def drain(app: Conveyor, queues: Sequence[str] | None = None, *, skip_delays: bo
 @contextlib.contextmanager
 def inline(app: Conveyor) -> Iterator[Conveyor]:
     """Within the block, every enqueue runs its job (and any job it enqueues)
-    before returning; retries run at once. Works in sync and async tests:
+    before returning; retries run at once, and rate limits and concurrency
+    caps do not hold jobs back (as Celery's eager mode). Works in sync and async tests:
     ``await task.enqueue_async(...)`` drains on the caller's loop, and a
     plain ``enqueue`` called inside a running loop drains on a thread of its
     own (the loop cannot be re-entered)."""

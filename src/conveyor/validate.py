@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
 
+from conveyor.brokers.base import RateLimit
 from conveyor.errors import ConfigurationError
 
 MAX_QUEUE_NAME = 128
@@ -205,6 +206,53 @@ def queue_list(option: str, names: Any) -> list[str]:
     if not names:
         refuse(option, "at least one queue name", names)
     return list(dict.fromkeys(queue_name(option, name) for name in names))
+
+
+# -- flow control -------------------------------------------------------
+
+#: The most starts a rate limit may allow in one window: each start in it is
+#: kept until it leaves the window (a sliding window is a log of starts).
+MAX_RATE = 1_000_000
+#: The most jobs of a queue a concurrency cap may allow at once.
+MAX_QUEUE_CONCURRENCY = 1_000_000
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE = re.compile(r"(\d{1,20})/(\d{1,9}(?:\.\d{1,9})?)?([smh])")
+
+
+def rate_limit(option: str, value: Any) -> RateLimit:
+    """``"N/s"``, ``"N/m"``, ``"N/h"``, or with a number of units:
+    ``"N/5s"``, ``"N/0.5m"``: at most N job starts in any window that long.
+
+    >>> rate_limit("rate_limit", "10/m")
+    RateLimit(limit=10, period=60.0)
+    >>> rate_limit("rate_limit", "3/1.5s")
+    RateLimit(limit=3, period=1.5)
+    """
+    match = _RATE.fullmatch(value) if type(value) is str else None
+    if match is not None:
+        count, units, unit = match.groups()
+        limit = int(count)
+        period = float(units or 1) * _UNITS[unit]
+        if 1 <= limit <= MAX_RATE and 0 < period <= MAX_SECONDS:
+            return RateLimit(limit, period)
+    refuse(
+        option,
+        f'a rate such as "10/s", "100/m", "5/h" or "3/10s" (1 to {MAX_RATE:,} starts '
+        "in a window of seconds up to 100 years)",
+        value,
+    )
+
+
+def queue_concurrency(option: str, value: Any) -> int:
+    """How many jobs of a queue may be active at once, across all workers."""
+    return whole_number(option, value, 1, MAX_QUEUE_CONCURRENCY)
+
+
+def rate_key(option: str, value: Any) -> str:
+    """The name of a task argument (Python identifier) whose value picks the bucket."""
+    if type(value) is not str or not value.isidentifier():
+        refuse(option, "the name of one of the task's arguments", value)
+    return value
 
 
 def retention_count(option: str, value: Any) -> int:

@@ -98,6 +98,7 @@ def new_job(
     priority: int = 0,
     run_at: float | None = None,
     options: str | None = None,
+    rate_key: str | None = None,
 ) -> NewJob:
     """A NewJob with sensible defaults and a unique id unless one is given."""
     return NewJob(
@@ -108,6 +109,7 @@ def new_job(
         priority=priority,
         run_at=run_at,
         options=options,
+        rate_key=rate_key,
     )
 
 

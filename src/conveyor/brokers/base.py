@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import abc
 import builtins
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from conveyor.clock import Clock
@@ -67,6 +67,46 @@ def purge_states(states: Sequence[str]) -> tuple[str, ...]:
     return chosen
 
 
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``limit`` job starts (claims) in *any* window of ``period``
+    seconds: a sliding window, never a fixed one that lets 2 x limit through
+    across a window's edge."""
+
+    limit: int
+    period: float
+
+
+@dataclass(frozen=True, slots=True)
+class Controls:
+    """The limits a store enforces when it hands out jobs, from the app's
+    definitions (``app.queue(name, rate_limit=, concurrency=)`` and
+    ``@app.task(rate_limit=, rate_key=)``). Every worker process of an app
+    declares the same ones, so they hold across all of them; producers never
+    need them. The app swaps in a new ``Controls`` as definitions are made
+    (``Broker.controls``), so a claim reads one consistent set.
+
+    - ``queue_rates``: job starts of the queue, summed over all workers.
+    - ``concurrency``: jobs of the queue active at once (a job counts while
+      its lease has not expired, so a dead worker's share comes back when its
+      lease runs out).
+    - ``task_rates``: job starts of the task *per bucket*: the job's
+      ``rate_key`` (its ``rate_key`` argument's value), or one shared bucket
+      for the task's jobs that carry none.
+    """
+
+    queue_rates: Mapping[str, RateLimit] = field(default_factory=dict)
+    concurrency: Mapping[str, int] = field(default_factory=dict)
+    task_rates: Mapping[str, RateLimit] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.queue_rates or self.concurrency or self.task_rates)
+
+
+#: No limits: what a store enforces until the app declares one.
+NO_CONTROLS = Controls()
+
+
 @dataclass(slots=True)
 class NewJob:
     """A job about to be stored. ``payload`` and ``options`` are JSON text.
@@ -95,6 +135,10 @@ class NewJob:
     #: without one costs no store any extra work.
     unique_key: str | None = None
     unique_for: float | None = None
+    #: The value of the task's ``rate_key`` argument, as canonical JSON text
+    #: (the producer computes it); None when the producer did not know the
+    #: task or the task has none. Picks the job's bucket in ``task_rates``.
+    rate_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -128,6 +172,7 @@ class JobRecord:
     worker: str | None = None
     result: str | None = None
     errors: str = "[]"
+    rate_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +248,8 @@ class Broker(abc.ABC):
     #: False where a job id is unique only within its queue: on Redis Cluster
     #: queues live on different shards, and no single atomic step sees them all.
     ids_unique_across_queues: bool = True
+    #: The limits ``claim`` enforces (``Controls``); the app replaces it whole.
+    controls: Controls = NO_CONTROLS
 
     @property
     def location(self) -> str:
@@ -282,6 +329,16 @@ class Broker(abc.ABC):
         fresh ``lease_token`` and ``lease_expires`` = now + ``lease_seconds``.
         Returns the claimed records in that order. Never hands one job to two
         claimers, whatever the number of threads or processes.
+
+        ``self.controls`` holds the claim back, atomically with it: a queue in
+        ``concurrency`` hands out at most its cap minus its jobs active with
+        an unexpired lease; a queue in ``queue_rates`` at most ``limit`` jobs
+        in any window of ``period`` seconds (every claim counts as a start,
+        even one later released); a job whose task is in ``task_rates`` only
+        while its bucket (task, ``rate_key`` or the shared bucket) has a slot
+        in its window. A job held back stays ``waiting`` in its place, spends
+        nothing, and never holds back jobs of other buckets or queues behind
+        it. A queue with no controls pays nothing for them.
         """
 
     def complete_and_claim(
@@ -427,8 +484,13 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def next_due(self, queues: Sequence[str]) -> float | None:
-        """The earliest ``run_at`` among delayed jobs of ``queues`` not
-        paused, or None."""
+        """When a job of ``queues`` (not paused) that cannot be claimed now
+        may become claimable, or None: the earliest ``run_at`` of a delayed
+        job, or, for ready jobs held back by ``controls``, when their window
+        next opens (a rate limit) or the earliest lease of the queue expires
+        (a concurrency cap). An idle worker sleeps until then; it never spins.
+        Work that ends sooner (a completion freeing a concurrency slot) wakes
+        the idle waits as an enqueue does."""
 
     @abc.abstractmethod
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:

@@ -47,6 +47,7 @@ from conveyor.brokers.base import (
     held_record,
     purge_states,
 )
+from conveyor.brokers.memory_limits import Flow, limited
 from conveyor.clock import Clock
 
 ReadyEntry = tuple[int, int, int, str]  # (-priority, seq, ticket, job_id): smallest first
@@ -105,6 +106,7 @@ class MemoryBroker(Broker):
         self._unique: dict[str, tuple[str, str]] = {}
         self._expiring: list[tuple[float, str, str]] = []
         self._closed = False
+        self._flow = Flow()  # controls: start windows and parked jobs
 
     # -- bookkeeping (call with the lock held) ---------------------------
 
@@ -120,6 +122,9 @@ class MemoryBroker(Broker):
         if job.state == ACTIVE:  # whatever comes next, the lease is over
             self._active.discard(job.id)
             job.lease_token = job.lease_expires = None
+            if job.queue in self.controls.concurrency:  # a slot of its cap is free
+                self._generation[job.queue] = self._generation.get(job.queue, 0) + 1
+                self._cond.notify_all()
         elif state == ACTIVE:
             self._active.add(job.id)
         job.state = state
@@ -267,12 +272,13 @@ class MemoryBroker(Broker):
                     self._delete(existing)  # an ended job's id may be reused
                 self._seq += 1
                 # Every NewJob field but generated_id (id, task, queue, payload,
-                # priority, run_at, options) is a JobRecord field of the same
-                # name and meaning.
+                # priority, run_at, options, rate_key) is a JobRecord field of
+                # the same name and meaning.
                 job = JobRecord(
                     id=new.id, seq=self._seq, task=new.task, queue=new.queue, state=WAITING,
                     priority=new.priority, payload=new.payload, options=new.options,
                     attempts=0, stalls=0, created_at=now, run_at=new.run_at,
+                    rate_key=new.rate_key,
                 )  # fmt: skip
                 self._jobs[job.id] = job
                 self._tally(job.queue, WAITING, +1)  # _move below subtracts it again
@@ -311,21 +317,43 @@ class MemoryBroker(Broker):
             now = self.clock.now()
             self._promote_due(now)
             claimed: list[JobRecord] = []
+            controls = self.controls
+            if self._flow.controls is not controls:
+                self._flow.new_controls(controls, self._ready)
             for queue in queues:
                 heap = None if queue in self._paused else self._ready.get(queue)
+                if controls and heap is not None and limited(controls, queue):
+                    self._flow.claim(self, queue, heap, limit, now, lease_seconds, worker, claimed)
+                    continue
                 while heap and len(claimed) < limit:
                     _, _, ticket, job_id = heapq.heappop(heap)
                     job = self._live(ticket, job_id, WAITING)
                     if job is None:
                         continue  # stale entry: the job was cancelled, replaced...
-                    self._move(job, ACTIVE)
-                    job.attempts += 1
-                    job.started_at = now
-                    job.lease_token = secrets.token_hex(8)
-                    job.lease_expires = now + lease_seconds
-                    job.worker = worker
-                    claimed.append(_snapshot(job))
+                    claimed.append(self._lease(job, now, lease_seconds, worker))
             return claimed
+
+    def _lease(self, job: JobRecord, now: float, lease_seconds: float, worker: str) -> JobRecord:
+        """Make a waiting job active for ``worker``; a snapshot of it."""
+        self._move(job, ACTIVE)
+        job.attempts += 1
+        job.started_at = now
+        job.lease_token = secrets.token_hex(8)
+        job.lease_expires = now + lease_seconds
+        job.worker = worker
+        return _snapshot(job)
+
+    def _running(self, queue: str, now: float) -> tuple[int, float | None]:
+        """Jobs of ``queue`` active with an unexpired lease, and the earliest
+        of those leases' ends (for its concurrency cap)."""
+        count, first = 0, None
+        for job_id in self._active:
+            job = self._jobs[job_id]
+            expires = job.lease_expires
+            if job.queue == queue and expires is not None and expires > now:
+                count += 1
+                first = expires if first is None else min(first, expires)
+        return count, first
 
     def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
         with self._lock:
@@ -382,6 +410,9 @@ class MemoryBroker(Broker):
     def recover(self, max_stalled: int) -> list[Recovered]:
         with self._lock:
             now = self.clock.now()
+            # Every worker calls this every few seconds: the place to forget
+            # the windows of keys not seen for a period.
+            self._flow.windows.sweep(self.controls, now)
             expired = [
                 job
                 for job in map(self._jobs.__getitem__, self._active)
@@ -540,11 +571,17 @@ class MemoryBroker(Broker):
 
     def next_due(self, queues: Sequence[str]) -> float | None:
         with self._lock:
-            tops = [
-                entry[0]
-                for q in queues
-                if q not in self._paused and (entry := self._delayed_top(q)) is not None
-            ]
+            now = self.clock.now()
+            tops = []
+            for queue in queues:
+                if queue in self._paused:
+                    continue
+                if (entry := self._delayed_top(queue)) is not None:
+                    tops.append(entry[0])
+                counts = self._counts.get(queue)
+                held_back = self.controls and counts and counts[WAITING]  # else nothing is
+                if held_back and (held := self._flow.held_due(self, queue, now)) is not None:
+                    tops.append(held)
             return min(tops, default=None)
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:

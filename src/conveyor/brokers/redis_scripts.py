@@ -19,7 +19,9 @@ spread over the shards:
   ``o`` options, ``r`` run_at, ``a`` attempts (tries), ``k`` stalls,
   ``b`` started_at, ``e`` finished_at, ``f`` lease token (the fence),
   ``l`` lease expiry, ``w`` worker, ``v`` result (value), ``x`` errors,
-  ``u`` unique key (only on jobs enqueued with ``unique_for``).
+  ``l`` lease expiry, ``w`` worker, ``v`` result (value), ``x`` errors,
+  ``u`` unique key (only on jobs enqueued with ``unique_for``), ``g``
+  rate_key (its bucket's key, when the producer gave one).
   The scripts name them through constants (``lua/_shared.lua``). ``seq`` and
   ``created_at`` are whole microseconds, integers Redis packs in half the
   bytes of a float; ``created_at`` is left out when the job's ``seq`` already
@@ -43,10 +45,18 @@ spread over the shards:
 - ``P:{Q}:schedules``: a HASH, schedule name -> the last tick claimed for
   it (whole seconds since the epoch), for the schedules whose jobs go to
   ``Q`` (``fire``).
-
 - ``P:{Q}:unique:<key>``: a HASH per unique key held in the queue, the lock
   of ``options(unique_for=...)`` (its fields: ``lua/_shared.lua``); no TTL
   while its job has not ended, then one of ``unique_for`` (+1 s).
+- Held-back work (``lua/_limits.lua`` tells the whole rule), only where
+  the app declared controls: ``P:{Q}:starts``, a ZSET log of the queue's
+  starts in its rate window; ``P:{Q}:capped``, a STRING set while the
+  queue's concurrency cap is full with work behind (a completion then wakes
+  a waiter); jobs of a rate-limited task whose bucket is full, moved out of
+  the ready line into ``P:{Q}:rl-ready:<bucket>`` (same members as
+  ``prioritized``), with ``P:{Q}:rl-log:<bucket>`` its starts,
+  ``P:{Q}:buckets`` (ZSET: buckets holding jobs, scored by when each next
+  has a slot) and ``P:{Q}:held`` (STRING: how many jobs those lines hold).
 - ``P:queues``: SET of queue names, so ``get``, ``counts``, ``cancel``... can
   pipeline one call per queue.
 
@@ -65,13 +75,28 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from conveyor.brokers.base import AttemptError, JobRecord, Lease, NewJob, Tick, held_record
+from conveyor.brokers.base import (
+    AttemptError,
+    Controls,
+    JobRecord,
+    Lease,
+    NewJob,
+    Tick,
+    held_record,
+)
 
-NAMES = ["enqueue", "claim", "extend", "complete", "fail", "release", "recover", "cancel",
-         "retry", "promote", "trim", "purge", "resume", "stamp", "fire"]  # fmt: skip
+NAMES = ["enqueue", "claim", "claim_limited", "extend", "complete", "fail", "release",
+         "recover", "cancel", "retry", "promote", "trim", "purge", "resume", "stamp",
+         "fire"]  # fmt: skip
+#: The scripts that read or move held-back work: they start with _limits.lua too.
+HOLDING = {"claim_limited", "cancel", "purge"}
 LUA = files("conveyor.brokers").joinpath("lua")
 SHARED = LUA.joinpath("_shared.lua").read_text()  # helpers every script starts with
-SOURCES = {name: SHARED + LUA.joinpath(f"{name}.lua").read_text() for name in NAMES}
+LIMITS = LUA.joinpath("_limits.lua").read_text()
+SOURCES = {
+    name: SHARED + (LIMITS if name in HOLDING else "") + LUA.joinpath(f"{name}.lua").read_text()
+    for name in NAMES
+}
 SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in SOURCES.items()}
 
 #: One Redis command: its name and arguments, as ``execute_command`` takes them.
@@ -100,6 +125,24 @@ class QueueKeys(NamedTuple):
     @property
     def schedules(self) -> str:  # HASH: schedule name -> last tick claimed
         return self.prefix + "schedules"
+
+    # Held-back work (the module docstring): keys only controlled queues use.
+
+    @property
+    def starts(self) -> str:  # ZSET: the queue's starts in its rate window
+        return self.prefix + "starts"
+
+    @property
+    def buckets(self) -> str:  # ZSET: buckets holding jobs, by when each has a slot
+        return self.prefix + "buckets"
+
+    @property
+    def held(self) -> str:  # STRING: jobs the bucket lines hold
+        return self.prefix + "held"
+
+    @property
+    def capped(self) -> str:  # STRING: the concurrency cap is full, work behind
+        return self.prefix + "capped"
 
     @classmethod
     def of(cls, store_prefix: str, queue: str, channel: str) -> QueueKeys:
@@ -138,7 +181,7 @@ def enqueue(
     what ``read_held`` reads."""
     rows: list[Any] = []
     uniques: list[Any] = []
-    for n, i in enumerate(which, 1):  # ARGV[5]'s 9 strings per job
+    for n, i in enumerate(which, 1):  # ARGV[5]'s 10 strings per job
         job = jobs[i]
         if job.unique_key is not None:
             uniques.append((n, job.unique_key, job.unique_for))
@@ -148,6 +191,7 @@ def enqueue(
             "" if job.run_at is None else repr(job.run_at),  # '' = none
             states[i],  # 'waiting' or 'delayed'
             "" if job.generated_id else "1",  # '1' when the caller chose the id
+            job.rate_key or "",  # '' = none (JSON text is never empty)
         )  # fmt: skip
     keys = [
         k.waiting,  # KEYS[1] waiting  LIST
@@ -164,9 +208,9 @@ def enqueue(
         # ARGV[3] created_at in whole microseconds; '' = each job's seq tells it
         "" if created_at is None else created_at,
         k.channel,  # ARGV[4] channel to PUBLISH on when work appears ('' = none)
-        # ARGV[5] the jobs as one JSON array of 9 strings per job; a single
-        # job as those 9 strings in ARGV[5..13] instead (no JSON to encode)
-        *(rows if len(rows) == 9 else (orjson.dumps(rows),)),
+        # ARGV[5] the jobs as one JSON array of 10 strings per job; a single
+        # job as those 10 strings in ARGV[5..14] instead (no JSON to encode)
+        *(rows if len(rows) == 10 else (orjson.dumps(rows),)),
         # then, when some carry a unique key: now, and a JSON array of
         # [job number (1-based), key, unique_for]
         *((repr(now), orjson.dumps(uniques)) if uniques else ()),
@@ -182,23 +226,43 @@ def claim(
     token: str,
     limit: int,
     stamp: str | None = None,
+    controls: tuple[Any, ...] = (),
+    sweep: bool = False,
+    wall_clock: bool = False,
 ) -> Command:
     """claim.lua: promote the queue's due delayed jobs, then lease up to
     ``limit`` (>= 1) of its ready jobs in claim order. ``stamp``: the key
     stamp.lua set before a wait this claim is queued behind (``now`` and
     ``expiry`` are then moved on by the time since; the key gone, the wait
-    was interrupted and nothing is claimed). Replies pairs, in claim order:
-    id, the job's HGETALL (``read_claim`` reads them)."""
+    was interrupted and nothing is claimed). ``controls``: ``control_args``
+    for the queue; given, claim_limited.lua runs instead and holds jobs back
+    by them (empty: claim.lua, which knows of no controls and pays nothing for
+    them). ``sweep``: claim_limited.lua, which first puts the jobs held for a
+    task without a limit in ``controls`` back in line. ``wall_clock``: the
+    caller's clock is the wall clock, so claim_limited.lua takes the server's
+    (the same for every worker, read when the claim runs). Replies pairs, in
+    claim order: id, the job's HGETALL (``read_claim`` reads them)."""
+    if sweep and not controls:
+        controls = ("", "", "")  # no limit at all
     keys: tuple[str, ...] = (
         k.waiting,  # KEYS[1] waiting  LIST
         k.prioritized,  # KEYS[2] prioritized  ZSET
         k.delayed,  # KEYS[3] delayed  ZSET  score run_at
         k.active,  # KEYS[4] active  ZSET  score lease expiry
     )
+    if controls:
+        flags = ("s" if sweep else "") + ("w" if wall_clock else "")
+        controls = (flags, *controls)
+        keys += (
+            k.starts,  # KEYS[5] starts  ZSET  score start time
+            k.buckets,  # KEYS[6] buckets  ZSET  score when the bucket next has a slot
+            k.held,  # KEYS[7] held  STRING
+            k.capped,  # KEYS[8] capped  STRING
+        )
     if stamp:
-        keys += (stamp,)  # KEYS[5] (optional) stamp  STRING, set by stamp.lua
+        keys += (stamp,)  # KEYS[5] (KEYS[9] with controls, optional) stamp  STRING
     return (
-        "EVALSHA", SHAS["claim"], len(keys), *keys,
+        "EVALSHA", SHAS["claim_limited" if controls else "claim"], len(keys), *keys,
         k.prefix,  # ARGV[1] key prefix of the queue
         repr(now),  # ARGV[2] now
         repr(expiry),  # ARGV[3] lease expiry
@@ -206,7 +270,27 @@ def claim(
         token,  # ARGV[5] lease token
         limit,  # ARGV[6] limit (>= 1)
         k.channel,  # ARGV[7] channel to PUBLISH on when jobs are left for others
+        *controls,  # ARGV[8..] (claim_limited.lua only) flags, then the controls
     )  # fmt: skip
+
+
+def control_args(controls: Controls, queue: str) -> tuple[Any, ...]:
+    """claim_limited.lua's ARGV[9..] for ``queue``: its rate's limit and
+    period ('' = none), its concurrency cap ('' = none), then task, limit,
+    period of every task rate (a job of any task may be in any queue). Empty
+    when none applies: the queue's claims run claim.lua."""
+    rate = controls.queue_rates.get(queue)
+    cap = controls.concurrency.get(queue)
+    tasks = controls.task_rates
+    if rate is None and cap is None and not tasks:
+        return ()
+    return (
+        "" if rate is None else rate.limit,  # ARGV[9] the queue's rate: limit
+        "" if rate is None else repr(float(rate.period)),  # ARGV[10] its period
+        "" if cap is None else cap,  # ARGV[11] the queue's concurrency cap
+        # ARGV[12..] task, limit, period of each task rate
+        *(x for task, r in tasks.items() for x in (task, r.limit, repr(float(r.period)))),
+    )
 
 
 def extend(k: QueueKeys, *, expiry: float, pairs: Sequence[str]) -> Command:
@@ -221,17 +305,20 @@ def extend(k: QueueKeys, *, expiry: float, pairs: Sequence[str]) -> Command:
     )  # fmt: skip
 
 
-def complete(k: QueueKeys, *, now: float, triples: Sequence[str]) -> Command:
+def complete(k: QueueKeys, *, now: float, triples: Sequence[str], capped: bool = False) -> Command:
     """complete.lua: held jobs of one queue end as completed with their
-    result. ``triples``: id, token, result JSON... Replies one 1 (completed)
-    or 0 (lease lost, nothing changed) per job."""
+    result. ``triples``: id, token, result JSON... ``capped``: the queue has
+    a concurrency cap (the slots freed may wake a waiter). Replies one 1
+    (completed) or 0 (lease lost, nothing changed) per job."""
     return (
         "EVALSHA", SHAS["complete"], 2,
         k.active,  # KEYS[1] active  ZSET  score lease expiry, member id
         k.completed,  # KEYS[2] completed  ZSET  score finished_at, member id
         k.prefix,  # ARGV[1] key prefix of the queue
         repr(now),  # ARGV[2] now
-        *triples,  # ARGV[3..] triples: id, token, result
+        "1" if capped else "",  # ARGV[3] '1': the queue has a concurrency cap
+        k.channel,  # ARGV[4] channel to PUBLISH on when work appears ('' = none)
+        *triples,  # ARGV[5..] triples: id, token, result
     )  # fmt: skip
 
 
@@ -377,7 +464,8 @@ def trim(
 
 
 def purge(k: QueueKeys, *, limit: int) -> Command:
-    """purge.lua: delete up to ``limit`` of one queue's waiting jobs. Replies
+    """purge.lua: delete up to ``limit`` of one queue's waiting jobs (those
+    held in bucket lines too). Replies
     [ids taken off its ready keys (call again while that is ``limit``), jobs
     deleted]."""
     return (
@@ -415,11 +503,12 @@ def fire(
     ``created_at`` None: each job's seq tells it. ``queues``: the SET of
     queue names (one server or Sentinel). Replies one 1 (fired) or 0 per tick."""
     rows: list[Any] = []
-    for tick, seq in zip(ticks, seqs, strict=True):  # ARGV[5..]'s 8 strings per tick
+    for tick, seq in zip(ticks, seqs, strict=True):  # ARGV[5..]'s 9 strings per tick
         job = tick.job
         rows += (
             tick.schedule, str(tick.at), job.id, str(seq), job.task, job.payload,
             str(int(job.priority)), job.options or "",  # '' = none
+            job.rate_key or "",  # '' = none
         )  # fmt: skip
     keys = [
         k.waiting,  # KEYS[1] waiting  LIST
@@ -435,14 +524,21 @@ def fire(
         queue,  # ARGV[2] queue
         "" if created_at is None else created_at,  # ARGV[3] created_at ('' = seq tells)
         k.channel,  # ARGV[4] channel to PUBLISH on when work appears ('' = none)
-        *rows,  # ARGV[5..] 8 strings per tick
+        *rows,  # ARGV[5..] 9 strings per tick
     )  # fmt: skip
 
 
-def stamp(key: str) -> Command:
+def stamp(key: str, *, wall_clock: bool = False) -> Command:
     """stamp.lua: note the server's clock in ``key`` for the claim queued
-    behind a BZPOPMIN in the same pipeline (see ``claim``'s ``stamp``)."""
-    return ("EVALSHA", SHAS["stamp"], 1, key)  # KEYS[1] the stamp  STRING
+    behind a BZPOPMIN in the same pipeline (see ``claim``'s ``stamp``).
+    ``wall_clock``: the claimer's clock is the wall clock, so the claim takes
+    the server's clock when it runs (exact) rather than moving the time the
+    claimer read before the wait on by the wait's length."""
+    return (
+        "EVALSHA", SHAS["stamp"], 1,
+        key,  # KEYS[1] the stamp  STRING
+        "1" if wall_clock else "",  # ARGV[1] '1': the claimer's clock is the wall clock
+    )  # fmt: skip
 
 
 # -- lease tokens, and what the scripts hand back -----------------------------
@@ -517,7 +613,7 @@ def record(job_id: str, queue: str, h: dict[str, str]) -> JobRecord:
         job_id, int(seq), h["t"], queue, h["s"], int(g("p", 0)), h["d"], g("o"),
         int(g("a", 0)), int(g("k", 0)), int(g("c", seq)) / 1e6, _float(g("r")),
         _float(g("b")), _float(g("e")), g("f"), _float(g("l")), g("w"),
-        g("v"), g("x", "[]"),
+        g("v"), g("x", "[]"), g("g"),
     )  # fmt: skip
 
 

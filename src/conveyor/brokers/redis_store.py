@@ -54,14 +54,17 @@ import hiredis
 from conveyor.brokers import redis_scripts as scripts
 from conveyor.brokers.base import (
     ENDED_STATES,
+    NO_CONTROLS,
     STATES,
     WAITING,
     AttemptError,
     Broker,
+    Controls,
     EnqueueResult,
     JobRecord,
     Lease,
     NewJob,
+    RateLimit,
     Recovered,
     Tick,
     purge_states,
@@ -81,7 +84,7 @@ from conveyor.brokers.redis_scripts import (
 )
 from conveyor.brokers.redis_topology import REPLY_MARGIN, Call, as_call, open_topology
 from conveyor.brokers.redis_waits import open_waits
-from conveyor.clock import Clock
+from conveyor.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
     from conveyor.brokers.redis_async import RedisAsyncStore
@@ -119,6 +122,11 @@ class RedisBroker(Broker):
         self._execute = self.topology.execute
         self._known: frozenset[str] = frozenset()  # queue names seen in P:queues
         self._known_at = self._promoted_at = -1e9  # time.monotonic() of the last look
+        # claim_limited.lua's ARGV tail per queue, for the Controls it was made from
+        self._args_of: tuple[Controls, dict[str, tuple[Any, ...]]] = (NO_CONTROLS, {})
+        self._swept: set[str] = set()  # queues claimed from under those Controls
+        # Under controls, claims then take the server's clock (claim_limited.lua).
+        self._wall_clock = isinstance(clock, SystemClock)
         # The waits know of the operations only what they are given here.
         self._waits = open_waits(
             self.topology,
@@ -206,7 +214,8 @@ class RedisBroker(Broker):
         try:  # while the server stores them: the records, as if every job were new
             records = [
                 JobRecord(j.id, seqs[i], j.task, j.queue, states[i], int(j.priority), j.payload,
-                          j.options or None, 0, 0, (made or seqs[i]) / 1e6, j.run_at)
+                          j.options or None, 0, 0, (made or seqs[i]) / 1e6, j.run_at,
+                          rate_key=j.rate_key)
                 for i, j in enumerate(jobs)
             ]  # fmt: skip
         finally:
@@ -337,13 +346,37 @@ class RedisBroker(Broker):
     def _claim_command(
         self, queue: str, limit: int, lease: float, worker: str, stamp: str | None = None
     ) -> Command:
-        """claim.lua for ``queue``; ``stamp``: the key stamp.lua set before a
-        wait that this claim follows (redis_waits)."""
+        """claim.lua for ``queue`` (claim_limited.lua when controls apply to
+        it); ``stamp``: the key stamp.lua set before a wait that this claim
+        follows (redis_waits). The first claim of a queue under each new
+        ``Controls`` (and this process's first) sweeps: jobs held for a task
+        limit no longer declared go back to the line (claim_limited.lua)."""
         now = self.clock.now()
+        controls = self._control_args(queue)
+        sweep = queue not in self._swept
+        if sweep:
+            self._swept.add(queue)
         return scripts.claim(
             self._keys(queue), now=now, expiry=now + lease, worker=worker,
-            token=lease_token(queue), limit=limit, stamp=stamp,
+            token=lease_token(queue), limit=limit, stamp=stamp, controls=controls, sweep=sweep,
+            wall_clock=self._wall_clock,
         )  # fmt: skip
+
+    def _control_args(self, queue: str) -> tuple[Any, ...]:
+        """claim_limited.lua's ARGV tail for ``queue`` under ``self.controls``
+        (empty: none apply), made once per queue for each ``Controls`` the app
+        sets (it replaces the whole object)."""
+        controls = self.controls
+        made_for, args = self._args_of
+        if made_for is not controls:
+            args = {}
+            self._args_of = (controls, args)
+            self._swept.clear()
+        if controls is NO_CONTROLS:
+            return ()
+        if (found := args.get(queue)) is None:
+            found = args[queue] = scripts.control_args(controls, queue)
+        return found
 
     def _claim(
         self, before: list[Call], queues: Sequence[str], limit: int, lease: float, worker: str
@@ -398,8 +431,11 @@ class RedisBroker(Broker):
     ) -> tuple[list[list[int]], list[Command]]:
         """complete.lua per queue the leases name, and the indexes of ``done`` each covers."""
         now, groups = self.clock.now(), leases_by_queue([lease for lease, _ in done])
+        caps = self.controls.concurrency
         commands = [
-            scripts.complete(self._keys(queue), now=now, triples=result_triples(done, idx))
+            scripts.complete(
+                self._keys(queue), now=now, triples=result_triples(done, idx), capped=queue in caps
+            )
             for queue, idx in groups.items()
         ]
         return list(groups.values()), commands
@@ -530,8 +566,10 @@ class RedisBroker(Broker):
         if limit <= 0 or not states:
             return []
 
-        # A waiting job is in the list, or in the ZSET as 12 hex digits of ord and its id.
-        keys_of = {"waiting": ("waiting", "prioritized")}  # the others: one key each
+        # A waiting job is in the list, or in the ZSET as 12 hex digits of ord
+        # and its id, or held in a bucket line (a ZSET like it) of a bucket
+        # named in 'buckets'.
+        keys_of = {"waiting": ("waiting", "prioritized", "buckets")}  # the others: one key each
         names = [n for s in states for n in keys_of.get(s, (s,))]
 
         def calls_for(k: QueueKeys) -> builtins.list[Call]:
@@ -542,11 +580,24 @@ class RedisBroker(Broker):
                 for name in names
             ]
 
-        found = list({  # (queue, id), each once
-            (q, m[12:] if name == "prioritized" else m): None
-            for q, replies in self._per_queue(calls_for, None if queue is None else [queue]).items()
+        lines = self._per_queue(calls_for, None if queue is None else [queue])
+        held = [  # (queue, the ZSET of a bucket's held jobs)
+            (q, f"{self._keys(q).prefix}rl-ready:{bucket}")
+            for q, replies in lines.items()
             for name, members in zip(names, replies, strict=True)
-            for m in members
+            if name == "buckets"
+            for bucket in members
+        ]
+        in_buckets = self._run([as_call(("ZRANGE", key, 0, -1)) for _, key in held]) if held else []
+        found = list({  # (queue, id), each once
+            **{
+                (q, m[12:] if name == "prioritized" else m): None
+                for q, replies in lines.items()
+                for name, members in zip(names, replies, strict=True)
+                if name != "buckets"
+                for m in members
+            },
+            **{(q, m[12:]): None for (q, _), ms in zip(held, in_buckets, strict=True) for m in ms},
         })  # fmt: skip
         keys = [f"{self._keys(q).prefix}job:{job_id}" for q, job_id in found]
         seqs = self._run([as_call(("HGET", key, "q")) for key in keys])
@@ -560,18 +611,27 @@ class RedisBroker(Broker):
         ]
 
     @staticmethod
-    def _ready_calls(k: QueueKeys) -> builtins.list[Call]:
-        """The two counts that add up to a queue's waiting jobs."""
-        return [lambda c: c.llen(k.waiting), lambda c: c.zcard(k.prioritized)]
+    def _waiting_calls(k: QueueKeys) -> builtins.list[Call]:
+        """The three counts that add up to a queue's waiting jobs: its ready
+        line's two keys, and the jobs held in its bucket lines."""
+        return [
+            lambda c: c.llen(k.waiting),
+            lambda c: c.zcard(k.prioritized),
+            lambda c: c.get(k.held),
+        ]
+
+    @staticmethod
+    def _waiting(llen: int, zcard: int, held: str | None) -> int:
+        return llen + zcard + int(held or 0)
 
     def counts(self) -> dict[str, dict[str, int]]:
         others = STATES[1:]
         assert STATES[0] == "waiting"
         calls_for = lambda k: [  # noqa: E731
-            *self._ready_calls(k),
+            *self._waiting_calls(k),
             *(lambda c, s=s: c.zcard(k.prefix + s) for s in others),
         ]
-        found = {q: [n[0] + n[1], *n[2:]] for q, n in self._per_queue(calls_for).items()}
+        found = {q: [self._waiting(*n[:3]), *n[3:]] for q, n in self._per_queue(calls_for).items()}
         return {q: dict(zip(STATES, n, strict=True)) for q, n in sorted(found.items()) if any(n)}
 
     def pending(self, queues: Sequence[str]) -> int:
@@ -579,25 +639,46 @@ class RedisBroker(Broker):
         calls_for = lambda k: [  # noqa: E731
             lambda c: c.zcard(k.active),
             lambda c: c.exists(k.paused),
-            *self._ready_calls(k),
+            *self._waiting_calls(k),
             lambda c: c.zcount(k.delayed, "-inf", now),
         ]
         found = self._per_queue(calls_for, queues).values()
-        return sum(active + (0 if paused else sum(rest)) for active, paused, *rest in found)
+        return sum(
+            active + (0 if paused else self._waiting(*ready) + due)
+            for active, paused, *ready, due in found
+        )
 
     def _heads(self, queues: Sequence[str]) -> tuple[int, float | None]:
-        """(waiting jobs, earliest run_at of a delayed job) over ``queues``,
-        paused ones left out (they hand out nothing)."""
-        calls_for = lambda k: [  # noqa: E731
+        """(jobs claimable now, the earliest time a job that is not may
+        become so) over ``queues``, paused ones left out (they hand out
+        nothing): the earliest run_at of a delayed job, or when work the
+        controls hold back opens (``Opening``). Queues without controls cost
+        the same four reads as ever."""
+        now = self.clock.now()
+        marks = not self.topology.wakes_by_pubsub
+        openings = {q: Opening.of(self.controls, q, now, marks) for q in dict.fromkeys(queues)}
+        plan = {q: self._head_calls(self._keys(q), o) for q, o in openings.items()}
+        found = self._split(plan, self._run([c for calls in plan.values() for c in calls]))
+        ready, due = 0, None
+        for q, (paused, llen, zcard, delayed, *held) in found.items():
+            if paused:
+                continue
+            line, (opens, at) = llen + zcard, openings[q].read(llen + zcard, held)
+            ready += max(line, 1) if opens else 0  # open buckets count too
+            for t in (delayed[0][1] if delayed else None, at):
+                if t is not None and (due is None or t < due):
+                    due = t
+        return ready, due
+
+    @staticmethod
+    def _head_calls(k: QueueKeys, opening: Opening) -> builtins.list[Call]:
+        return [
             lambda c: c.exists(k.paused),
-            *self._ready_calls(k),
+            lambda c: c.llen(k.waiting),
+            lambda c: c.zcard(k.prioritized),
             lambda c: c.zrange(k.delayed, 0, 0, withscores=True),
+            *opening.calls(k),
         ]
-        found = [
-            rest for paused, *rest in self._per_queue(calls_for, queues).values() if not paused
-        ]
-        ready = sum(a + b for a, b, _ in found)
-        return ready, min((h[0][1] for _, _, h in found if h), default=None)
 
     def next_due(self, queues: Sequence[str]) -> float | None:
         return self._heads(queues)[1]
@@ -636,6 +717,86 @@ class RedisBroker(Broker):
     def close(self) -> None:
         self._waits.close()
         self.topology.close()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Opening:
+    """When the work a queue's controls hold back opens: what ``_heads`` reads
+    for a queue besides its lines, and what it makes of it. Without controls
+    for the queue it reads nothing and its work is open."""
+
+    now: float
+    rate: RateLimit | None  # the queue's rate
+    cap: int | None  # the queue's concurrency cap
+    buckets: bool  # task rates exist: the queue may hold jobs in bucket lines
+    # The marker is set whenever the queue has claimable work (one server);
+    # in a Cluster it only records that work was announced, and the waits
+    # look at whether work is ready instead.
+    marks: bool
+
+    @classmethod
+    def of(cls, controls: Controls, queue: str, now: float, marks: bool) -> Opening:
+        return cls(
+            now,
+            controls.queue_rates.get(queue),
+            controls.concurrency.get(queue),
+            bool(controls.task_rates),
+            marks,
+        )
+
+    def calls(self, k: QueueKeys) -> builtins.list[Call]:
+        now, calls = self.now, builtins.list[Call]()
+        if not (self.buckets or self.cap is not None or self.rate is not None):
+            return calls
+        calls.append(lambda c: c.exists(k.marker))
+        if self.buckets:  # the bucket that next has a slot
+            calls.append(lambda c: c.zrange(k.buckets, 0, 0, withscores=True))
+        if self.cap is not None:  # leases not expired: how many, and the first to end
+            since = f"({now!r}"
+            calls.append(lambda c: c.zcount(k.active, since, "+inf"))
+            calls.append(
+                lambda c: c.zrange(k.active, since, "+inf", byscore=True, offset=0, num=1,
+                                   withscores=True)
+            )  # fmt: skip
+        if self.rate is not None:  # starts in the window: how many, and the oldest
+            since = f"({now - self.rate.period!r}"
+            calls.append(lambda c: c.zcount(k.starts, since, "+inf"))
+            calls.append(
+                lambda c: c.zrange(k.starts, since, "+inf", byscore=True, offset=0, num=1,
+                                   withscores=True)
+            )  # fmt: skip
+        return calls
+
+    def read(self, line: int, replies: builtins.list[Any]) -> tuple[bool, float | None]:
+        """(whether work is claimable now, when held-back work opens or None)
+        from the replies of ``calls`` and the length of the queue's ready
+        line. Work a claim held back may have opened since (its window moved
+        on, a lease ran out) while the claim took the marker away, so no idle
+        wait would wake for it: then the time it opened, already past, so
+        the caller claims at once rather than sleep."""
+        if not replies:  # no controls: the line is open, and its marker tells
+            return bool(line), None
+        now, it = self.now, iter(replies)
+        marked = next(it)
+        bucket = next(it) if self.buckets else []
+        opens = now  # when the queue's own limits let a job start
+        if self.cap is not None:
+            busy, first = next(it), next(it)
+            if busy >= self.cap and first:
+                opens = max(opens, first[0][1])
+        if self.rate is not None:
+            started, oldest = next(it), next(it)
+            if started >= self.rate.limit and oldest:
+                opens = max(opens, oldest[0][1] + self.rate.period)
+        times = [opens] if line else []
+        if bucket:  # the earliest bucket with a slot, once the queue lets jobs start
+            times.append(max(opens, bucket[0][1]))
+        if not times:
+            return False, None
+        at = min(times)
+        if at > now:
+            return False, at
+        return True, (None if marked or not self.marks else at)
 
 
 def _hgetall(key: str) -> Call:

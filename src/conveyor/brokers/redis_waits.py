@@ -29,7 +29,7 @@ from conveyor.brokers.base import JobRecord
 from conveyor.brokers.redis_connection import REDIS_ERRORS, Pipeline
 from conveyor.brokers.redis_scripts import Command, read_claim, stamp
 from conveyor.brokers.redis_topology import REPLY_MARGIN, Topology
-from conveyor.clock import Clock
+from conveyor.clock import Clock, SystemClock
 from conveyor.errors import StoreMisconfigured, StoreUnavailable
 
 MAX_BLOCK = 5.0  # seconds one BZPOPMIN may block
@@ -63,9 +63,17 @@ class Waits:
         self._blocked = 0  # threads inside _sleep
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         ready, due = self._heads(queues)
-        if not ready:
-            self._sleep(queues, self._until_due(timeout, due))
+        while not ready:
+            # After a wake that found nothing claimable, wait again: a marker
+            # whose job a busy worker took, or, in a Cluster, an announcement
+            # the cluster bus delivered late (tens of milliseconds after the
+            # work it announced was claimed, once this waiter had subscribed).
+            remaining = self._until_due(deadline - time.monotonic(), due)
+            if remaining < 0.001 or not self._sleep(queues, remaining):
+                return
+            ready, due = self._heads(queues)
 
     def wait_and_claim(
         self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str, timeout: float
@@ -174,7 +182,7 @@ class MarkerWaits(Waits):
         markers = [self.topology.keys(q).marker for q in queues] + [self._interrupt_key]
         block = round(min(max(timeout, 0.001), MAX_BLOCK), 3)
         commands = [
-            stamp(key),
+            stamp(key, wall_clock=isinstance(self.clock, SystemClock)),
             ("BZPOPMIN", *markers, block),
             self._claim_command(queues[0], limit, lease, worker, key),
         ]

@@ -31,11 +31,14 @@ from typing import Any
 
 import orjson
 
+from conveyor.brokers import sqlite_limits
 from conveyor.brokers.base import (
     ENDED_STATES,
     STATES,
+    WAITING,
     AttemptError,
     Broker,
+    Controls,
     EnqueueResult,
     JobRecord,
     Lease,
@@ -79,6 +82,7 @@ __all__ = [
 # keeps the wake-up latency for work enqueued elsewhere to a few ms.
 POLL_SECONDS = 0.003
 DATA_VERSION = "PRAGMA data_version"  # changes when another connection commits
+HELD = sqlite_limits.HELD
 # One job: insert and get the stored row back in the same statement.
 INSERT_RETURNING = SQL.insert_job + "\nRETURNING *"
 # retry's statements, telling which jobs moved (their unique keys, see rehold_unique).
@@ -98,6 +102,21 @@ def _claim_order(row: tuple[Any, ...]) -> tuple[int, int]:
     return -row[5], row[1]  # (-priority, seq): the order claim promises
 
 
+def _row(job: NewJob, now: float) -> tuple[Any, ...]:
+    """``insert_job``'s parameters for ``job``, created ``now``."""
+    j = job
+    return (j.id, j.task, j.queue, j.priority, j.payload, j.options, j.run_at, now, j.rate_key)
+
+
+def _record(row: tuple[Any, ...]) -> JobRecord:
+    """A stored job as readers see it: a job held back by its rate-limit
+    bucket (state 'held', see sqlite_limits.py) is waiting."""
+    job = JobRecord(*row)
+    if job.state == HELD:
+        job.state = WAITING
+    return job
+
+
 class SQLiteBroker(Broker):
     """The broker contract as SQL transactions on one SQLite file."""
 
@@ -111,6 +130,7 @@ class SQLiteBroker(Broker):
         self._generation = 0
         self._waiters = 0
         self._closed = False
+        self._controls_seen: Controls | None = None  # the controls claims last ran under
         # The file: parsed URL, connections, transactions; opened (and
         # judged, set up) here, or refused with a one-line error.
         self._file = DatabaseFile(url, create=create, after_fork=self._forget_waits)
@@ -155,9 +175,7 @@ class SQLiteBroker(Broker):
         if not jobs:
             return []
         now = self.clock.now()
-        rows = [
-            (j.id, j.task, j.queue, j.priority, j.payload, j.options, j.run_at, now) for j in jobs
-        ]
+        rows = [_row(j, now) for j in jobs]
         with self._file.tx() as conn:
             results = None
             if len(rows) > 1 and not any(j.unique_key is not None for j in jobs):
@@ -186,7 +204,7 @@ class SQLiteBroker(Broker):
             # Not ended: held while its job is stored (a purged one never ran).
             held = stored is not None if expires is None else expires > now
             if held and stored is not None:
-                existing = JobRecord(*conn.execute(SQL.get_job, (holder,)).fetchone())
+                existing = _record(conn.execute(SQL.get_job, (holder,)).fetchone())
                 return EnqueueResult(existing, created=False)
             if held:  # retention deleted it: what the lock knows
                 record = held_record(job, holder, state, created_at, finished_at)
@@ -219,7 +237,7 @@ class SQLiteBroker(Broker):
     def _insert_one(conn: sqlite3.Connection, row: tuple[Any, ...]) -> EnqueueResult:
         created = conn.execute(INSERT_RETURNING, row).fetchall()
         if not created:  # the id is taken
-            existing = JobRecord(*conn.execute(SQL.get_job, row[:1]).fetchone())
+            existing = _record(conn.execute(SQL.get_job, row[:1]).fetchone())
             if existing.state not in ENDED_STATES:
                 return EnqueueResult(existing, created=False)
             conn.execute(SQL.delete_job, row[:1])  # an ended job's id may be reused
@@ -235,8 +253,7 @@ class SQLiteBroker(Broker):
             for tick in ticks:
                 j = tick.job
                 if conn.execute(SQL.claim_tick, (j.queue, tick.schedule, tick.at)).rowcount:
-                    row = (j.id, j.task, j.queue, j.priority, j.payload, j.options, j.run_at, now)
-                    fired.append(self._insert_one(conn, row).created)
+                    fired.append(self._insert_one(conn, _row(j, now)).created)
                 else:
                     fired.append(False)
         if any(fired):
@@ -267,10 +284,16 @@ class SQLiteBroker(Broker):
     ) -> tuple[list[bool], list[JobRecord]]:
         # One transaction for both halves: a busy worker pays one commit per batch.
         now = self.clock.now()
+        controls = self.controls  # one consistent set for the whole claim
         claimed: list[JobRecord] = []
         promoted = 0
         with self._file.tx() as conn:
-            completed = set()
+            if controls is not self._controls_seen:
+                # The app changed the limits: jobs held for a limit that went
+                # come back now, not at the next sweep.
+                sqlite_limits.sweep(conn, controls, now)
+                self._controls_seen = controls
+            completed: set[str] = set()
             if done:
                 rows = conn.execute(SQL.complete_jobs, (now, _json(list(done)))).fetchall()
                 completed = {row[0] for row in rows}
@@ -281,12 +304,20 @@ class SQLiteBroker(Broker):
                 for queue in queues:
                     if len(claimed) >= limit:
                         break
-                    params = (now, now + lease_seconds, worker, queue, limit - len(claimed))
-                    rows = conn.execute(SQL.claim_ready, params).fetchall()
+                    if controls and sqlite_limits.limited(controls, queue):
+                        rows = sqlite_limits.claim(
+                            conn, controls, queue, limit - len(claimed),
+                            now, now + lease_seconds, worker,
+                        )  # fmt: skip
+                    else:
+                        params = (now, now + lease_seconds, worker, queue, limit - len(claimed))
+                        rows = conn.execute(SQL.claim_ready, params).fetchall()
                     rows.sort(key=_claim_order)
                     claimed += [JobRecord(*row) for row in rows]
-        if promoted:
-            self._notify()  # jobs of queues other than these may be ready now
+        if promoted or (completed and controls.concurrency):
+            # Jobs of queues other than these may be ready now, or a
+            # completion freed a slot of a capped queue.
+            self._notify()
         accepted = []
         for lease, _ in done:
             accepted.append(lease.job_id in completed)
@@ -313,8 +344,8 @@ class SQLiteBroker(Broker):
             failed = conn.execute(SQL.fail_job, params).rowcount == 1
             if failed and retry_at is None:  # dead: a key it holds is held unique_for more
                 conn.execute(SQL.end_unique, (_json([lease.job_id]), "dead", now))
-        if failed and retry_at is not None:
-            self._notify()
+        if failed and (retry_at is not None or self.controls.concurrency):
+            self._notify()  # a retry, or a slot of a capped queue freed
         return failed
 
     def release(self, leases: Sequence[Lease]) -> int:
@@ -325,10 +356,14 @@ class SQLiteBroker(Broker):
         # for one os.stat, that the file was deleted or replaced under us.
         self._file.check_unchanged()
         now = self.clock.now()
+        controls = self.controls
         with self._file.tx() as conn:
             rows = conn.execute(SQL.recover_expired, (now, max_stalled, repr(now))).fetchall()
             if dead := [row[0] for row in rows if row[2] == "dead"]:
                 conn.execute(SQL.end_unique, (_json(dead), "dead", now))
+            # As often: forget windows that ended, put back jobs held for
+            # limits that went (a few index probes when there are none).
+            sqlite_limits.sweep(conn, controls, now)
         if rows:
             self._notify()
         rows.sort(key=lambda row: row[1])  # seq order, as readable as any
@@ -404,6 +439,8 @@ class SQLiteBroker(Broker):
 
     def purge(self, queue: str, states: Sequence[str]) -> int:
         chosen = purge_states(states)
+        if WAITING in chosen:
+            chosen = (*chosen, HELD)  # held jobs are waiting ones
         params = (queue, _json(list(chosen)))
         with self._file.tx() as conn:
             if self._file.has_unique:
@@ -415,7 +452,7 @@ class SQLiteBroker(Broker):
 
     def get(self, job_id: str) -> JobRecord | None:
         rows = self._file.read(SQL.get_job, (job_id,))
-        return JobRecord(*rows[0]) if rows else None
+        return _record(rows[0]) if rows else None
 
     def list(
         self,
@@ -426,12 +463,12 @@ class SQLiteBroker(Broker):
     ) -> list[JobRecord]:
         # max(): SQLite reads a negative LIMIT as "no limit".
         rows = self._file.read(SQL.list_jobs, (queue, state, after or 0, max(limit, 0)))
-        return [JobRecord(*row) for row in rows]
+        return [_record(row) for row in rows]
 
     def counts(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
         for queue, state, n in self._file.read(SQL.counts):
-            counts.setdefault(queue, dict.fromkeys(STATES, 0))[state] = n
+            counts.setdefault(queue, dict.fromkeys(STATES, 0))[state] += n  # held: waiting
         return counts
 
     def pending(self, queues: Sequence[str]) -> int:
@@ -440,7 +477,33 @@ class SQLiteBroker(Broker):
 
     def next_due(self, queues: Sequence[str]) -> float | None:
         rows = self._file.read(SQL.next_due, (_json(list(queues)),))
-        return rows[0][0] if rows else None
+        due: float | None = rows[0][0] if rows else None
+        controls = self.controls
+        if controls and any(sqlite_limits.limited(controls, q) for q in queues):
+            held = self._read_limits(sqlite_limits.held_due, controls, queues)
+            if held is not None and (due is None or held < due):
+                due = held
+        return due
+
+    def _read_limits(self, read: Any, controls: Controls, queues: Sequence[str]) -> Any:
+        """One of sqlite_limits' reads, outside a transaction."""
+        try:
+            return read(self._file.conn(), controls, queues, self.clock.now())
+        except sqlite3.OperationalError as exc:
+            raise self._file._unavailable(exc) from exc
+
+    def _work_hint(self, queues: Sequence[str], params: tuple[str]) -> tuple[bool, float | None]:
+        """For wait_for_work: may a claim take a job now, and when does the
+        next held-back or delayed one come due? Under controls, a ready job
+        counts only if the controls let a claim take it: held-back work
+        must not end an idle wait (it would spin until its window opens)."""
+        controls = self.controls
+        if controls and any(sqlite_limits.limited(controls, q) for q in queues):
+            return self._read_limits(sqlite_limits.claimable, controls, queues), self.next_due(
+                queues
+            )
+        ready, due = self._file.read(SQL.work_hint, params)[0]
+        return bool(ready), due
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         # SQLite cannot tell another process about a commit, so we poll
@@ -457,7 +520,7 @@ class SQLiteBroker(Broker):
         try:
             version = self._file.read(DATA_VERSION)[0][0]  # before looking: no commit slips by
             while True:
-                ready, due = self._file.read(SQL.work_hint, hint_params)[0]
+                ready, due = self._work_hint(queues, hint_params)
                 if ready:
                     return
                 while True:

@@ -11,7 +11,7 @@
 -- the query's own terms imply the index's condition.
 
 -- name: schema
--- Tables and indexes, created once under BEGIN IMMEDIATE (schema version 1).
+-- Tables and indexes, created under BEGIN IMMEDIATE when missing (schema version 2).
 -- conveyor_meta holds conveyor's schema version. PRAGMA user_version is not
 -- ours to use: in a database shared with an application (?shared=1) it is
 -- often that application's migration marker.
@@ -40,7 +40,9 @@ CREATE TABLE IF NOT EXISTS conveyor_jobs (
     lease_expires REAL,
     worker        TEXT,
     result        TEXT,
-    errors        TEXT    NOT NULL DEFAULT '[]'
+    errors        TEXT    NOT NULL DEFAULT '[]',
+    -- The job's rate_key argument as JSON text (its task's bucket), or NULL.
+    rate_key      TEXT
 );
 CREATE INDEX IF NOT EXISTS conveyor_jobs_ready
     ON conveyor_jobs (queue, priority DESC, seq) WHERE state = 'waiting';
@@ -51,6 +53,38 @@ CREATE INDEX IF NOT EXISTS conveyor_jobs_leases
 CREATE INDEX IF NOT EXISTS conveyor_jobs_ended
     ON conveyor_jobs (queue, state, finished_at)
     WHERE state IN ('completed', 'dead', 'cancelled');
+-- Flow control (sqlite_limits.py). The job starts of the last period of each
+-- limited bucket: a queue's (kind 'queue', name = the queue, key '') or a
+-- task's (kind 'task', name = the task, key = the rate_key, '' for none).
+-- Only queues and tasks with a rate limit write here.
+CREATE TABLE IF NOT EXISTS conveyor_starts (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    key  TEXT NOT NULL,
+    at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS conveyor_starts_window ON conveyor_starts (kind, name, key, at);
+-- The sweep of every worker's maintenance finds the old starts of keys not
+-- seen again by this, instead of reading the whole table.
+CREATE INDEX IF NOT EXISTS conveyor_starts_at ON conveyor_starts (at);
+-- A task's bucket found full by a claim, and when its window opens again.
+-- The claim sets the bucket's waiting jobs it met aside: their state is
+-- 'held' (shown as 'waiting' to every reader), so they leave the ready index
+-- and no later claim steps over them; when the bucket opens, a claim puts
+-- back as many as its window has room for.
+CREATE TABLE IF NOT EXISTS conveyor_buckets (
+    task  TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    opens REAL NOT NULL,
+    PRIMARY KEY (task, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conveyor_buckets_opens ON conveyor_buckets (opens);
+CREATE INDEX IF NOT EXISTS conveyor_jobs_held
+    ON conveyor_jobs (task, rate_key, priority DESC, seq) WHERE state = 'held';
+
+-- name: add_rate_key
+-- Bring a version 1 conveyor_jobs up to version 2 (a new last column).
+ALTER TABLE conveyor_jobs ADD COLUMN rate_key TEXT
 
 -- name: unique_schema
 -- Unique keys (options(unique_for=...)): one lock per queue and key, held by
@@ -90,17 +124,19 @@ SELECT name FROM pragma_table_info('conveyor_jobs') ORDER BY cid
 SELECT value FROM conveyor_meta WHERE key = 'schema_version'
 
 -- name: set_schema_version
--- Record the schema version ?1 where none is recorded yet: in a new database,
--- and in one made before conveyor_meta existed (version 1, marked then by
--- PRAGMA user_version, which is left as it is).
+-- Record the schema version ?1: in a new database, in one made before
+-- conveyor_meta existed (version 1, marked then by PRAGMA user_version, which
+-- is left as it is), and in one just brought up from an older version.
 INSERT INTO conveyor_meta (key, value) VALUES ('schema_version', ?1)
-ON CONFLICT (key) DO NOTHING
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
 
 -- name: insert_job
 -- Store one new job; a taken id inserts nothing (the caller deals with it).
--- ?1 id, ?2 task, ?3 queue, ?4 priority, ?5 payload, ?6 options, ?7 run_at, ?8 now
-INSERT INTO conveyor_jobs (id, task, queue, state, priority, payload, options, run_at, created_at)
-VALUES (?1, ?2, ?3, CASE WHEN ?7 > ?8 THEN 'delayed' ELSE 'waiting' END, ?4, ?5, ?6, ?7, ?8)
+-- ?1 id, ?2 task, ?3 queue, ?4 priority, ?5 payload, ?6 options, ?7 run_at, ?8 now,
+-- ?9 rate_key
+INSERT INTO conveyor_jobs
+    (id, task, queue, state, priority, payload, options, run_at, created_at, rate_key)
+VALUES (?1, ?2, ?3, CASE WHEN ?7 > ?8 THEN 'delayed' ELSE 'waiting' END, ?4, ?5, ?6, ?7, ?8, ?9)
 ON CONFLICT (id) DO NOTHING
 
 -- name: count_taken_ids
@@ -212,9 +248,9 @@ WHERE state = 'active' AND lease_expires <= ?1
 RETURNING id, seq, state
 
 -- name: cancel_job
--- A waiting or delayed job (?1) ends as cancelled at ?2.
+-- A waiting (or held) or delayed job (?1) ends as cancelled at ?2.
 UPDATE conveyor_jobs SET state = 'cancelled', finished_at = ?2
-WHERE id = ?1 AND state IN ('waiting', 'delayed')
+WHERE id = ?1 AND state IN ('waiting', 'held', 'delayed')
 
 -- name: retry_ids
 -- Dead or cancelled jobs among the ids in ?1 (of queue ?2 when not NULL)
@@ -264,14 +300,16 @@ DELETE FROM conveyor_jobs WHERE seq IN (
 
 -- name: list_jobs
 -- A page of jobs in seq order after cursor ?3, filtered by queue ?1 and
--- state ?2 when they are not NULL.
+-- state ?2 when they are not NULL (a held job is a waiting one).
 SELECT * FROM conveyor_jobs
-WHERE seq > ?3 AND (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR state = ?2)
+WHERE seq > ?3 AND (?1 IS NULL OR queue = ?1)
+  AND (?2 IS NULL OR state = ?2 OR (?2 = 'waiting' AND state = 'held'))
 ORDER BY seq
 LIMIT ?4
 
 -- name: counts
--- (queue, state, n) for every pair that holds jobs. One part per partial
+-- (queue, state, n) for every pair that holds jobs (held jobs count as
+-- waiting: a queue may come twice with 'waiting'). One part per partial
 -- index, so most of the work is index-only instead of reading every row.
 SELECT queue, 'waiting', count(*) FROM conveyor_jobs WHERE state = 'waiting' GROUP BY queue
 UNION ALL
@@ -279,15 +317,20 @@ SELECT queue, 'delayed', count(*) FROM conveyor_jobs WHERE state = 'delayed' GRO
 UNION ALL
 SELECT queue, 'active', count(*) FROM conveyor_jobs WHERE state = 'active' GROUP BY queue
 UNION ALL
+SELECT queue, 'waiting', count(*) FROM conveyor_jobs WHERE state = 'held' GROUP BY queue
+UNION ALL
 SELECT queue, state, count(*) FROM conveyor_jobs
 WHERE state IN ('completed', 'dead', 'cancelled') GROUP BY queue, state
 
 -- name: pending
 -- Jobs of the queues in ?1 (JSON array) that are active, or (in queues not
--- paused) waiting or delayed and due by ?2.
+-- paused) waiting (held ones too) or delayed and due by ?2.
 SELECT
     (SELECT count(*) FROM conveyor_jobs
      WHERE state = 'waiting' AND queue IN (SELECT j.value FROM json_each(?1) AS j
+                     WHERE NOT EXISTS (SELECT 1 FROM conveyor_meta AS m WHERE m.key = 'paused:' || j.value)))
+  + (SELECT count(*) FROM conveyor_jobs
+     WHERE state = 'held' AND queue IN (SELECT j.value FROM json_each(?1) AS j
                      WHERE NOT EXISTS (SELECT 1 FROM conveyor_meta AS m WHERE m.key = 'paused:' || j.value)))
   + (SELECT count(*) FROM conveyor_jobs
      WHERE state = 'active' AND queue IN (SELECT value FROM json_each(?1)))
@@ -392,5 +435,107 @@ WHERE job_id IN (SELECT value FROM json_each(?1))
 DELETE FROM conveyor_unique WHERE expires_at IS NULL AND job_id IN (
     SELECT id FROM conveyor_jobs
     WHERE queue = ?1 AND state IN (SELECT value FROM json_each(?2))
-      AND state IN ('waiting', 'delayed')
+      AND state IN ('waiting', 'held', 'delayed')  -- held: waiting, set aside by a limit
 )
+
+-- Flow control (sqlite_limits.py): only queues and tasks the controls limit
+-- run these; every other claim is claim_ready alone.
+
+-- name: window_prune
+-- Forget the starts of bucket (?1 kind, ?2 name, ?3 key) that left its window:
+-- those at or before ?4 (now - period).
+DELETE FROM conveyor_starts WHERE kind = ?1 AND name = ?2 AND key = ?3 AND at <= ?4
+
+-- name: window_count
+-- The starts in the window of bucket (?1, ?2, ?3): those after ?4 (now - period).
+SELECT count(*) FROM conveyor_starts WHERE kind = ?1 AND name = ?2 AND key = ?3 AND at > ?4
+
+-- name: window_nth
+-- The ?5-th oldest start (from 0) in the window of bucket (?1, ?2, ?3) after ?4.
+SELECT at FROM conveyor_starts WHERE kind = ?1 AND name = ?2 AND key = ?3 AND at > ?4
+ORDER BY at LIMIT 1 OFFSET ?5
+
+-- name: window_start
+-- One job start at ?4 in bucket (?1, ?2, ?3).
+INSERT INTO conveyor_starts (kind, name, key, at) VALUES (?1, ?2, ?3, ?4)
+
+-- name: running
+-- How many jobs of queue ?1 are active with a lease unexpired at ?2, and the
+-- earliest end of those leases.
+SELECT count(*), min(lease_expires) FROM conveyor_jobs
+WHERE state = 'active' AND lease_expires > ?2 AND queue = ?1
+
+-- name: queue_state
+-- Is queue ?1 paused; does it hold a waiting job (not held)?
+SELECT EXISTS (SELECT 1 FROM conveyor_meta WHERE key = 'paused:' || ?1),
+       EXISTS (SELECT 1 FROM conveyor_jobs WHERE state = 'waiting' AND queue = ?1)
+
+-- name: ready_keyed
+-- Up to ?2 ready jobs of queue ?1 in claim order: seq, task, rate_key or ''.
+SELECT seq, task, coalesce(rate_key, '') FROM conveyor_jobs
+WHERE state = 'waiting' AND queue = ?1
+ORDER BY priority DESC, seq
+LIMIT ?2
+
+-- name: hold_bucket
+-- Task ?1's bucket ?2 is full until ?3.
+INSERT INTO conveyor_buckets (task, key, opens) VALUES (?1, ?2, ?3)
+ON CONFLICT (task, key) DO UPDATE SET opens = excluded.opens
+
+-- name: hold_jobs
+-- Set aside the waiting jobs whose seqs are in the JSON array ?1 (their
+-- bucket is full): out of the ready index until it opens.
+UPDATE conveyor_jobs SET state = 'held'
+WHERE seq IN (SELECT value FROM json_each(?1)) AND state = 'waiting'
+
+-- name: opened_buckets
+-- The held buckets whose window has opened by ?1.
+SELECT task, key FROM conveyor_buckets WHERE opens <= ?1
+
+-- name: unhold_bucket
+-- Put back in line the first ?3 held jobs of task ?1 with rate_key ?2 (NULL:
+-- the shared bucket), in claim order.
+UPDATE conveyor_jobs SET state = 'waiting'
+WHERE seq IN (SELECT seq FROM conveyor_jobs
+              WHERE state = 'held' AND task = ?1 AND rate_key IS ?2
+              ORDER BY priority DESC, seq LIMIT ?3)
+
+-- name: bucket_holds
+-- Does task ?1's bucket ?2 (rate_key, NULL: shared) still hold jobs?
+SELECT EXISTS (SELECT 1 FROM conveyor_jobs WHERE state = 'held' AND task = ?1 AND rate_key IS ?2)
+
+-- name: drop_bucket
+-- Task ?1's bucket ?2 holds nothing any more.
+DELETE FROM conveyor_buckets WHERE task = ?1 AND key = ?2
+
+-- name: claim_seqs
+-- Lease the waiting jobs whose seqs are in the JSON array ?4 to worker ?3
+-- (?1 now, ?2 lease expiry), as claim_ready does.
+UPDATE conveyor_jobs
+SET state = 'active', attempts = attempts + 1, started_at = ?1,
+    lease_token = lower(hex(randomblob(8))), lease_expires = ?2, worker = ?3
+WHERE seq IN (SELECT value FROM json_each(?4)) AND state = 'waiting'
+RETURNING *
+
+-- name: next_bucket_opening
+-- The earliest time a held bucket of a task in the JSON array ?1 opens
+-- (perhaps already: the next claim puts its jobs back).
+SELECT min(opens) FROM conveyor_buckets WHERE task IN (SELECT value FROM json_each(?1))
+
+-- name: any_opened
+-- Has a held bucket of a task in the JSON array ?2 opened by ?1?
+SELECT EXISTS (SELECT 1 FROM conveyor_buckets
+               WHERE opens <= ?1 AND task IN (SELECT value FROM json_each(?2)))
+
+-- name: sweep_starts
+-- Starts older than every window (before ?1 = now - the longest period).
+DELETE FROM conveyor_starts WHERE at <= ?1
+
+-- name: sweep_held
+-- Held jobs of tasks no longer limited (not in the JSON array ?1) go back in line.
+UPDATE conveyor_jobs SET state = 'waiting'
+WHERE state = 'held' AND task NOT IN (SELECT value FROM json_each(?1))
+
+-- name: sweep_buckets
+-- The buckets of tasks no longer limited (not in the JSON array ?1) go.
+DELETE FROM conveyor_buckets WHERE task NOT IN (SELECT value FROM json_each(?1))

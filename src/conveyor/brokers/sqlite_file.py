@@ -76,14 +76,22 @@ from conveyor.errors import (
     StoreUnavailable,
 )
 
-SCHEMA_VERSION = 1  # conveyor_meta's schema_version: where later migrations start from
-OUR_TABLES = frozenset({"conveyor_jobs", "conveyor_meta", "conveyor_unique"})
+# conveyor_meta's schema_version. 1: the jobs; 2: the jobs' rate_key, and the
+# tables of flow control (conveyor_starts, conveyor_buckets). A version 1 file
+# is brought up to 2 when a store that may create opens it. conveyor_unique
+# (unique keys) is added, when missing, by any store that may create.
+SCHEMA_VERSION = 2
+OUR_TABLES = frozenset(
+    {"conveyor_jobs", "conveyor_meta", "conveyor_starts", "conveyor_buckets", "conveyor_unique"}
+)
 SHOWN_TABLES = 5  # how many of a foreign database's tables an error names
 # RETURNING (3.35), UPDATE ... FROM (3.33) and the ->> JSON operator (3.38).
 MIN_SQLITE = (3, 38)
 SYNCHRONOUS = ("normal", "full")
 DEFAULT_TIMEOUT = 10.0
 COLUMNS = tuple(field.name for field in dataclasses.fields(JobRecord))
+# The columns of a version 1 file: all but rate_key, the last (added at the end).
+COLUMNS_V1 = COLUMNS[: COLUMNS.index("rate_key")]
 
 
 def _load_queries() -> SimpleNamespace:
@@ -446,7 +454,7 @@ class DatabaseFile:
                 f"the schema version of {self.path}, {version}, is newer than this "
                 f"conveyor's {SCHEMA_VERSION}: upgrade conveyor"
             )
-        elif found.has_jobs and found.columns != COLUMNS:
+        elif found.has_jobs and found.columns not in (COLUMNS, COLUMNS_V1):
             problem = f"{self.path} is not a conveyor database (unexpected conveyor_jobs columns)"
         elif found.has_jobs:
             # Conveyor's tables: use them. Beside someone else's, the file
@@ -490,9 +498,12 @@ class DatabaseFile:
             # Look again under the lock: another process may have set it up since.
             found = self._contents(conn)
             self._judge(found)
-            # A new database, or one from before conveyor_meta (its version
-            # is 1, marked then in PRAGMA user_version, which stays as it is).
-            if not found.has_jobs or found.version is None:
+            # A new database, one from before conveyor_meta (its version is
+            # 1, marked then in PRAGMA user_version, which stays as it is), or
+            # one of version 1: what is missing is added, nothing is dropped.
+            if not found.has_jobs or found.version != SCHEMA_VERSION or found.columns != COLUMNS:
+                if found.has_jobs and found.columns == COLUMNS_V1:
+                    conn.execute(SQL.add_rate_key)
                 for statement in SQL.schema.split(";"):
                     if statement.strip():
                         conn.execute(statement)

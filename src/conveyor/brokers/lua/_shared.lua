@@ -22,6 +22,7 @@
 local TASK, DATA, STATE, SEQ, ORD, MADE = 't', 'd', 's', 'q', 'n', 'c'
 local PRIO, OPTS, RUN, TRIES, STALLS = 'p', 'o', 'r', 'a', 'k'
 local START, END, TOKEN, LEASE, WORKER, RESULT, ERRORS = 'b', 'e', 'f', 'l', 'w', 'v', 'x'
+local RKEY = 'g' -- rate_key: picks the job's bucket when its task is rate-limited (_limits)
 
 local function ready_member(ord, id)
   return string.format('%012x', ord) .. id

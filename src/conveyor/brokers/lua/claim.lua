@@ -6,7 +6,8 @@
 -- ARGV[4] worker   ARGV[5] lease token   ARGV[6] limit (>= 1)
 -- ARGV[7] channel to PUBLISH on when jobs are left for others ('' = none)
 -- KEYS[5] (optional) stamp (stamp.lua) set before a wait this claim was queued
---         behind: ARGV[2] and ARGV[3] are moved on by the time since then.
+--         behind: ARGV[2] and ARGV[3] are moved on by the time since then (or,
+--         for a wall clock, to the server's clock now: stamp.lua says why).
 --         Gone (interrupt() deletes it): the wait was interrupted, claim nothing.
 -- A paused queue (its key prefix .. 'paused' set) hands out nothing; its due
 -- delayed jobs still become waiting, and its marker goes (idle workers block
@@ -17,10 +18,16 @@ if KEYS[5] then
   local stamped = redis.call('GET', KEYS[5])
   if not stamped then return {} end
   local t = redis.call('TIME')
-  local waited = t[1] + t[2] / 1e6 - tonumber(stamped)
+  local clock = t[1] + t[2] / 1e6
   redis.call('DEL', KEYS[5])
-  now = string.format('%.6f', tonumber(now) + waited)
-  expiry = string.format('%.6f', tonumber(expiry) + waited)
+  local moved -- how far to move the caller's clock on
+  if string.sub(stamped, 1, 1) == '=' then
+    moved = clock - tonumber(now) -- a wall clock: to the server's, now (stamp.lua)
+  else
+    moved = clock - tonumber(stamped) -- another clock: by the time the wait took
+  end
+  now = string.format('%.6f', tonumber(now) + moved)
+  expiry = string.format('%.6f', tonumber(expiry) + moved)
 end
 local due = redis.call('ZRANGE', KEYS[3], '-inf', now, 'BYSCORE')
 for _, id in ipairs(due) do

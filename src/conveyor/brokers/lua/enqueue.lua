@@ -14,14 +14,15 @@
 -- ARGV[3] created_at in whole microseconds (an integer: half the bytes of the
 --         float); '' = each job's seq is its created_at (not stored twice)
 -- ARGV[4] channel to PUBLISH on when work appears ('' = none)
--- ARGV[5] the jobs as one JSON array (one argument, not nine a job: cheaper to
---         send) of 9 strings per job: id, seq, task, payload, priority,
+-- ARGV[5] the jobs as one JSON array (one argument, not ten a job: cheaper to
+--         send) of 10 strings per job: id, seq, task, payload, priority,
 --         options ('' = none), run_at ('' = none), state ('waiting' or
---         'delayed'), '1' when the caller chose the id ('' = generated).
---         A single job comes as those 9 strings in ARGV[5..13] instead (no
+--         'delayed'), '1' when the caller chose the id ('' = generated),
+--         rate_key ('' = none; else JSON text, never empty).
+--         A single job comes as those 10 strings in ARGV[5..14] instead (no
 --         JSON to encode and decode).
 -- Then, only when some of the jobs carry a unique key (_shared: unique keys):
--- ARGV[6] (ARGV[14] after a single job) now, and ARGV[7] (ARGV[15]) a JSON
+-- ARGV[6] (ARGV[15] after a single job) now, and ARGV[7] (ARGV[16]) a JSON
 -- array of [job number (1-based), key, unique_for]. A job whose key is held
 -- in this queue is not stored: the holder is returned. One stored takes it.
 -- Returns one item per job: 1 when stored, else {queue, HGETALL} of the job
@@ -33,11 +34,11 @@ local here = store .. '{' .. queue .. '}:'
 if KEYS[5] then redis.call('SADD', KEYS[5], queue) end
 local places -- where a chosen id may be held, this queue first; built when first needed
 local ended = {completed = true, dead = true, cancelled = true}
-local single = #ARGV >= 13
-local rows = single and {unpack(ARGV, 5, 13)} or cjson.decode(ARGV[5])
-local n = #rows / 9
+local single = #ARGV >= 14
+local rows = single and {unpack(ARGV, 5, 14)} or cjson.decode(ARGV[5])
+local n = #rows / 10
 local now, uniques -- job number -> {number, key, unique_for}; nil when no job has a key
-local u = single and 14 or 6
+local u = single and 15 or 6
 if ARGV[u] then
   now, uniques = tonumber(ARGV[u]), {}
   for _, spec in ipairs(cjson.decode(ARGV[u + 1])) do uniques[spec[1]] = spec end
@@ -65,10 +66,10 @@ local ord = redis.call('INCRBY', KEYS[4], n) - n
 local head -- run_at of the first delayed job, read when first needed
 local appended, ready, sooner = {}, false, false
 local out = {}
-for i = 1, #rows, 9 do
+for i = 1, #rows, 10 do
   local id, prio, opts, run_at, state = rows[i], rows[i + 4], rows[i + 5], rows[i + 6], rows[i + 7]
   local holder, old
-  local spec = uniques and uniques[(i + 8) / 9]
+  local spec = uniques and uniques[(i + 9) / 10]
   local held = spec and unique_holder(spec[2])
   if held and held[3] == id and rows[i + 8] ~= '1' then
     held = nil -- a generated id holds it: this job, sent again (see below)
@@ -108,6 +109,7 @@ for i = 1, #rows, 9 do
     if opts ~= '' then fields[#fields + 1] = OPTS; fields[#fields + 1] = opts end
     if run_at ~= '' then fields[#fields + 1] = RUN; fields[#fields + 1] = run_at end
     if spec then fields[#fields + 1] = UNIQUE; fields[#fields + 1] = spec[2] end
+    if rows[i + 9] ~= '' then fields[#fields + 1] = RKEY; fields[#fields + 1] = rows[i + 9] end
     redis.call('HSET', here .. 'job:' .. id, unpack(fields))
     if spec then -- it takes the key (from a holder whose hold ran out)
       local lock = unique_lock(here, spec[2])

@@ -6,6 +6,8 @@
 -- ARGV[6] next state: 'delayed', 'waiting' or 'dead'   ARGV[7] retry_at ('' when dead)
 -- ARGV[8] channel to PUBLISH on when work appears ('' = none)
 -- Dead: a key the job holds (_shared: unique keys) is held unique_for seconds more.
+-- A slot of a full concurrency cap (prefix .. 'capped' set by a claim) frees:
+-- an idle waiter is woken.
 -- Returns 1, or 0 when the lease was lost (nothing changed).
 local prefix, now, id, state = ARGV[1], ARGV[2], ARGV[3], ARGV[6]
 local key = prefix .. 'job:' .. id
@@ -18,6 +20,7 @@ local errors = job[3] and (string.sub(job[3], 1, -2) .. ',' .. entry .. ']') or 
 redis.call('HSET', key, STATE, state, ERRORS, errors)
 redis.call('HDEL', key, TOKEN, LEASE)
 redis.call('ZREM', KEYS[3], id)
+if redis.call('DEL', prefix .. 'capped') == 1 then signal(prefix, ARGV[8], false) end
 if state == 'dead' then
   redis.call('HSET', key, END, now)
   redis.call('ZADD', KEYS[4], now, id)

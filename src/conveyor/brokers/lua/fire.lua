@@ -15,15 +15,15 @@
 -- ARGV[1] store prefix ('P:'; a job is the HASH 'P:{queue}:job:' .. id)   ARGV[2] queue
 -- ARGV[3] created_at in whole microseconds; '' = each job's seq is its created_at
 -- ARGV[4] channel to PUBLISH on when work appears ('' = none)
--- ARGV[5..] 8 strings per tick: schedule name, tick, job id, seq, task, payload,
---         priority, options ('' = none)
+-- ARGV[5..] 9 strings per tick: schedule name, tick, job id, seq, task, payload,
+--         priority, options ('' = none), rate_key ('' = none)
 -- Returns one item per tick: 1 when its job was stored, else 0.
 local store, queue, made = ARGV[1], ARGV[2], ARGV[3]
 local here = store .. '{' .. queue .. '}:'
 local ended = {completed = true, dead = true, cancelled = true}
 local places -- where a job id may be held, this queue first; built when first needed
 local appended, ready, out = {}, false, {}
-for i = 5, #ARGV, 8 do
+for i = 5, #ARGV, 9 do
   local name, tick, id, prio, opts = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 6], ARGV[i + 7]
   local last = redis.call('HGET', KEYS[4], name)
   if last and tonumber(last) >= tonumber(tick) then
@@ -57,6 +57,7 @@ for i = 5, #ARGV, 8 do
       if made ~= '' then fields[#fields + 1] = MADE; fields[#fields + 1] = made end
       if prio ~= '0' then fields[#fields + 1] = PRIO; fields[#fields + 1] = prio end
       if opts ~= '' then fields[#fields + 1] = OPTS; fields[#fields + 1] = opts end
+      if ARGV[i + 8] ~= '' then fields[#fields + 1] = RKEY; fields[#fields + 1] = ARGV[i + 8] end
       redis.call('HSET', here .. 'job:' .. id, unpack(fields))
       if prio ~= '0' then
         requeue(here, id, prio, ord)

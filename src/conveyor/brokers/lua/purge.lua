@@ -1,4 +1,5 @@
--- purge: delete up to a limit of one queue's ready (waiting) jobs, so one
+-- purge: delete up to a limit of one queue's waiting jobs (the ready line's,
+-- then those held in bucket lines: _limits), so one
 -- call never blocks the server for long; the caller calls again while a call
 -- deletes `limit`. (Delayed and ended jobs go through trim.lua, keep 0.)
 -- KEYS[1] waiting  LIST   KEYS[2] prioritized  ZSET   (see _shared)
@@ -11,6 +12,14 @@ local ids = redis.call('LPOP', KEYS[1], limit) or {}
 if #ids < limit then
   local popped = redis.call('ZPOPMIN', KEYS[2], limit - #ids)
   for i = 1, #popped, 2 do ids[#ids + 1] = string.sub(popped[i], 13) end
+end
+if #ids < limit then
+  for _, bucket in ipairs(redis.call('ZRANGE', prefix .. 'buckets', 0, limit - #ids - 1)) do
+    local popped = redis.call('ZPOPMIN', prefix .. 'rl-ready:' .. bucket, limit - #ids)
+    for i = 1, #popped, 2 do ids[#ids + 1] = string.sub(popped[i], 13) end
+    unhold(prefix, bucket, #popped / 2)
+    if #ids >= limit then break end
+  end
 end
 local deleted = 0
 for _, id in ipairs(ids) do

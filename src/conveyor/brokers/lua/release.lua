@@ -3,6 +3,8 @@
 -- KEYS[1] prioritized  ZSET (see _shared)   KEYS[2] active  ZSET  score lease expiry
 -- ARGV[1] key prefix of the queue   ARGV[2] channel to PUBLISH on when work appears ('' = none)
 -- ARGV[3..] pairs: id, token
+-- Their slots of a full concurrency cap (prefix .. 'capped') free too: the
+-- waiter the signal wakes may take one.
 -- Returns how many were released.
 local prefix = ARGV[1]
 local released = 0
@@ -19,5 +21,8 @@ for i = 3, #ARGV, 2 do
     released = released + 1
   end
 end
-if released > 0 then signal(prefix, ARGV[2], false) end
+if released > 0 then
+  redis.call('DEL', prefix .. 'capped')
+  signal(prefix, ARGV[2], false)
+end
 return released
