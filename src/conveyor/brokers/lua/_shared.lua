@@ -93,3 +93,47 @@ local function unlock_unique(prefix, ukey, id)
   if held[1] == id and not held[2] then redis.call('DEL', lock) end
 end
 
+
+-- The start of every claim (claim.lua, claim_limited.lua). `stamp` is the key
+-- of the stamp (stamp.lua) set before a wait this claim was queued behind, or
+-- nil. Returns the claim's now and lease expiry: moved on by the time the wait
+-- took (or, for a wall clock, to the server's clock now: stamp.lua says why);
+-- nil when the stamp is gone (interrupt() deleted it: claim nothing).
+local function claim_times(stamp, now, expiry)
+  if not stamp then return now, expiry end
+  local stamped = redis.call('GET', stamp)
+  if not stamped then return nil end
+  local t = redis.call('TIME')
+  local clock = t[1] + t[2] / 1e6
+  redis.call('DEL', stamp)
+  local moved -- how far to move the caller's clock on
+  if string.sub(stamped, 1, 1) == '=' then
+    moved = clock - tonumber(now) -- a wall clock: to the server's, now
+  else
+    moved = clock - tonumber(stamped) -- another clock: by the time the wait took
+  end
+  return string.format('%.6f', tonumber(now) + moved),
+         string.format('%.6f', tonumber(expiry) + moved)
+end
+
+-- Also at every claim's start: the queue's delayed jobs due by `now` become
+-- waiting. Then true when the queue is paused: it hands out nothing, and its
+-- marker goes (idle workers block until resume.lua sets it again, rather than
+-- wake for nothing).
+local function promote_due_then_paused(prefix, delayed, now)
+  local due = redis.call('ZRANGE', delayed, '-inf', now, 'BYSCORE')
+  for _, id in ipairs(due) do
+    local key = prefix .. 'job:' .. id
+    local job = redis.call('HMGET', key, PRIO, ORD)
+    redis.call('HSET', key, STATE, 'waiting')
+    requeue(prefix, id, job[1], job[2])
+  end
+  if #due > 0 then
+    redis.call('ZREMRANGEBYSCORE', delayed, '-inf', now)
+  end
+  if redis.call('EXISTS', prefix .. 'paused') == 1 then
+    redis.call('DEL', prefix .. 'marker')
+    return true
+  end
+  return false
+end

@@ -14,35 +14,8 @@
 -- until resume.lua sets it again, rather than wake for nothing).
 -- Returns pairs, in claim order: id, the job's HGETALL.
 local prefix, now, expiry, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[6])
-if KEYS[5] then
-  local stamped = redis.call('GET', KEYS[5])
-  if not stamped then return {} end
-  local t = redis.call('TIME')
-  local clock = t[1] + t[2] / 1e6
-  redis.call('DEL', KEYS[5])
-  local moved -- how far to move the caller's clock on
-  if string.sub(stamped, 1, 1) == '=' then
-    moved = clock - tonumber(now) -- a wall clock: to the server's, now (stamp.lua)
-  else
-    moved = clock - tonumber(stamped) -- another clock: by the time the wait took
-  end
-  now = string.format('%.6f', tonumber(now) + moved)
-  expiry = string.format('%.6f', tonumber(expiry) + moved)
-end
-local due = redis.call('ZRANGE', KEYS[3], '-inf', now, 'BYSCORE')
-for _, id in ipairs(due) do
-  local key = prefix .. 'job:' .. id
-  local job = redis.call('HMGET', key, PRIO, ORD)
-  redis.call('HSET', key, STATE, 'waiting')
-  requeue(prefix, id, job[1], job[2])
-end
-if #due > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-end
-if redis.call('EXISTS', prefix .. 'paused') == 1 then
-  redis.call('DEL', prefix .. 'marker')
-  return {}
-end
+now, expiry = claim_times(KEYS[5], now, expiry)
+if not now or promote_due_then_paused(prefix, KEYS[3], now) then return {} end
 
 local ids = {}
 local function take_members(members)
