@@ -4,7 +4,7 @@ concurrency cap. Each was built on its own; these are the seams."""
 
 from __future__ import annotations
 
-from conveyor.brokers.base import Broker, NewJob, RateLimit, Tick
+from conveyor.brokers.base import NewJob, RateLimit, Tick
 
 from .conftest import START, add, claim, ids, lease_of, new_job
 from .test_limits import limit
