@@ -3,13 +3,66 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import select
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from conveyor import Conveyor
 from conveyor.worker import Worker
+
+APPS = Path(__file__).parent / "apps"
+CONVEYOR = [sys.executable, "-m", "conveyor.cli"]
+
+
+class WorkerProcesses:
+    """A temporary folder holding a copy of one of ``tests/apps``, the store
+    (``url``) a producer opened first, and the ``conveyor worker`` processes a
+    test starts there, as a user would; every one is killed at ``cleanup``.
+    ``env``: more environment for the workers (where their tasks log)."""
+
+    def __init__(self, tmp_path: Path, url: str, app_file: str, **env: str) -> None:
+        self.dir = tmp_path
+        shutil.copy(APPS / app_file, tmp_path / app_file)
+        self.url = url
+        self.env = {**os.environ, "CONVEYOR_URL": url, "PYTHONUNBUFFERED": "1", **env}
+        self.app = Conveyor(url)  # the producer's view of the same store
+        self.app.stats()  # create the store before any worker opens it
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []  # each worker's output, in start order
+
+    def spawn(self, app: str, *options: str) -> subprocess.Popen[bytes]:
+        """``conveyor worker APP OPTIONS...``, its output in ``worker-NN.log``."""
+        path = self.dir / f"worker-{len(self.workers) + 1:02d}.log"
+        with open(path, "wb") as output:  # the child keeps its own copy
+            proc = subprocess.Popen(
+                [*CONVEYOR, "worker", app, *options],
+                cwd=self.dir, env=self.env, stdout=output, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        self.workers.append(proc)
+        self.logs.append(path)
+        return proc
+
+    def live(self) -> list[subprocess.Popen[bytes]]:
+        return [proc for proc in self.workers if proc.poll() is None]
+
+    def worker_logs(self, tail: int = 4000) -> str:
+        """The end of every worker's output, for a failing test's message."""
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-tail:]}" for path in self.logs
+        )
+
+    def cleanup(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        self.app.close()
 
 
 def wait_until(

@@ -36,10 +36,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -50,15 +48,12 @@ from typing import Any
 import pytest
 
 from apps import chaos_app
-from conveyor import Conveyor
-from helpers import wait_until
+from helpers import WorkerProcesses, wait_until
 from servers import isolated_redis_url
 
 pytestmark = pytest.mark.slow
 
-APPS = Path(__file__).parent / "apps"
 APP = "chaos_app:app"
-CONVEYOR = [sys.executable, "-m", "conveyor.cli"]
 
 SEED = int(os.environ.get("CHAOS_SEED", "20261203"))
 WORKERS = 3
@@ -84,29 +79,18 @@ class Kill:
     orphaned: int  # jobs still active under the dead worker's name just after it died
 
 
-class Storm:
+class Storm(WorkerProcesses):
     """One temporary folder: the app module, the store, the run log, the workers."""
 
     def __init__(self, tmp_path: Path, url: str, seed: int) -> None:
-        self.dir = tmp_path
-        shutil.copy(APPS / "chaos_app.py", tmp_path / "chaos_app.py")
-        self.url = url
         self.log = tmp_path / "runs.log"
         self.log.touch()
-        self.env = {
-            **os.environ,
-            "CONVEYOR_URL": url,
-            "CHAOS_LOG": str(self.log),
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.app = Conveyor(url)  # the producer's view of the same store
-        self.app.stats()  # create the store before any worker opens it
+        super().__init__(tmp_path, url, "chaos_app.py", CHAOS_LOG=str(self.log))
         # Two generators: how many batches the storm enqueues depends on
         # timing, so one shared generator would shift the kills from run to run.
         self.job_rng = random.Random(seed)  # job durations
         self.kill_rng = random.Random(seed + 1)  # gaps between kills, victims
         self.expected: dict[str, str] = {}  # job tag (= job id) -> its result
-        self.workers: list[subprocess.Popen] = []
         self.killed: set[int] = set()  # pids this test SIGKILLed
         self.kills: list[Kill] = []
 
@@ -145,21 +129,8 @@ class Storm:
 
     # -- processes ------------------------------------------------------
 
-    def start_worker(self) -> subprocess.Popen:
-        path = self.dir / f"worker-{len(self.workers) + 1:02d}.log"
-        with open(path, "wb") as output:  # the child keeps its own copy
-            proc = subprocess.Popen(
-                [*CONVEYOR, "worker", APP, *WORKER_OPTIONS],
-                cwd=self.dir,
-                env=self.env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        self.workers.append(proc)
-        return proc
-
-    def live(self) -> list[subprocess.Popen]:
-        return [proc for proc in self.workers if proc.poll() is None]
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        return self.spawn(APP, *WORKER_OPTIONS)
 
     def check_no_worker_died_alone(self) -> None:
         """Every worker that exited was SIGKILLed by us: none crashed by itself."""
@@ -189,15 +160,8 @@ class Storm:
     def serving(self, proc: subprocess.Popen) -> bool:
         """Whether ``proc`` logged its first line, written once its SIGTERM
         handler is in place (a worker still importing dies of SIGTERM: -15)."""
-        index = self.workers.index(proc) + 1
-        return "serving" in (self.dir / f"worker-{index:02d}.log").read_text(errors="replace")
-
-    def cleanup(self) -> None:
-        for proc in self.workers:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-        self.app.close()
+        log = self.logs[self.workers.index(proc)]
+        return "serving" in log.read_text(errors="replace")
 
     # -- observing ------------------------------------------------------
 
@@ -220,9 +184,7 @@ class Storm:
             f"{[(k.at, k.pid, k.up, k.orphaned) for k in self.kills]}",
             f"workers (pid, exit code): {[(p.pid, p.poll()) for p in self.workers]}",
         ]
-        for path in sorted(self.dir.glob("worker-*.log")):
-            parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-2000:]}")
-        return "\n".join(parts)
+        return "\n".join([*parts, self.worker_logs(tail=2000)])
 
 
 @pytest.fixture(params=["sqlite", "redis"])

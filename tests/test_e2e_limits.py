@@ -12,57 +12,35 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import os
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conveyor import Conveyor
 from conveyor.brokers.base import JobRecord
 from conveyor.task import Signature
-from helpers import wait_until
+from helpers import WorkerProcesses, wait_until
 from servers import isolated_redis_url
 
 pytestmark = pytest.mark.slow
 
-APPS = Path(__file__).parent / "apps"
 APP = "limits_app:app"
-CONVEYOR = [sys.executable, "-m", "conveyor.cli"]
 WORKERS = 3
 
 
-class Limits:
-    """A temporary folder with the app, the store, the task log and the workers."""
+class Limits(WorkerProcesses):
+    """A temporary folder with the app, the store, the task log and the workers.
+    Its producer imports no task: it has no limits of its own."""
 
     def __init__(self, tmp_path: Path, url: str) -> None:
-        self.dir = tmp_path
-        shutil.copy(APPS / "limits_app.py", tmp_path / "limits_app.py")
         self.log = tmp_path / "events.log"
         self.log.touch()
-        self.env = {**os.environ, "CONVEYOR_URL": url, "E2E_LOG": str(self.log)}
-        self.app = Conveyor(url)  # a producer: no task imported, no limits of its own
-        self.app.stats()  # create the store before any worker opens it
-        self.workers: list[subprocess.Popen] = []
+        super().__init__(tmp_path, url, "limits_app.py", E2E_LOG=str(self.log))
 
     def start_workers(self, queue: str, *options: str) -> None:
-        for n in range(WORKERS):
-            output = open(self.dir / f"worker-{n}.log", "wb")  # noqa: SIM115
-            try:
-                self.workers.append(
-                    subprocess.Popen(
-                        [*CONVEYOR, "worker", APP, "-q", queue, *options],
-                        cwd=self.dir,
-                        env=self.env,
-                        stdout=output,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
-            finally:
-                output.close()
+        for _ in range(WORKERS):
+            self.spawn(APP, "-q", queue, *options)
 
     def finished(self, queue: str, count: int, timeout: float) -> list[JobRecord]:
         """The queue's ``count`` jobs once all completed, in start order."""
@@ -87,19 +65,6 @@ class Limits:
             if kind == event:
                 times[tag] = float(at)
         return times
-
-    def worker_logs(self) -> str:
-        return "\n".join(
-            f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
-            for path in sorted(self.dir.glob("worker-*.log"))
-        )
-
-    def cleanup(self) -> None:
-        for proc in self.workers:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-        self.app.close()
 
 
 @pytest.fixture(params=["sqlite", "redis"])

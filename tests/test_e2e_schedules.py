@@ -12,13 +12,10 @@ the first to the last. Runs on a SQLite file and on Redis.
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,51 +24,31 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import Conveyor
-from helpers import wait_until
+from helpers import WorkerProcesses, wait_until
 from servers import isolated_redis_url
 
 pytestmark = pytest.mark.slow
 
-APPS = Path(__file__).parent / "apps"
-CONVEYOR = [sys.executable, "-m", "conveyor.cli"]
 OPTIONS = ("-c", "2", "--lease", "1", "--poll", "0.2", "--grace", "2")
 ENQUEUED = re.compile(r"schedule tick: enqueued periodic:tick:(\S+)")
 
 
-class Workers:
+class Workers(WorkerProcesses):
     def __init__(self, tmp_path: Path, url: str) -> None:
-        self.dir = tmp_path
-        shutil.copy(APPS / "schedule_app.py", tmp_path / "schedule_app.py")
-        self.env = {**os.environ, "CONVEYOR_URL": url, "PYTHONUNBUFFERED": "1"}
-        self.app = Conveyor(url)
-        self.app.stats()  # create the store before any worker opens it
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logs: list[Path] = []
+        super().__init__(tmp_path, url, "schedule_app.py")
 
     def start(self) -> subprocess.Popen[bytes]:
-        path = self.dir / f"worker-{len(self.procs) + 1:02d}.log"
-        with open(path, "wb") as output:
-            proc = subprocess.Popen(
-                [*CONVEYOR, "worker", "schedule_app:app", *OPTIONS],
-                cwd=self.dir, env=self.env, stdout=output, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        self.procs.append(proc)
-        self.logs.append(path)
-        return proc
+        return self.spawn("schedule_app:app", *OPTIONS)
 
     def firing(self, proc: subprocess.Popen[bytes]) -> bool:
         """Whether ``proc`` has started its scheduler."""
-        log = self.logs[self.procs.index(proc)].read_text(errors="replace")
+        log = self.logs[self.workers.index(proc)].read_text(errors="replace")
         return proc.poll() is None and "scheduler: firing" in log
-
-    def live(self) -> list[subprocess.Popen[bytes]]:
-        return [proc for proc in self.procs if proc.poll() is None]
 
     def stop_all(self) -> None:
         for proc in self.live():
             proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
+        for proc in self.workers:
             code = proc.wait(timeout=20)
             assert code in (0, -signal.SIGKILL), f"worker {proc.pid} exited {code}" + self.report()
 
@@ -88,9 +65,7 @@ class Workers:
         )
 
     def report(self) -> str:
-        return "".join(
-            f"\n--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.logs
-        )
+        return "\n" + self.worker_logs(tail=3000)
 
     def check(self, seconds: float, kills: int = 0) -> list[int]:
         """No tick twice, none missing between the first and the last. A
@@ -106,13 +81,6 @@ class Workers:
         assert logged <= set(ticks)
         assert len(ticks) - len(logged) <= kills, (sorted(set(ticks) - logged), self.report())
         return ticks
-
-    def cleanup(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-        self.app.close()
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -14,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,51 +25,26 @@ import pytest
 
 from conveyor import Conveyor
 from conveyor.job import Job
-from helpers import wait_until
+from helpers import CONVEYOR, WorkerProcesses, wait_until
 from servers import isolated_redis_url
 
 pytestmark = pytest.mark.slow
 
-APPS = Path(__file__).parent / "apps"
 APP = "e2e_app:app"
-CONVEYOR = [sys.executable, "-m", "conveyor.cli"]
 
 
-class E2E:
+class E2E(WorkerProcesses):
     """One temporary folder: the app module, the store, the event log, the workers."""
 
     def __init__(self, tmp_path: Path, url: str) -> None:
-        self.dir = tmp_path
-        shutil.copy(APPS / "e2e_app.py", tmp_path / "e2e_app.py")
-        self.url = url
         self.log = tmp_path / "events.log"
         self.log.touch()
-        self.env = {
-            **os.environ,
-            "CONVEYOR_URL": self.url,
-            "E2E_LOG": str(self.log),
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.app = Conveyor(self.url)  # the producer's view of the same store
-        self.app.stats()  # create the store before any worker opens it
-        self.workers: list[subprocess.Popen] = []
+        super().__init__(tmp_path, url, "e2e_app.py", E2E_LOG=str(self.log))
 
     # -- processes ------------------------------------------------------
 
-    def start_worker(self, *options: str) -> subprocess.Popen:
-        output = open(self.dir / f"worker-{len(self.workers) + 1}.log", "wb")  # noqa: SIM115
-        try:
-            proc = subprocess.Popen(
-                [*CONVEYOR, "worker", APP, *options],
-                cwd=self.dir,
-                env=self.env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        finally:
-            output.close()  # the child holds its own copy
-        self.workers.append(proc)
-        return proc
+    def start_worker(self, *options: str) -> subprocess.Popen[bytes]:
+        return self.spawn(APP, *options)
 
     def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -90,19 +63,6 @@ class E2E:
         rows = json.loads(done.stdout)
         assert isinstance(rows, list)
         return {row["id"]: row for row in rows}
-
-    def worker_logs(self) -> str:
-        parts = []
-        for path in sorted(self.dir.glob("worker-*.log")):
-            parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}")
-        return "\n".join(parts)
-
-    def cleanup(self) -> None:
-        for proc in self.workers:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-        self.app.close()
 
     # -- observing ------------------------------------------------------
 
