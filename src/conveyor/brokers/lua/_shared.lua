@@ -137,3 +137,21 @@ local function promote_due_then_paused(prefix, delayed, now)
   end
   return false
 end
+
+-- The end of every claim: lease the jobs `ids` to a worker (ARGV: its name,
+-- its token) until `expiry` in the queue's `active` ZSET. Returns pairs, in
+-- claim order: id, the job's HGETALL.
+local function lease(prefix, ids, active, now, expiry, token, worker)
+  local out, leased = {}, {}
+  for _, id in ipairs(ids) do
+    local key = prefix .. 'job:' .. id
+    redis.call('HSET', key, STATE, 'active', START, now, TOKEN, token, LEASE, expiry, WORKER, worker)
+    redis.call('HINCRBY', key, TRIES, 1)
+    out[#out + 1] = id
+    out[#out + 1] = redis.call('HGETALL', key)
+    leased[#leased + 1] = expiry
+    leased[#leased + 1] = id
+  end
+  if #leased > 0 then redis.call('ZADD', active, unpack(leased)) end
+  return out
+end

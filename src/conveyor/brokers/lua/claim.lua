@@ -46,17 +46,6 @@ if #ids < limit then
   for i = 1, #popped, 2 do ids[#ids + 1] = string.sub(popped[i], 13) end
 end
 
-local out, leased = {}, {}
-for _, id in ipairs(ids) do
-  local key = prefix .. 'job:' .. id
-  redis.call('HSET', key, STATE, 'active', START, now, TOKEN, ARGV[5],
-             LEASE, expiry, WORKER, ARGV[4])
-  redis.call('HINCRBY', key, TRIES, 1)
-  out[#out + 1] = id
-  out[#out + 1] = redis.call('HGETALL', key)
-  leased[#leased + 1] = expiry
-  leased[#leased + 1] = id
-end
-if #leased > 0 then redis.call('ZADD', KEYS[4], unpack(leased)) end
+local out = lease(prefix, ids, KEYS[4], now, expiry, ARGV[5], ARGV[4])
 settle(prefix, ARGV[7])
 return out

@@ -238,18 +238,7 @@ for bucket in pairs(touched) do
 end
 if moved ~= unheld then redis.call('INCRBY', KEYS[7], moved - unheld) end
 
-local out, leased = {}, {}
-for _, id in ipairs(ids) do
-  local key = prefix .. 'job:' .. id
-  redis.call('HSET', key, STATE, 'active', START, now, TOKEN, ARGV[5],
-             LEASE, expiry, WORKER, ARGV[4])
-  redis.call('HINCRBY', key, TRIES, 1)
-  out[#out + 1] = id
-  out[#out + 1] = redis.call('HGETALL', key)
-  leased[#leased + 1] = expiry
-  leased[#leased + 1] = id
-end
-if #leased > 0 then zadd_all(KEYS[4], leased) end
+local out = lease(prefix, ids, KEYS[4], now, expiry, ARGV[5], ARGV[4])
 
 -- 5. The marker: set only while work is claimable now.
 local left = ready_count(prefix) > 0
