@@ -158,8 +158,8 @@ def test_a_per_key_limit_holds_per_key_and_keys_run_side_by_side(limits, monkeyp
     for key, starts in by_key.items():
         assert most_in_a_window(starts, 1.0) <= 2, (key, starts)
         assert starts[-1] - starts[0] >= 3.0  # 8 starts at 2 a second: four windows
-    # Side by side: bolt's first start comes with acme's first, not after
-    # acme's backlog, and the whole run takes as long as one key's.
-    assert min(by_key['"bolt"']) - min(by_key['"acme"']) < 1.0
-    everything = [t for starts in by_key.values() for t in starts]
-    assert max(everything) - min(everything) < 5.0
+    # Side by side: each key starts its first two jobs before either starts
+    # a third (bolt never waits behind acme's backlog). Judged by order, not
+    # by durations, so a slow machine cannot fail it.
+    order = sorted((at, key) for key, starts in by_key.items() for at in starts)
+    assert sorted(key for _, key in order[:4]) == ['"acme"', '"acme"', '"bolt"', '"bolt"'], order
