@@ -283,6 +283,15 @@ def test_stats_table_names_every_queue(cli: Cli) -> None:
     assert "default" in out and "critical" in out
 
 
+def test_stats_table_shows_each_queues_limits(cli: Cli) -> None:
+    """The app declares bulk with 10 starts a minute and 4 at once, and no
+    job is in it yet: its row says so; default's limit cells are empty."""
+    cli.enqueue("add")
+    rows = {line.split()[1]: line for line in cli.ok("stats", APP).splitlines() if "│" in line}
+    assert [cell.strip() for cell in rows["bulk"].split("│")[-4:-1]] == ["", "10/60s", "4"]
+    assert [cell.strip() for cell in rows["default"].split("│")[-4:-1]] == ["", "", ""]
+
+
 # -- jobs ------------------------------------------------------------------
 
 
@@ -516,8 +525,8 @@ def test_pause_and_resume_a_queue_and_stats_shows_it(cli: Cli) -> None:
 
     cli.ok("pause", APP, "quiet")  # a queue that holds no job yet
     rows = {line.split()[1]: line for line in cli.ok("stats", APP).splitlines() if "│" in line}
-    assert rows["default"].split("│")[-2].strip() == "yes"
-    assert rows["quiet"].split("│")[-2].strip() == "yes"
+    assert rows["default"].split("│")[-4].strip() == "yes"  # then rate limit, concurrency
+    assert rows["quiet"].split("│")[-4].strip() == "yes"
 
     assert cli.ok("resume", APP, "default").strip() == "default resumed"
     assert cli.ok("resume", APP, "default").strip() == "default was not paused"

@@ -300,10 +300,19 @@ def stats(app: str, as_json: bool) -> None:
         click.echo(json.dumps(counts, indent=2, sort_keys=True))
         return
     paused = conveyor_app.paused()
-    table = Table("queue", *STATES, "paused", title="conveyor stats")
-    for name in sorted(counts.keys() | paused):
+    controls = conveyor_app.controls  # the app's declarations: the store enforces them
+    rates, caps = controls.queue_rates, controls.concurrency
+    table = Table("queue", *STATES, "paused", "rate limit", "concurrency", title="conveyor stats")
+    for name in sorted(counts.keys() | paused | rates.keys() | caps.keys()):
         row = counts.get(name, dict.fromkeys(STATES, 0))
-        table.add_row(name, *(str(row[state]) for state in STATES), "yes" if name in paused else "")
+        rate = rates.get(name)
+        table.add_row(
+            name,
+            *(str(row[state]) for state in STATES),
+            "yes" if name in paused else "",
+            f"{rate.limit}/{rate.period:g}s" if rate else "",
+            str(caps.get(name, "")),
+        )
     console.print(table)
     click.echo(f"store: {conveyor_app.broker.location}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from conveyor import Conveyor
 
 app = Conveyor()
+app.queue("bulk", rate_limit="10/m", concurrency=4)  # no task: shown by stats all the same
 
 not_an_app = 42
 
