@@ -102,6 +102,11 @@ class Controls:
     def __bool__(self) -> bool:
         return bool(self.queue_rates or self.concurrency or self.task_rates)
 
+    def touch(self, queue: str) -> bool:
+        """Whether these controls may hold back ``queue``'s claims: its own
+        rate or cap, or any task rate (a job of any task may be in any queue)."""
+        return bool(self.task_rates or queue in self.queue_rates or queue in self.concurrency)
+
 
 #: No limits: what a store enforces until the app declares one.
 NO_CONTROLS = Controls()

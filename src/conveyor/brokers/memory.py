@@ -47,7 +47,7 @@ from conveyor.brokers.base import (
     held_record,
     purge_states,
 )
-from conveyor.brokers.memory_limits import Flow, limited
+from conveyor.brokers.memory_limits import Flow
 from conveyor.clock import Clock
 
 ReadyEntry = tuple[int, int, int, str]  # (-priority, seq, ticket, job_id): smallest first
@@ -322,7 +322,7 @@ class MemoryBroker(Broker):
                 self._flow.new_controls(controls, self._ready)
             for queue in queues:
                 heap = None if queue in self._paused else self._ready.get(queue)
-                if controls and heap is not None and limited(controls, queue):
+                if heap is not None and controls.touch(queue):
                     self._flow.claim(self, queue, heap, limit, now, lease_seconds, worker, claimed)
                     continue
                 while heap and len(claimed) < limit:

@@ -43,14 +43,6 @@ class _Store(Protocol):
     def _running(self, queue: str, now: float) -> tuple[int, float | None]: ...
 
 
-def limited(controls: Controls, queue: str) -> bool:
-    """Do the controls touch ``queue``'s claims? (Any queue may hold jobs of
-    a task with a rate limit.)"""
-    return bool(
-        controls.task_rates or queue in controls.queue_rates or queue in controls.concurrency
-    )
-
-
 def queue_bucket(queue: str) -> Hashable:
     return ("queue", queue)
 

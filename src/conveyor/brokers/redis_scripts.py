@@ -279,11 +279,11 @@ def control_args(controls: Controls, queue: str) -> tuple[Any, ...]:
     period ('' = none), its concurrency cap ('' = none), then task, limit,
     period of every task rate (a job of any task may be in any queue). Empty
     when none applies: the queue's claims run claim.lua."""
+    if not controls.touch(queue):
+        return ()
     rate = controls.queue_rates.get(queue)
     cap = controls.concurrency.get(queue)
     tasks = controls.task_rates
-    if rate is None and cap is None and not tasks:
-        return ()
     return (
         "" if rate is None else rate.limit,  # ARGV[9] the queue's rate: limit
         "" if rate is None else repr(float(rate.period)),  # ARGV[10] its period

@@ -106,6 +106,23 @@ def _next_seqs(n: int) -> range:
     return range(first, first + n)
 
 
+def _seqs_and_made(n: int, now: float) -> tuple[range, int | None]:
+    """Seqs for ``n`` new jobs, and their created_at in whole microseconds
+    (an integer packs in half the bytes of the float). A seq is wall-clock
+    microseconds too: when ``now`` is within a millisecond of the first seq
+    (the wall clock), each job's seq tells its created_at already and it is
+    not stored twice (None); another clock's time is stored."""
+    seqs = _next_seqs(n)
+    now_us = round(now * 1e6)
+    return seqs, None if abs(now_us - seqs.start) <= SAME_TIME_US else now_us
+
+
+def _chunked(by_queue: dict[str, list[int]]) -> list[list[int]]:
+    """Each queue's indexes in pieces of at most BATCH: one script each (a
+    long script would block the server for everyone)."""
+    return [idx[n : n + BATCH] for idx in by_queue.values() for n in range(0, len(idx), BATCH)]
+
+
 class RedisBroker(Broker):
     """The broker contract as Lua scripts on Redis."""
 
@@ -182,23 +199,14 @@ class RedisBroker(Broker):
 
     def enqueue(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
         now = self.clock.now()
-        seqs = _next_seqs(len(jobs))
-        # created_at: whole microseconds (an integer packs in half the bytes of
-        # the float). A seq is wall-clock microseconds too: when the clock's
-        # time is within a millisecond of the call's first seq (the wall
-        # clock), each job's seq tells its created_at already and it is not
-        # stored twice (None); another clock's time is stored.
-        now_us = round(now * 1e6)
-        made = None if abs(now_us - seqs.start) <= SAME_TIME_US else now_us
+        seqs, made = _seqs_and_made(len(jobs), now)
         states = ["waiting" if j.run_at is None or j.run_at <= now else "delayed" for j in jobs]
         first: dict[str, int] = {}  # id -> its first job here; later ones repeat that one
         by_queue: dict[str, list[int]] = {}
         for i, job in enumerate(jobs):
             if first.setdefault(job.id, i) == i:
                 by_queue.setdefault(job.queue, []).append(i)
-        chunks = [
-            idx[n : n + BATCH] for idx in by_queue.values() for n in range(0, len(idx), BATCH)
-        ]
+        chunks = _chunked(by_queue)
         store = f"{self.target.prefix}:"
         commands, queues_key = self.topology.register(by_queue)
         for chunk in chunks:
@@ -239,15 +247,11 @@ class RedisBroker(Broker):
     def fire(self, ticks: Sequence[Tick]) -> list[bool]:
         if not ticks:
             return []
-        seqs = _next_seqs(len(ticks))
-        now_us = round(self.clock.now() * 1e6)
-        made = None if abs(now_us - seqs.start) <= SAME_TIME_US else now_us  # as enqueue
+        seqs, made = _seqs_and_made(len(ticks), self.clock.now())
         by_queue: dict[str, list[int]] = {}
         for i, tick in enumerate(ticks):
             by_queue.setdefault(tick.job.queue, []).append(i)
-        chunks = [
-            idx[n : n + BATCH] for idx in by_queue.values() for n in range(0, len(idx), BATCH)
-        ]
+        chunks = _chunked(by_queue)
         commands, queues_key = self.topology.register(by_queue)
         head = len(commands)
         for chunk in chunks:  # one script per queue (and BATCH ticks), one round trip

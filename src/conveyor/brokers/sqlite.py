@@ -304,7 +304,7 @@ class SQLiteBroker(Broker):
                 for queue in queues:
                     if len(claimed) >= limit:
                         break
-                    if controls and sqlite_limits.limited(controls, queue):
+                    if controls.touch(queue):
                         rows = sqlite_limits.claim(
                             conn, controls, queue, limit - len(claimed),
                             now, now + lease_seconds, worker,
@@ -479,7 +479,7 @@ class SQLiteBroker(Broker):
         rows = self._file.read(SQL.next_due, (_json(list(queues)),))
         due: float | None = rows[0][0] if rows else None
         controls = self.controls
-        if controls and any(sqlite_limits.limited(controls, q) for q in queues):
+        if any(controls.touch(q) for q in queues):
             held = self._read_limits(sqlite_limits.held_due, controls, queues)
             if held is not None and (due is None or held < due):
                 due = held
@@ -498,7 +498,7 @@ class SQLiteBroker(Broker):
         counts only if the controls let a claim take it: held-back work
         must not end an idle wait (it would spin until its window opens)."""
         controls = self.controls
-        if controls and any(sqlite_limits.limited(controls, q) for q in queues):
+        if any(controls.touch(q) for q in queues):
             return self._read_limits(sqlite_limits.claimable, controls, queues), self.next_due(
                 queues
             )

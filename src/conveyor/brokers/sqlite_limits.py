@@ -37,14 +37,6 @@ Bucket = tuple[str, str, str]  # (kind, name, key): conveyor_starts' columns
 HELD = "held"
 
 
-def limited(controls: Controls, queue: str) -> bool:
-    """Do the controls touch ``queue``'s claims? (Any queue may hold jobs of
-    a task with a rate limit.)"""
-    return bool(
-        controls.task_rates or queue in controls.queue_rates or queue in controls.concurrency
-    )
-
-
 def _starts(conn: sqlite3.Connection, bucket: Bucket, rate: RateLimit, now: float) -> int:
     """The starts in ``bucket``'s window now."""
     count: int = conn.execute(SQL.window_count, (*bucket, now - rate.period)).fetchone()[0]
@@ -207,7 +199,7 @@ def claimable(
         paused, waiting = conn.execute(SQL.queue_state, (queue,)).fetchone()
         if paused or not waiting:
             continue
-        if not limited(controls, queue) or _open_now(conn, controls, queue, now):
+        if not controls.touch(queue) or _open_now(conn, controls, queue, now):
             return True
     return False
 
@@ -221,7 +213,7 @@ def held_due(
     when nothing is held back. (Reads only.)"""
     times: list[float] = []
     for queue in dict.fromkeys(queues):
-        if not limited(controls, queue):
+        if not controls.touch(queue):
             continue
         paused, waiting = conn.execute(SQL.queue_state, (queue,)).fetchone()
         if paused or not waiting:
